@@ -1,0 +1,116 @@
+//! Directory-level file handling: the lock file, directory fsync, segment file names.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Name of the lock file; held with an exclusive advisory lock while a store is open.
+pub(crate) const LOCK_FILE: &str = "LOCK";
+const SEGMENT_PREFIX: &str = "seg-";
+const SEGMENT_SUFFIX: &str = ".olog";
+/// Suffix of a segment being created; such files are deleted on open.
+pub(crate) const TMP_SUFFIX: &str = ".tmp";
+
+/// Creates the directory if needed and takes its lock.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
+    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io("open lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    }
+}
+
+/// Makes the directory's entries (created, renamed, removed files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// The file name of segment `id`: `seg-` then 16 hex digits, so names sort by id.
+pub(crate) fn segment_name(id: u64) -> String {
+    format!("{SEGMENT_PREFIX}{id:016x}{SEGMENT_SUFFIX}")
+}
+
+/// The segment id a file name stands for, if it is a segment name.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name
+        .strip_prefix(SEGMENT_PREFIX)?
+        .strip_suffix(SEGMENT_SUFFIX)?;
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// What a directory holds: segment files by id, and leftover temporary files.
+pub(crate) struct Listing {
+    pub(crate) segments: Vec<(u64, PathBuf)>,
+    pub(crate) temporaries: Vec<PathBuf>,
+}
+
+/// Lists segment files in id order. Files with other names are left alone.
+pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
+    let mut segments = Vec::new();
+    let mut temporaries = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = parse_segment_name(name) {
+            segments.push((id, entry.path()));
+        } else if name
+            .strip_suffix(TMP_SUFFIX)
+            .and_then(parse_segment_name)
+            .is_some()
+        {
+            temporaries.push(entry.path());
+        }
+    }
+    segments.sort_unstable_by_key(|(id, _)| *id);
+    Ok(Listing {
+        segments,
+        temporaries,
+    })
+}
+
+/// Removes a file, treating "already gone" as success.
+pub(crate) fn remove_file(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove file", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip_and_sort() {
+        assert_eq!(segment_name(1), "seg-0000000000000001.olog");
+        assert_eq!(
+            parse_segment_name(&segment_name(0xdead_beef)),
+            Some(0xdead_beef)
+        );
+        assert!(segment_name(9) < segment_name(10));
+        assert_eq!(parse_segment_name("seg-1.olog"), None);
+        assert_eq!(parse_segment_name("seg-000000000000000g.olog"), None);
+        assert_eq!(parse_segment_name("notes.txt"), None);
+    }
+}

@@ -1,0 +1,68 @@
+//! # oncelog
+//!
+//! An embeddable, persistent dedupe store. A service asks, for every event id it receives,
+//! "first time?": [`Store::claim`] answers [`Claim::New`] exactly once per key per TTL
+//! window — across threads, crashes and restarts — and [`Claim::Duplicate`] otherwise.
+//!
+//! ```
+//! use std::time::Duration;
+//! use oncelog::{Claim, Durability, Options};
+//!
+//! # let dir = tempfile::tempdir()?;
+//! let store = Options::new()
+//!     .durability(Durability::Sync) // the default: acknowledged claims survive power loss
+//!     .open(dir.path())?;
+//!
+//! let ttl = Duration::from_secs(72 * 3600); // Stripe retries for three days
+//! match store.claim("evt_1NqXyz", ttl)? {
+//!     Claim::New => { /* first delivery: fulfil the order */ }
+//!     Claim::Duplicate(seen) => {
+//!         /* a retry: skip it; seen.first_seen says when the original arrived */
+//!         let _ = seen;
+//!     }
+//! }
+//! let answers = store.claim_many(&["evt_2", "evt_3", "evt_2"], ttl)?;
+//! assert!(answers[0].is_new() && answers[1].is_new() && !answers[2].is_new());
+//! store.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Behind it: a lock-striped in-memory hash index of 16-byte entries (the keys stay on
+//! disk), an append-only log of CRC-checked records in pre-allocated, memory-mapped
+//! segment files, group commit, and crash recovery. `docs/FORMAT.md` describes the files.
+
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(missing_debug_implementations)]
+
+mod clock;
+mod error;
+pub mod format;
+mod fs;
+mod index;
+mod log;
+mod options;
+mod recovery;
+mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Corruption, CorruptionKind, Error, Result};
+pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use options::{
+    Durability, Options, RecoveryMode, DEFAULT_SEGMENT_SIZE, DEFAULT_STRIPES, MAX_SEGMENT_SIZE,
+    MIN_SEGMENT_SIZE,
+};
+pub use store::{Claim, Seen, Stats, Store};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn store_is_send_and_sync() {
+        assert_send_sync::<Store>();
+        assert_send_sync::<Options>();
+    }
+}

@@ -1,0 +1,283 @@
+//! Memory-mapped segment files. Every `unsafe` of the crate that touches a mapping is here.
+//!
+//! What this module relies on:
+//!
+//! - Nobody truncates or rewrites a segment file while this process has it mapped. The
+//!   directory lock keeps other oncelog processes out; other programs must not touch the
+//!   files of an open store (documented in README "Limits"). Reading a mapped page past a
+//!   truncated end raises SIGBUS.
+//! - Writable segments are fully allocated on disk (`posix_fallocate`) before they are
+//!   mapped, so writing into the mapping never needs a block allocation: a full disk shows up
+//!   as an error when a segment is created, not as SIGBUS on a page fault.
+//! - A writable mapping has exactly one [`Appender`], which writes only bytes at or beyond its
+//!   tail; readers only read bytes below a tail the appender has published to them through a
+//!   lock (the index stripe lock). So no byte is ever read and written at the same time.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+
+enum Inner {
+    /// A zero-length file (mmap cannot map zero bytes).
+    Empty,
+    /// Held only to keep the mapping alive; reads go through `base`.
+    ReadOnly(#[allow(dead_code)] Mmap),
+    Writable(MmapMut),
+}
+
+/// A mapped segment file.
+pub(crate) struct SegmentMap {
+    inner: Inner,
+    /// Base address of the mapping; valid for `len` bytes for as long as `inner` lives.
+    base: *mut u8,
+    len: usize,
+    appender_taken: AtomicBool,
+}
+
+// SAFETY: the mapping is plain memory owned by `inner`; concurrent access follows the
+// discipline in the module docs (disjoint writes by the single appender, reads of
+// published bytes only), and memmap2's types are themselves Send + Sync.
+unsafe impl Send for SegmentMap {}
+// SAFETY: as above.
+unsafe impl Sync for SegmentMap {}
+
+impl SegmentMap {
+    /// Maps `file` read-only for its current length.
+    pub(crate) fn read_only(file: &File) -> io::Result<SegmentMap> {
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large to map"))?;
+        if len == 0 {
+            // mmap of zero bytes fails; an empty file reads as an empty slice.
+            return Ok(SegmentMap::empty());
+        }
+        // SAFETY: the file is not truncated or modified by others while mapped (module docs).
+        let map = unsafe { MmapOptions::new().len(len).map(file)? };
+        let base = map.as_ptr().cast_mut();
+        Ok(SegmentMap {
+            inner: Inner::ReadOnly(map),
+            base,
+            len,
+            appender_taken: AtomicBool::new(true),
+        })
+    }
+
+    /// Maps `file` writable for its current length, which the caller has pre-allocated.
+    pub(crate) fn writable(file: &File) -> io::Result<SegmentMap> {
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large to map"))?;
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot map an empty segment for writing",
+            ));
+        }
+        // SAFETY: as for `read_only`; in addition the file is fully allocated (see
+        // `preallocate`), so stores into the mapping cannot fault for lack of space.
+        let mut map = unsafe { MmapOptions::new().len(len).map_mut(file)? };
+        let base = map.as_mut_ptr();
+        Ok(SegmentMap {
+            inner: Inner::Writable(map),
+            base,
+            len,
+            appender_taken: AtomicBool::new(false),
+        })
+    }
+
+    fn empty() -> SegmentMap {
+        SegmentMap {
+            inner: Inner::Empty,
+            base: std::ptr::null_mut(),
+            len: 0,
+            appender_taken: AtomicBool::new(true),
+        }
+    }
+
+    /// Length of the mapping in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The whole mapping, for scanning during recovery, before any appender exists.
+    pub(crate) fn scan_bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: recovery scans a segment before it hands out an appender for it, so no
+        // byte of the mapping is being written; `base` is valid for `len` bytes.
+        unsafe { std::slice::from_raw_parts(self.base, self.len) }
+    }
+
+    /// Bytes `[offset, offset + len)`, or `None` if out of bounds.
+    ///
+    /// # Safety
+    ///
+    /// The range must have been written completely, and that write must happen-before this
+    /// call (it is published through a lock), and must not be written again while the
+    /// returned slice lives. The index upholds this: it only points at records whose append
+    /// finished before the entry was inserted under the stripe lock, and records are never
+    /// rewritten in place.
+    pub(crate) unsafe fn published(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: in bounds (checked above); no concurrent write per the caller's contract.
+        Some(unsafe { std::slice::from_raw_parts(self.base.add(offset), len) })
+    }
+
+    /// Makes `[offset, offset + len)` durable (msync with MS_SYNC; on Linux a data sync of
+    /// that file range).
+    pub(crate) fn sync_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        let end = offset.saturating_add(len).min(self.len);
+        if end <= offset {
+            return Ok(());
+        }
+        match &self.inner {
+            Inner::Writable(map) => map.flush_range(offset, end - offset),
+            Inner::ReadOnly(_) | Inner::Empty => Ok(()),
+        }
+    }
+
+    /// The single appender of a writable mapping, starting at `tail`.
+    pub(crate) fn appender(self: &Arc<Self>, tail: usize) -> Option<Appender> {
+        let is_writable = matches!(self.inner, Inner::Writable(_));
+        if !is_writable || tail > self.len || self.appender_taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(Appender {
+            map: Arc::clone(self),
+            tail,
+        })
+    }
+}
+
+/// The only writer of a writable mapping: appends bytes at its tail, never before it.
+pub(crate) struct Appender {
+    map: Arc<SegmentMap>,
+    tail: usize,
+}
+
+impl Appender {
+    /// Where the next append goes.
+    pub(crate) fn tail(&self) -> usize {
+        self.tail
+    }
+
+    /// Bytes left before the end of the mapping.
+    pub(crate) fn remaining(&self) -> usize {
+        self.map.len - self.tail
+    }
+
+    /// Lets `fill` write exactly `len` bytes at the tail, then advances the tail. Returns
+    /// the offset written at, or `None` (nothing written) if `len` bytes do not fit.
+    pub(crate) fn append(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Option<usize> {
+        if len > self.remaining() {
+            return None;
+        }
+        let at = self.tail;
+        // SAFETY: `[at, at + len)` is in bounds (checked above) and at or beyond the tail, so
+        // no reader has been handed it (module docs); this appender is the only writer.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.map.base.add(at), len) };
+        fill(dst);
+        self.tail = at + len;
+        Some(at)
+    }
+
+    /// Zeroes every non-zero byte from the tail to the end of the mapping, returning the
+    /// span from the tail to the last byte zeroed (0 if there was nothing to zero). A cut
+    /// torn tail must not leave stale bytes that could later line up as valid records.
+    ///
+    /// Only the file's data regions are read (`SEEK_DATA`/`SEEK_HOLE`): the unwritten rest
+    /// of a pre-allocated segment is skipped without being paged in.
+    pub(crate) fn zero_rest(&mut self, file: &File) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let mut last_dirty = self.tail;
+        // Read with pread rather than through the mapping: faulting in megabytes of
+        // never-written pages one by one is several times slower.
+        let mut buf = vec![0u8; 1 << 20];
+        for (start, end) in data_regions(file, self.tail, self.map.len)? {
+            let mut at = start;
+            while at < end {
+                let want = (end - at).min(buf.len());
+                let chunk = buf.get_mut(..want).unwrap_or(&mut []);
+                let got = file.read_at(chunk, at as u64)?;
+                if got == 0 {
+                    break;
+                }
+                let read = chunk.get(..got).unwrap_or(&[]);
+                if let Some(p) = read.iter().rposition(|&b| b != 0) {
+                    let dirty_len = p + 1;
+                    // SAFETY: as in `append`: `[at, at + dirty_len)` is at or beyond the tail
+                    // (data_regions clamps to [tail, len)) and owned by this appender.
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(self.map.base.add(at), dirty_len) };
+                    dst.fill(0);
+                    last_dirty = at + dirty_len;
+                }
+                at += got;
+            }
+        }
+        Ok(last_dirty - self.tail)
+    }
+}
+
+/// The `[start, end)` ranges within `[from, to)` that may hold data, per `SEEK_DATA` and
+/// `SEEK_HOLE`. Where the filesystem does not support them, the whole range is returned.
+fn data_regions(file: &File, from: usize, to: usize) -> io::Result<Vec<(usize, usize)>> {
+    let fd = file.as_raw_fd();
+    let mut regions = Vec::new();
+    let mut pos = from;
+    while pos < to {
+        let Ok(at) = libc::off_t::try_from(pos) else {
+            break;
+        };
+        // SAFETY: plain syscall on a valid, open file descriptor.
+        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                // No data at or after `pos`.
+                Some(libc::ENXIO) => break,
+                // Not supported here: treat everything as data.
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
+                    regions.push((pos, to));
+                    break;
+                }
+                _ => return Err(err),
+            }
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let start = usize::try_from(data).unwrap_or(to).max(pos).min(to);
+        let end = usize::try_from(hole).unwrap_or(to).min(to);
+        if end <= start {
+            break;
+        }
+        regions.push((start, end));
+        pos = end;
+    }
+    Ok(regions)
+}
+
+/// Reserves disk blocks for the whole file so that writes through a mapping cannot hit a
+/// full disk (see the module docs).
+pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+    // SAFETY: plain syscall wrapper on a valid, open file descriptor.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    match rc {
+        0 => Ok(()),
+        // Filesystems without fallocate: fall back to extending the file; space is then
+        // allocated lazily (documented limitation).
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len as u64),
+        err => Err(io::Error::from_raw_os_error(err)),
+    }
+}

@@ -1,0 +1,592 @@
+//! The segment log: append, rotate, group commit, and reading records back.
+//!
+//! Invariants kept here:
+//!
+//! - Records are appended in one total order (the writer mutex); a log sequence number
+//!   (`lsn = segment_id << 32 | end offset`) grows with it. Operations on one key are
+//!   additionally ordered by that key's index stripe lock, so the log order of a key's
+//!   records is the order its operations took effect.
+//! - `durable` is an lsn below which every byte is on stable storage. Only a successful
+//!   sync moves it; a sync covers a prefix of the log, never a hole.
+//! - Every segment but the newest ends with a seal record and was fully synced before its
+//!   successor's name became visible (see `rotate`).
+//! - After a failed sync the log is poisoned: nothing more is appended or acknowledged.
+
+#![allow(unsafe_code)]
+
+mod map;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    encode_record, encode_seal, encoded_len, peek_trusted, RecordHeader, RecordKind, SealInfo,
+    SegmentHeader, FORMAT_VERSION, RECORD_HEADER_LEN, SEAL_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::fs;
+
+pub(crate) use map::{preallocate, Appender, SegmentMap};
+
+/// Packs a position in the log into one ordered number.
+pub(crate) fn lsn(segment_id: u64, offset: usize) -> u64 {
+    (segment_id << 32) | (offset as u64 & 0xffff_ffff)
+}
+
+/// Where a record lives: a slot in the segment table and a byte offset in that segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Location {
+    pub(crate) slot: u16,
+    pub(crate) offset: u32,
+}
+
+/// One segment file, mapped.
+pub(crate) struct Segment {
+    pub(crate) id: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) map: Arc<SegmentMap>,
+    /// Kept open for the lifetime of the mapping.
+    _file: File,
+}
+
+impl Segment {
+    pub(crate) fn new(path: PathBuf, header: SegmentHeader, map: SegmentMap, file: File) -> Self {
+        Segment {
+            id: header.segment_id,
+            path,
+            map: Arc::new(map),
+            _file: file,
+        }
+    }
+
+    /// The open segment file.
+    pub(crate) fn file(&self) -> &File {
+        &self._file
+    }
+
+    /// Bytes the file takes on disk.
+    pub(crate) fn disk_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+}
+
+const CHUNK: usize = 256;
+type Chunk = [AtomicPtr<Segment>; CHUNK];
+
+/// Maps the 16-bit slot numbers stored in index entries to segments, without locks on the
+/// read path.
+///
+/// A segment stays installed, and so readable, for as long as any index entry points at it;
+/// slots are freed only when no entry does (compaction and expiry will rely on this).
+pub(crate) struct SegmentTable {
+    chunks: Box<[AtomicPtr<Chunk>]>,
+    free: Mutex<Vec<u16>>,
+    next_slot: AtomicUsize,
+    installed: AtomicUsize,
+    disk_bytes: AtomicU64,
+}
+
+/// Most segments one store can hold at once (slots are 16 bits).
+pub(crate) const MAX_SEGMENTS: usize = 1 << 16;
+
+impl SegmentTable {
+    pub(crate) fn new() -> SegmentTable {
+        SegmentTable {
+            chunks: (0..MAX_SEGMENTS / CHUNK)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
+            free: Mutex::new(Vec::new()),
+            next_slot: AtomicUsize::new(0),
+            installed: AtomicUsize::new(0),
+            disk_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Installs a segment and returns its slot.
+    pub(crate) fn install(&self, segment: Arc<Segment>) -> Result<u16> {
+        let slot = match self.free.lock().pop() {
+            Some(s) => usize::from(s),
+            None => {
+                let s = self.next_slot.fetch_add(1, Ordering::Relaxed);
+                if s >= MAX_SEGMENTS {
+                    self.next_slot.fetch_sub(1, Ordering::Relaxed);
+                    return Err(Error::Poisoned {
+                        reason: format!("more than {MAX_SEGMENTS} segments in one store"),
+                    });
+                }
+                s
+            }
+        };
+        let chunk_ptr = self.chunk(slot / CHUNK, true);
+        // SAFETY: `chunk` returned a pointer to a live chunk (chunks are freed only on drop).
+        let chunk = unsafe { &*chunk_ptr };
+        self.disk_bytes
+            .fetch_add(segment.disk_len(), Ordering::Relaxed);
+        let raw = Arc::into_raw(segment).cast_mut();
+        if let Some(cell) = chunk.get(slot % CHUNK) {
+            cell.store(raw, Ordering::Release);
+        }
+        self.installed.fetch_add(1, Ordering::Relaxed);
+        Ok(slot as u16)
+    }
+
+    fn chunk(&self, index: usize, create: bool) -> *mut Chunk {
+        let Some(cell) = self.chunks.get(index) else {
+            return std::ptr::null_mut();
+        };
+        let p = cell.load(Ordering::Acquire);
+        if !p.is_null() || !create {
+            return p;
+        }
+        let fresh: Box<Chunk> =
+            Box::new(std::array::from_fn(
+                |_| AtomicPtr::new(std::ptr::null_mut()),
+            ));
+        let fresh = Box::into_raw(fresh);
+        match cell.compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => fresh,
+            Err(existing) => {
+                // SAFETY: `fresh` came from Box::into_raw above and was never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                existing
+            }
+        }
+    }
+
+    /// The segment in `slot`, if one is installed.
+    pub(crate) fn get(&self, slot: u16) -> Option<&Segment> {
+        let chunk = self.chunk(usize::from(slot) / CHUNK, false);
+        if chunk.is_null() {
+            return None;
+        }
+        // SAFETY: chunks live until the table is dropped.
+        let cell = unsafe { &*chunk }.get(usize::from(slot) % CHUNK)?;
+        let p = cell.load(Ordering::Acquire);
+        if p.is_null() {
+            None
+        } else {
+            // SAFETY: an installed segment stays alive while the table holds its Arc, which
+            // it does until the table is dropped (the borrow of `self` bounds the result).
+            Some(unsafe { &*p })
+        }
+    }
+
+    /// Reads the header and key of the record at `loc`.
+    pub(crate) fn record(&self, loc: Location) -> Option<(RecordHeader, &[u8])> {
+        let seg = self.get(loc.slot)?;
+        let offset = loc.offset as usize;
+        // SAFETY: locations come from index entries, which only point at records whose
+        // append completed (and was published through the stripe lock) before the entry was
+        // inserted; records are never rewritten in place. See `SegmentMap::published`.
+        let head = unsafe { seg.map.published(offset, RECORD_HEADER_LEN) }?;
+        let key_len = usize::from(u16::from_le_bytes([*head.get(6)?, *head.get(7)?]));
+        // SAFETY: as above; the key follows the header within the same record.
+        let rec = unsafe { seg.map.published(offset, RECORD_HEADER_LEN + key_len) }?;
+        peek_trusted(rec)
+    }
+
+    /// Number of installed segments.
+    pub(crate) fn len(&self) -> usize {
+        self.installed.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of all installed segment files.
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        self.disk_bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SegmentTable {
+    fn drop(&mut self) {
+        for cell in self.chunks.iter() {
+            let chunk = cell.swap(std::ptr::null_mut(), Ordering::AcqRel);
+            if chunk.is_null() {
+                continue;
+            }
+            // SAFETY: chunk pointers come from Box::into_raw in `chunk`; we own them now.
+            let chunk = unsafe { Box::from_raw(chunk) };
+            for seg in chunk.iter() {
+                let p = seg.swap(std::ptr::null_mut(), Ordering::AcqRel);
+                if !p.is_null() {
+                    // SAFETY: installed pointers come from Arc::into_raw in `install`.
+                    drop(unsafe { Arc::from_raw(p) });
+                }
+            }
+        }
+    }
+}
+
+/// The active segment and the state needed to seal it.
+pub(crate) struct Writer {
+    pub(crate) segment: Arc<Segment>,
+    pub(crate) slot: u16,
+    pub(crate) appender: Appender,
+    pub(crate) records: u64,
+    pub(crate) max_expires: u64,
+}
+
+/// A record appended to the log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Appended {
+    pub(crate) loc: Location,
+    /// The lsn just past the record: it is durable once `durable >= lsn_end`.
+    pub(crate) lsn_end: u64,
+}
+
+struct CommitState {
+    syncing: bool,
+}
+
+/// One record to append.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordSpec<'a> {
+    pub(crate) kind: RecordKind,
+    pub(crate) key: &'a [u8],
+    pub(crate) time: u64,
+    pub(crate) expires: u64,
+}
+
+/// A segment created under its temporary name, with its appender and that name.
+pub(crate) type Spare = (Segment, Appender, PathBuf);
+
+/// Configuration the log needs.
+pub(crate) struct LogConfig {
+    pub(crate) dir: PathBuf,
+    pub(crate) segment_size: u64,
+    pub(crate) store_id: u128,
+}
+
+/// The segment log of one store.
+pub(crate) struct Log {
+    config: LogConfig,
+    pub(crate) table: Arc<SegmentTable>,
+    writer: Mutex<Writer>,
+    commit: Mutex<CommitState>,
+    commit_done: Condvar,
+    durable: AtomicU64,
+    poisoned: AtomicBool,
+    poison_reason: Mutex<Option<String>>,
+    syncs: AtomicU64,
+}
+
+impl Log {
+    /// Wires up a log whose segments recovery has installed and whose active segment's
+    /// content up to the writer's tail is already durable.
+    pub(crate) fn new(config: LogConfig, table: Arc<SegmentTable>, writer: Writer) -> Log {
+        let durable = lsn(writer.segment.id, writer.appender.tail());
+        Log {
+            config,
+            table,
+            writer: Mutex::new(writer),
+            commit: Mutex::new(CommitState { syncing: false }),
+            commit_done: Condvar::new(),
+            durable: AtomicU64::new(durable),
+            poisoned: AtomicBool::new(false),
+            poison_reason: Mutex::new(None),
+            syncs: AtomicU64::new(0),
+        }
+    }
+
+    /// Appends one record.
+    pub(crate) fn append(&self, rec: RecordSpec<'_>) -> Result<Appended> {
+        let mut out = None;
+        self.append_all(std::slice::from_ref(&rec), |_, a| out = Some(a))?;
+        out.ok_or_else(|| self.poison("append produced no record".to_string()))
+    }
+
+    /// Appends `recs` in order as one unit: either all are written, or — when a new segment
+    /// cannot be created (a full disk, say) — none is, and the log is unchanged. Every
+    /// segment the batch needs is created before the first byte is written. `done` learns
+    /// where each record went.
+    pub(crate) fn append_all(
+        &self,
+        recs: &[RecordSpec<'_>],
+        mut done: impl FnMut(usize, Appended),
+    ) -> Result<()> {
+        let mut w = self.writer.lock();
+        self.check_poison()?;
+        let usable = self.config.segment_size as usize - SEGMENT_HEADER_LEN - SEAL_LEN;
+        let mut room = w.appender.remaining().saturating_sub(SEAL_LEN);
+        let mut needed = 0usize;
+        for rec in recs {
+            let len = encoded_len(rec.key.len(), 0);
+            if len > room {
+                needed += 1;
+                room = usable;
+            }
+            room = room.saturating_sub(len);
+        }
+        let mut spares = Vec::with_capacity(needed);
+        let now = recs.first().map_or(0, |r| r.time);
+        for next_id in (w.segment.id + 1..).take(needed) {
+            match create_segment(
+                &self.config.dir,
+                next_id,
+                self.config.segment_size,
+                self.config.store_id,
+                now,
+            ) {
+                Ok(s) => spares.push(s),
+                Err(e) => {
+                    for (_, _, tmp) in &spares {
+                        let _ = fs::remove_file(tmp);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let mut spares = spares.into_iter();
+        for (i, rec) in recs.iter().enumerate() {
+            let len = encoded_len(rec.key.len(), 0);
+            if w.appender.remaining() < len + SEAL_LEN {
+                let Some(spare) = spares.next() else {
+                    return Err(self.poison("segment plan fell short".to_string()));
+                };
+                self.rotate(&mut w, spare, rec.time)?;
+            }
+            let at = w
+                .appender
+                .append(len, |buf| {
+                    encode_record(buf, rec.kind, rec.key, &[], rec.time, rec.expires)
+                })
+                .ok_or_else(|| self.poison("record does not fit a fresh segment".to_string()))?;
+            w.records += 1;
+            w.max_expires = w.max_expires.max(rec.expires);
+            done(
+                i,
+                Appended {
+                    loc: Location {
+                        slot: w.slot,
+                        offset: at as u32,
+                    },
+                    lsn_end: lsn(w.segment.id, at + len),
+                },
+            );
+        }
+        for (_, _, tmp) in spares {
+            let _ = fs::remove_file(&tmp);
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and makes `spare` (created by `create_segment`) the new one.
+    /// Runs under the writer lock.
+    ///
+    /// Order, and why (crash analysis in docs/FORMAT.md):
+    /// 1. (before) `seg-N+1.olog.tmp` was created, allocated, and its header synced — a crash
+    ///    then leaves only a temporary file, deleted on open;
+    /// 2. append the seal record to segment N and sync all of N — N is complete on disk;
+    /// 3. rename the temporary to `seg-N+1.olog` and fsync the directory — only now can
+    ///    recovery see N+1, and it always finds N sealed.
+    ///
+    /// A failure in 2 or 3 poisons the log: segment N is sealed, so nothing more may be
+    /// appended to it, and the store must be reopened.
+    fn rotate(&self, w: &mut Writer, spare: Spare, now: u64) -> Result<()> {
+        let (segment, appender, tmp) = spare;
+        let next_id = segment.id;
+        let data_end = w.appender.tail();
+        let info = SealInfo {
+            records: w.records,
+            data_end: data_end as u64,
+            max_expires: w.max_expires,
+        };
+        let mut seal = [0u8; SEAL_LEN];
+        encode_seal(&mut seal, info, now);
+        if w.appender
+            .append(SEAL_LEN, |b| b.copy_from_slice(&seal))
+            .is_none()
+        {
+            // Cannot happen: appends always leave SEAL_LEN free. Refuse rather than write an
+            // unsealed segment followed by a newer one.
+            let _ = fs::remove_file(&tmp);
+            return Err(self.poison("no room left for the seal record".to_string()));
+        }
+        let sealed_end = w.appender.tail();
+        if let Err(e) = w.segment.map.sync_range(0, sealed_end) {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.poison_io("sync sealed segment", &w.segment.path, e));
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = std::fs::rename(&tmp, &segment.path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.poison_io("rename new segment", &segment.path, e));
+        }
+        if let Err(e) = fs::sync_dir(&self.config.dir) {
+            return Err(self.poison(e.to_string()));
+        }
+        let segment = Arc::new(segment);
+        let slot = match self.table.install(Arc::clone(&segment)) {
+            Ok(s) => s,
+            Err(e) => return Err(self.poison(e.to_string())),
+        };
+        self.durable
+            .fetch_max(lsn(w.segment.id, sealed_end), Ordering::AcqRel);
+        *w = Writer {
+            segment,
+            slot,
+            appender,
+            records: 0,
+            max_expires: 0,
+        };
+        self.durable
+            .fetch_max(lsn(next_id, SEGMENT_HEADER_LEN), Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Returns once everything up to `lsn_end` is on stable storage, syncing if needed.
+    /// Concurrent callers share syncs: one leads, the others wait for its result.
+    pub(crate) fn wait_durable(&self, lsn_end: u64) -> Result<()> {
+        if self.durable.load(Ordering::Acquire) >= lsn_end {
+            return Ok(());
+        }
+        let mut st = self.commit.lock();
+        loop {
+            if self.durable.load(Ordering::Acquire) >= lsn_end {
+                return Ok(());
+            }
+            self.check_poison()?;
+            if st.syncing {
+                self.commit_done.wait(&mut st);
+                continue;
+            }
+            st.syncing = true;
+            drop(st);
+            let res = self.sync_written();
+            st = self.commit.lock();
+            st.syncing = false;
+            self.commit_done.notify_all();
+            res?;
+        }
+    }
+
+    /// Syncs everything written so far.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let target = {
+            let w = self.writer.lock();
+            lsn(w.segment.id, w.appender.tail())
+        };
+        self.wait_durable(target)
+    }
+
+    fn sync_written(&self) -> Result<()> {
+        let (segment, tail) = {
+            let w = self.writer.lock();
+            (Arc::clone(&w.segment), w.appender.tail())
+        };
+        let target = lsn(segment.id, tail);
+        let durable = self.durable.load(Ordering::Acquire);
+        if durable >= target {
+            return Ok(());
+        }
+        let from = if durable >> 32 == segment.id {
+            (durable & 0xffff_ffff) as usize
+        } else {
+            0
+        };
+        if let Err(e) = segment.map.sync_range(from, tail - from.min(tail)) {
+            return Err(self.poison_io("sync segment", &segment.path, e));
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.durable.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Fails if an earlier sync failed.
+    pub(crate) fn check_poison(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let reason = self
+                .poison_reason
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "unknown failure".to_string());
+            return Err(Error::Poisoned { reason });
+        }
+        Ok(())
+    }
+
+    /// Marks the log poisoned; returns the error to give the caller who hit the failure.
+    pub(crate) fn poison(&self, reason: String) -> Error {
+        let mut r = self.poison_reason.lock();
+        if r.is_none() {
+            *r = Some(reason.clone());
+        }
+        self.poisoned.store(true, Ordering::Release);
+        Error::Poisoned { reason }
+    }
+
+    fn poison_io(&self, op: &'static str, path: &Path, e: std::io::Error) -> Error {
+        self.poison(format!("{op} {}: {e}", path.display()));
+        Error::io(op, path, e)
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+}
+
+/// Creates segment `id` under its temporary name: allocated, header written and synced.
+/// The caller renames it into place (and fsyncs the directory) when the time is right.
+pub(crate) fn create_segment(
+    dir: &Path,
+    id: u64,
+    capacity: u64,
+    store_id: u128,
+    now: u64,
+) -> Result<Spare> {
+    let path = dir.join(fs::segment_name(id));
+    let tmp = dir.join(format!("{}{}", fs::segment_name(id), fs::TMP_SUFFIX));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("create segment", &tmp, e))?;
+    let made = (|| {
+        preallocate(&file, capacity).map_err(|e| Error::io("allocate segment", &tmp, e))?;
+        let map = SegmentMap::writable(&file).map_err(|e| Error::io("map segment", &tmp, e))?;
+        let header = SegmentHeader {
+            version: FORMAT_VERSION,
+            segment_id: id,
+            created_at: now,
+            capacity,
+            store_id,
+        };
+        let segment = Segment::new(path.clone(), header, map, file);
+        let mut appender = segment
+            .map
+            .appender(0)
+            .ok_or_else(|| Error::io("map segment", &tmp, std::io::ErrorKind::Other.into()))?;
+        let bytes = header.encode();
+        appender.append(SEGMENT_HEADER_LEN, |b| b.copy_from_slice(&bytes));
+        segment
+            .map
+            .sync_range(0, SEGMENT_HEADER_LEN)
+            .map_err(|e| Error::io("sync segment header", &tmp, e))?;
+        segment
+            ._file
+            .sync_all()
+            .map_err(|e| Error::io("sync segment", &tmp, e))?;
+        Ok((segment, appender))
+    })();
+    match made {
+        Ok((segment, appender)) => Ok((segment, appender, tmp)),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}

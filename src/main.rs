@@ -1,0 +1,413 @@
+//! The `oncelog` command-line tool: claim keys, filter a stream of ids, inspect a store.
+
+use std::io::{self, BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use oncelog::{Claim, Durability, Options, Store, MAX_KEY_LEN};
+
+const USAGE: &str = "\
+oncelog — a persistent dedupe store
+
+USAGE:
+    oncelog claim  --dir DIR --ttl TTL [--durability MODE] KEY...
+    oncelog filter --dir DIR --ttl TTL [--durability MODE] [--batch N]
+    oncelog get    --dir DIR KEY...
+    oncelog remove --dir DIR [--durability MODE] KEY...
+    oncelog stats  --dir DIR
+
+COMMANDS:
+    claim    Claim each KEY; prints `new KEY` or `duplicate KEY ...`.
+             Exit code 0 if every key was new, 1 if any was a duplicate.
+    filter   Read ids from stdin, one per line; print only those seen for the first time
+             (within TTL), in input order. A persistent `sort -u` for streams. Empty
+             lines are skipped. Ids are claimed in batches of up to N (default 1024),
+             one durable write per batch; output is flushed after each batch.
+    get      Show whether each KEY is claimed, without claiming it. Exit code 0 if all
+             are claimed, 1 otherwise.
+    remove   Forget each KEY so it can be claimed again.
+    stats    Print the store's counters and sizes.
+
+OPTIONS:
+    --dir DIR           The store directory (created if missing).
+    --ttl TTL           How long a claim lasts: e.g. 500ms, 90s, 15m, 72h, 3d, 1w, 1h30m.
+    --durability MODE   sync (default), buffered, or periodic:INTERVAL (e.g. periodic:100ms).
+    --batch N           filter: most ids per batch (default 1024).
+
+Keys are 1 to 4096 bytes. Exit code 2 means an error (printed to stderr).";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("oncelog: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct Args {
+    dir: Option<PathBuf>,
+    ttl: Option<Duration>,
+    durability: Durability,
+    batch: usize,
+    rest: Vec<String>,
+}
+
+fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut out = Args {
+        dir: None,
+        ttl: None,
+        durability: Durability::Sync,
+        batch: 1024,
+        rest: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--dir" => out.dir = Some(PathBuf::from(value("--dir")?)),
+            "--ttl" => out.ttl = Some(parse_duration(&value("--ttl")?)?),
+            "--durability" => out.durability = parse_durability(&value("--durability")?)?,
+            "--batch" => {
+                let v = value("--batch")?;
+                out.batch = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--batch: expected a positive number, got {v:?}"))?;
+            }
+            "--" => out.rest.extend(it.by_ref().cloned()),
+            s if s.starts_with("--") => return Err(format!("unknown option {s}\n\n{USAGE}")),
+            _ => out.rest.push(a.clone()),
+        }
+    }
+    Ok(out)
+}
+
+fn run(args: &[String]) -> Result<ExitCode, String> {
+    let Some((cmd, rest)) = args.split_first() else {
+        println!("{USAGE}");
+        return Ok(ExitCode::from(2));
+    };
+    if matches!(cmd.as_str(), "-h" | "--help" | "help") {
+        println!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let a = parse_args(rest)?;
+    match cmd.as_str() {
+        "claim" => cmd_claim(&a),
+        "filter" => cmd_filter(&a),
+        "get" => cmd_get(&a),
+        "remove" => cmd_remove(&a),
+        "stats" => cmd_stats(&a),
+        other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+    }
+}
+
+fn open(a: &Args) -> Result<Store, String> {
+    let dir = a.dir.as_ref().ok_or("--dir is required")?;
+    Options::new()
+        .durability(a.durability)
+        .open(dir)
+        .map_err(|e| error_chain(&e))
+}
+
+fn need_ttl(a: &Args) -> Result<Duration, String> {
+    a.ttl
+        .ok_or_else(|| "--ttl is required (e.g. --ttl 72h)".to_string())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn cmd_claim(a: &Args) -> Result<ExitCode, String> {
+    let ttl = need_ttl(a)?;
+    if a.rest.is_empty() {
+        return Err("claim: give at least one KEY".into());
+    }
+    let store = open(a)?;
+    let answers = store
+        .claim_many(&a.rest, ttl)
+        .map_err(|e| error_chain(&e))?;
+    let mut any_dup = false;
+    let mut out = io::stdout().lock();
+    for (key, answer) in a.rest.iter().zip(&answers) {
+        let line = match answer {
+            Claim::New => format!("new {key}"),
+            Claim::Duplicate(seen) => {
+                any_dup = true;
+                format!(
+                    "duplicate {key} first_seen={} expires_at={}",
+                    rfc3339(seen.first_seen),
+                    rfc3339(seen.expires_at)
+                )
+            }
+        };
+        writeln!(out, "{line}").map_err(|e| e.to_string())?;
+    }
+    drop(out);
+    store.close().map_err(|e| error_chain(&e))?;
+    Ok(if any_dup {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn cmd_filter(a: &Args) -> Result<ExitCode, String> {
+    let ttl = need_ttl(a)?;
+    if !a.rest.is_empty() {
+        return Err("filter reads ids from stdin and takes no KEY arguments".into());
+    }
+    let store = open(a)?;
+    // A reader thread feeds lines through a bounded channel so that a slow trickle of
+    // input is still answered promptly: each batch takes what has arrived, up to --batch.
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(a.batch * 4);
+    std::thread::spawn(move || {
+        let stdin = io::stdin();
+        let mut input = stdin.lock();
+        loop {
+            let mut line = Vec::new();
+            match input.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                        if line.last() == Some(&b'\r') {
+                            line.pop();
+                        }
+                    }
+                    if line.is_empty() {
+                        continue;
+                    }
+                    if tx.send(Ok(line)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let mut out = io::stdout().lock();
+    let mut line_no = 0u64;
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(a.batch);
+    while let Ok(first) = rx.recv() {
+        batch.clear();
+        batch.push(first.map_err(|e| format!("reading stdin: {e}"))?);
+        while batch.len() < a.batch {
+            match rx.try_recv() {
+                Ok(line) => batch.push(line.map_err(|e| format!("reading stdin: {e}"))?),
+                Err(_) => break,
+            }
+        }
+        for (i, key) in batch.iter().enumerate() {
+            if key.len() > MAX_KEY_LEN {
+                return Err(format!(
+                    "line {}: id of {} bytes is longer than the {MAX_KEY_LEN}-byte limit",
+                    line_no + i as u64 + 1,
+                    key.len()
+                ));
+            }
+        }
+        line_no += batch.len() as u64;
+        let answers = store.claim_many(&batch, ttl).map_err(|e| error_chain(&e))?;
+        for (key, answer) in batch.iter().zip(&answers) {
+            if answer.is_new() {
+                out.write_all(key)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    drop(out);
+    store.close().map_err(|e| error_chain(&e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_get(a: &Args) -> Result<ExitCode, String> {
+    if a.rest.is_empty() {
+        return Err("get: give at least one KEY".into());
+    }
+    let store = open(a)?;
+    let mut all = true;
+    for key in &a.rest {
+        match store.get(key).map_err(|e| error_chain(&e))? {
+            Some(seen) => println!(
+                "claimed {key} first_seen={} expires_at={}",
+                rfc3339(seen.first_seen),
+                rfc3339(seen.expires_at)
+            ),
+            None => {
+                all = false;
+                println!("absent {key}");
+            }
+        }
+    }
+    store.close().map_err(|e| error_chain(&e))?;
+    Ok(if all {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn cmd_remove(a: &Args) -> Result<ExitCode, String> {
+    if a.rest.is_empty() {
+        return Err("remove: give at least one KEY".into());
+    }
+    let store = open(a)?;
+    for key in &a.rest {
+        let removed = store.remove(key).map_err(|e| error_chain(&e))?;
+        println!("{} {key}", if removed { "removed" } else { "absent" });
+    }
+    store.close().map_err(|e| error_chain(&e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_stats(a: &Args) -> Result<ExitCode, String> {
+    let store = open(a)?;
+    let s = store.stats();
+    println!("dir                       {}", store.path().display());
+    println!("keys                      {}", s.keys);
+    println!("segments                  {}", s.segments);
+    println!("disk_bytes                {}", s.disk_bytes);
+    println!("index_bytes               {}", s.index_bytes);
+    println!("recovered_records         {}", s.recovered_records);
+    println!("recovery_truncated_bytes  {}", s.recovery_truncated_bytes);
+    println!(
+        "recovery_time_ms          {:.3}",
+        s.recovery_time.as_secs_f64() * 1e3
+    );
+    store.close().map_err(|e| error_chain(&e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "sync" => Ok(Durability::Sync),
+        "buffered" => Ok(Durability::Buffered),
+        _ => match s.strip_prefix("periodic:") {
+            Some(iv) => Ok(Durability::Periodic(parse_duration(iv)?)),
+            None => Err(format!(
+                "--durability: expected sync, buffered or periodic:INTERVAL, got {s:?}"
+            )),
+        },
+    }
+}
+
+/// Parses `500ms`, `90s`, `15m`, `72h`, `3d`, `1w` and sums such as `1h30m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: expected e.g. 500ms, 90s, 15m, 72h, 3d, 1h30m");
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let (num, tail) = rest.split_at(digits);
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let unit_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let (unit, tail) = tail.split_at(unit_len);
+        let part = match unit {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            "m" => n.checked_mul(60).map(Duration::from_secs),
+            "h" => n.checked_mul(3600).map(Duration::from_secs),
+            "d" => n.checked_mul(86_400).map(Duration::from_secs),
+            "w" => n.checked_mul(604_800).map(Duration::from_secs),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = tail;
+    }
+    Ok(total)
+}
+
+/// Formats a time as RFC 3339 in UTC, to the millisecond.
+fn rfc3339(t: SystemTime) -> String {
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i128);
+    let secs = (ms / 1000) as i64;
+    let millis = (ms % 1000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("72h"), Ok(Duration::from_secs(72 * 3600)));
+        assert_eq!(parse_duration("3d"), Ok(Duration::from_secs(3 * 86_400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "h", "10", "10x", "-5s", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn durability_names() {
+        assert_eq!(parse_durability("sync"), Ok(Durability::Sync));
+        assert_eq!(parse_durability("buffered"), Ok(Durability::Buffered));
+        assert_eq!(
+            parse_durability("periodic:100ms"),
+            Ok(Durability::Periodic(Duration::from_millis(100)))
+        );
+        assert!(parse_durability("fast").is_err());
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,361 @@
+//! Rebuilding the index from the segments when a store opens.
+//!
+//! Invariants:
+//!
+//! - Records are replayed in log order (segment id, then offset); the last record of a key
+//!   decides its state, exactly as it did while the store ran.
+//! - Every record's checksum is verified before it is applied.
+//! - Only the newest segment may end in a torn write; with
+//!   [`RecoveryMode::TolerateTornTail`] it is cut and zeroed (and counted), anywhere else
+//!   damage fails `open` with the file and offset.
+//! - A claim that expired before `now` is not brought back; a remove record deletes the
+//!   key's entry.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{CorruptionKind, Error, Result};
+use crate::format::{
+    decode_record, DecodeError, HeaderError, RecordKind, SegmentHeader, FORMAT_VERSION, SEAL_LEN,
+    SEGMENT_HEADER_LEN,
+};
+use crate::fs;
+use crate::index::{Entry, Index, Slot};
+use crate::log::{
+    create_segment, preallocate, Location, Log, LogConfig, Segment, SegmentMap, SegmentTable,
+    Writer,
+};
+use crate::options::{Options, RecoveryMode, MAX_SEGMENT_SIZE};
+
+/// What recovery found; reported through [`Stats`](crate::Stats).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RecoveryStats {
+    pub(crate) segments: u64,
+    pub(crate) records: u64,
+    pub(crate) truncated_bytes: u64,
+    pub(crate) duration: Duration,
+}
+
+/// Scans `dir`, fills `index`, and returns the log ready for appends.
+pub(crate) fn recover(
+    dir: &Path,
+    opts: &Options,
+    index: &Index,
+    now: u64,
+) -> Result<(Log, RecoveryStats)> {
+    let started = Instant::now();
+    let mut stats = RecoveryStats::default();
+    let listing = fs::list_dir(dir)?;
+    if !listing.temporaries.is_empty() {
+        for tmp in &listing.temporaries {
+            fs::remove_file(tmp)?;
+        }
+        fs::sync_dir(dir)?;
+    }
+    let table = Arc::new(SegmentTable::new());
+    let mut store_id: Option<u128> = None;
+    let mut active: Option<(Arc<Segment>, u16, usize, u64, u64)> = None;
+    let mut last_id = 0u64;
+    let count = listing.segments.len();
+    for (i, (id, path)) in listing.segments.iter().enumerate() {
+        let is_last = i + 1 == count;
+        let segment = open_segment(path, *id, is_last, &mut store_id)?;
+        let segment = Arc::new(segment);
+        let slot = table.install(Arc::clone(&segment))?;
+        let scan = scan_segment(&segment, slot, is_last, opts, index, &table, now)?;
+        stats.segments += 1;
+        stats.records += scan.records;
+        last_id = *id;
+        if !scan.sealed {
+            // Only the newest segment may be unsealed (scan_segment checked).
+            active = Some((segment, slot, scan.end, scan.records, scan.max_expires));
+        }
+    }
+    let store_id = store_id.unwrap_or_else(new_store_id);
+    let config = LogConfig {
+        dir: dir.to_path_buf(),
+        segment_size: opts.segment_size,
+        store_id,
+    };
+    let writer = match active {
+        Some((segment, slot, end, records, max_expires)) => {
+            let mut appender = segment.map.appender(end).ok_or_else(|| {
+                Error::corruption(&segment.path, end as u64, CorruptionKind::Truncated)
+            })?;
+            let dirty = appender
+                .zero_rest(segment.file())
+                .map_err(|e| Error::io("clear cut tail", &segment.path, e))?;
+            if dirty > 0 {
+                if opts.recovery == RecoveryMode::Strict {
+                    return Err(Error::corruption(
+                        &segment.path,
+                        end as u64,
+                        CorruptionKind::TrailingGarbage,
+                    ));
+                }
+                segment
+                    .map
+                    .sync_range(end, dirty)
+                    .map_err(|e| Error::io("sync cut tail", &segment.path, e))?;
+                stats.truncated_bytes = dirty as u64;
+            }
+            Writer {
+                segment,
+                slot,
+                appender,
+                records,
+                max_expires,
+            }
+        }
+        None => {
+            let (segment, appender, tmp) =
+                create_segment(dir, last_id + 1, opts.segment_size, store_id, now)?;
+            std::fs::rename(&tmp, &segment.path)
+                .map_err(|e| Error::io("rename new segment", &segment.path, e))?;
+            fs::sync_dir(dir)?;
+            let segment = Arc::new(segment);
+            let slot = table.install(Arc::clone(&segment))?;
+            Writer {
+                segment,
+                slot,
+                appender,
+                records: 0,
+                max_expires: 0,
+            }
+        }
+    };
+    stats.duration = started.elapsed();
+    Ok((Log::new(config, table, writer), stats))
+}
+
+fn open_segment(
+    path: &Path,
+    id: u64,
+    writable: bool,
+    store_id: &mut Option<u128>,
+) -> Result<Segment> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(|e| Error::io("open segment", path, e))?;
+    let header = read_header(&file, path)?;
+    if header.segment_id != id {
+        return Err(Error::corruption(
+            path,
+            0,
+            CorruptionKind::SegmentIdMismatch,
+        ));
+    }
+    match store_id {
+        Some(s) if *s != header.store_id => {
+            return Err(Error::corruption(path, 0, CorruptionKind::ForeignSegment));
+        }
+        _ => *store_id = Some(header.store_id),
+    }
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("stat segment", path, e))?
+        .len();
+    if len > MAX_SEGMENT_SIZE {
+        return Err(Error::corruption(path, 0, CorruptionKind::BadSegmentHeader));
+    }
+    let map = if writable {
+        if len < header.capacity {
+            // The newest segment lost its tail (a torn truncation, or a copy cut short):
+            // give it back its full allocation; the zeros read as the end of the data.
+            preallocate(&file, header.capacity)
+                .map_err(|e| Error::io("allocate segment", path, e))?;
+        }
+        SegmentMap::writable(&file).map_err(|e| Error::io("map segment", path, e))?
+    } else {
+        SegmentMap::read_only(&file).map_err(|e| Error::io("map segment", path, e))?
+    };
+    Ok(Segment::new(path.to_path_buf(), header, map, file))
+}
+
+fn read_header(file: &File, path: &Path) -> Result<SegmentHeader> {
+    let mut buf = [0u8; SEGMENT_HEADER_LEN];
+    let mut got = 0;
+    while got < buf.len() {
+        let Some(rest) = buf.get_mut(got..) else {
+            break;
+        };
+        match file.read_at(rest, got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read segment header", path, e)),
+        }
+    }
+    let header = match SegmentHeader::decode(buf.get(..got).unwrap_or(&[])) {
+        Ok(h) => h,
+        Err(HeaderError::Version(found)) => {
+            return Err(Error::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found,
+                supported: FORMAT_VERSION,
+            })
+        }
+        Err(HeaderError::Bad) => {
+            return Err(Error::corruption(path, 0, CorruptionKind::BadSegmentHeader))
+        }
+    };
+    let min = (SEGMENT_HEADER_LEN + SEAL_LEN) as u64;
+    if header.capacity < min || header.capacity > MAX_SEGMENT_SIZE {
+        return Err(Error::corruption(path, 0, CorruptionKind::BadSegmentHeader));
+    }
+    Ok(header)
+}
+
+struct Scan {
+    records: u64,
+    max_expires: u64,
+    /// Offset just past the last valid record (where appends continue if not sealed).
+    end: usize,
+    sealed: bool,
+}
+
+fn scan_segment(
+    segment: &Segment,
+    slot: u16,
+    is_last: bool,
+    opts: &Options,
+    index: &Index,
+    table: &SegmentTable,
+    now: u64,
+) -> Result<Scan> {
+    let bytes = segment.map.scan_bytes();
+    let path = &segment.path;
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut scan = Scan {
+        records: 0,
+        max_expires: 0,
+        end: pos,
+        sealed: false,
+    };
+    let tolerate = is_last && opts.recovery == RecoveryMode::TolerateTornTail;
+    loop {
+        let rest = bytes.get(pos..).unwrap_or(&[]);
+        let rec = match decode_record(rest) {
+            Ok(rec) => rec,
+            Err(DecodeError::End) => break,
+            Err(e) if tolerate => {
+                let _ = e;
+                break;
+            }
+            Err(e) => {
+                let kind = match e {
+                    DecodeError::Checksum => CorruptionKind::Checksum,
+                    DecodeError::Truncated => CorruptionKind::Truncated,
+                    DecodeError::Malformed | DecodeError::End => CorruptionKind::MalformedRecord,
+                };
+                return Err(Error::corruption(path, pos as u64, kind));
+            }
+        };
+        match rec.header.kind {
+            RecordKind::Seal => {
+                let seal = rec.seal();
+                let consistent =
+                    seal.is_some_and(|s| s.records == scan.records && s.data_end == pos as u64);
+                if !consistent {
+                    if tolerate {
+                        break;
+                    }
+                    return Err(Error::corruption(
+                        path,
+                        pos as u64,
+                        CorruptionKind::MalformedRecord,
+                    ));
+                }
+                scan.sealed = true;
+                pos += rec.len;
+                scan.end = pos;
+                break;
+            }
+            RecordKind::Claim | RecordKind::Remove => {
+                let loc = Location {
+                    slot,
+                    offset: pos as u32,
+                };
+                apply(
+                    index,
+                    table,
+                    opts.hasher,
+                    rec.header.kind,
+                    rec.key,
+                    loc,
+                    rec.header.expires,
+                    now,
+                );
+                scan.records += 1;
+                scan.max_expires = scan.max_expires.max(rec.header.expires);
+                pos += rec.len;
+                scan.end = pos;
+            }
+        }
+    }
+    if opts.recovery == RecoveryMode::Strict && scan.sealed {
+        let trailing = bytes.get(scan.end..).unwrap_or(&[]);
+        if let Some(p) = trailing.iter().position(|&b| b != 0) {
+            return Err(Error::corruption(
+                path,
+                (scan.end + p) as u64,
+                CorruptionKind::TrailingGarbage,
+            ));
+        }
+    }
+    if !scan.sealed && !is_last {
+        return Err(Error::corruption(
+            path,
+            scan.end as u64,
+            CorruptionKind::Unsealed,
+        ));
+    }
+    Ok(scan)
+}
+
+/// Applies one record to the index, as the operation that wrote it did.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    index: &Index,
+    table: &SegmentTable,
+    hasher: fn(&[u8]) -> u64,
+    kind: RecordKind,
+    key: &[u8],
+    loc: Location,
+    expires: u64,
+    now: u64,
+) {
+    let hash = hasher(key);
+    let mut stripe = index.lock(hash);
+    let same_key = |e: &Entry| table.record(e.location()).is_some_and(|(_, k)| k == key);
+    if kind == RecordKind::Claim && expires > now {
+        match stripe.slot(hash, same_key) {
+            Slot::Occupied(mut o) => *o.get_mut() = Entry::new(hash as u32, loc, expires),
+            Slot::Vacant(v, h) => {
+                v.insert(Entry::new(h, loc, expires));
+            }
+        }
+    } else {
+        stripe.remove(hash, same_key);
+    }
+}
+
+/// A directory id that differs between directories with overwhelming probability; not
+/// secret, only there to catch segments copied in from another store.
+fn new_store_id() -> u128 {
+    let mut seed = Vec::with_capacity(64);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    seed.extend_from_slice(&t.to_le_bytes());
+    seed.extend_from_slice(&std::process::id().to_le_bytes());
+    let local = 0u8;
+    seed.extend_from_slice(&(std::ptr::addr_of!(local) as usize).to_le_bytes());
+    seed.extend_from_slice(&(Instant::now().elapsed().as_nanos()).to_le_bytes());
+    xxhash_rust::xxh3::xxh3_128(&seed)
+}

@@ -1,0 +1,611 @@
+//! The `Store`: public operations, wiring the index, the log and the clock together.
+//!
+//! Invariants (DESIGN.md numbers them):
+//!
+//! 1. Exactly once: a key's lookup, the append of its record and the update of its entry
+//!    happen under the key's stripe lock, so two claimers of one key are serialized and the
+//!    second sees the first's entry.
+//! 2. No false duplicates: entries match on hash bits and then on the key bytes in the log.
+//! 3. Acknowledged means kept: under `Sync`, `claim` returns `New` only after its record is
+//!    durable, and `Duplicate` only after the record it is based on is durable (durable
+//!    before visible).
+//! 4. No resurrection: `remove` appends a remove record before dropping the entry; recovery
+//!    replays it. Expired claims are not replayed.
+//! 5. Bad input is an error: keys and TTLs are checked before anything is touched.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use hashbrown::HashTable;
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::clock::{from_millis, to_millis, Clock};
+use crate::error::{Error, Result};
+use crate::format::{encoded_len, RecordHeader, RecordKind, MAX_KEY_LEN};
+use crate::index::{Counters, Entry, Index, Slot, Stripe};
+use crate::log::{Appended, Log, RecordSpec, SegmentTable};
+use crate::options::{Durability, Options};
+use crate::recovery::{self, RecoveryStats};
+
+/// The answer to [`Store::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a claim's answer says whether to do the work"]
+pub enum Claim {
+    /// First time in the TTL window: do the work.
+    New,
+    /// Already claimed: skip the work.
+    Duplicate(Seen),
+}
+
+impl Claim {
+    /// Is this the first claim of the key?
+    pub fn is_new(&self) -> bool {
+        matches!(self, Claim::New)
+    }
+}
+
+/// What the store knows about a claimed key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Seen {
+    /// When the key was claimed (the clock's time at that claim).
+    pub first_seen: SystemTime,
+    /// When the claim expires and the key may be claimed anew.
+    pub expires_at: SystemTime,
+}
+
+impl Seen {
+    fn from_header(h: &RecordHeader) -> Seen {
+        Seen {
+            first_seen: from_millis(h.time),
+            expires_at: from_millis(h.expires),
+        }
+    }
+}
+
+/// Counters and sizes, from [`Store::stats`]. Counters count since `open`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Keys in the index (live, or expired and not yet reclaimed).
+    pub keys: u64,
+    /// Segment files.
+    pub segments: u64,
+    /// Bytes of segment files on disk (segments are allocated in full when created).
+    pub disk_bytes: u64,
+    /// Heap bytes held by the index tables.
+    pub index_bytes: u64,
+    /// Claim answers given (`new + duplicates`), counting each key of `claim_many`.
+    pub claims: u64,
+    /// Claims answered `New`.
+    pub new: u64,
+    /// Claims answered `Duplicate`.
+    pub duplicates: u64,
+    /// `New` claims that replaced an expired entry of the same key.
+    pub expired: u64,
+    /// Keys removed by `remove`.
+    pub removes: u64,
+    /// Syncs (fsync-equivalents) of segment data since open.
+    pub syncs: u64,
+    /// Records replayed when the store opened.
+    pub recovered_records: u64,
+    /// Bytes of a torn tail cut from the newest segment when the store opened (0 after a
+    /// clean shutdown).
+    pub recovery_truncated_bytes: u64,
+    /// How long `open` took to rebuild the index.
+    pub recovery_time: Duration,
+    /// The store refuses writes after a failed sync; reopen it.
+    pub poisoned: bool,
+}
+
+struct Inner {
+    dir: PathBuf,
+    durability: Durability,
+    clock: Arc<dyn Clock>,
+    hasher: fn(&[u8]) -> u64,
+    index: Index,
+    log: Log,
+    recovery: RecoveryStats,
+    _lock: File,
+}
+
+struct Flusher {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    handle: JoinHandle<()>,
+}
+
+/// An open dedupe store. `Send + Sync`: share it between threads with `Arc`.
+///
+/// ```
+/// use std::time::Duration;
+/// use oncelog::{Claim, Store};
+///
+/// # let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path())?;
+/// let ttl = Duration::from_secs(72 * 3600);
+/// assert_eq!(store.claim("evt_1", ttl)?, Claim::New);
+/// assert!(matches!(store.claim("evt_1", ttl)?, Claim::Duplicate(_)));
+/// store.close()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Store {
+    inner: Arc<Inner>,
+    flusher: Option<Flusher>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("durability", &self.inner.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Latest expiry accepted: the last millisecond of year 9999.
+const MAX_EXPIRES_MS: u64 = 253_402_300_799_999;
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` with default [`Options`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
+        Options::new().open(dir)
+    }
+
+    pub(crate) fn open_with(opts: Options, dir: &Path) -> Result<Store> {
+        let lock = crate::fs::lock_dir(dir)?;
+        let index = Index::new(opts.stripes);
+        let now = to_millis(opts.clock.now());
+        let (log, recovery) = recovery::recover(dir, &opts, &index, now)?;
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            durability: opts.durability,
+            clock: Arc::clone(&opts.clock),
+            hasher: opts.hasher,
+            index,
+            log,
+            recovery,
+            _lock: lock,
+        });
+        let flusher = match opts.durability {
+            Durability::Periodic(interval) => Some(spawn_flusher(&inner, interval)?),
+            Durability::Sync | Durability::Buffered => None,
+        };
+        Ok(Store {
+            inner,
+            flusher,
+            closed: false,
+        })
+    }
+
+    /// Claims `key` for `ttl`: [`Claim::New`] exactly once per key per TTL window, across
+    /// threads, crashes and restarts; [`Claim::Duplicate`] otherwise.
+    ///
+    /// Keys are 1 to [`MAX_KEY_LEN`] bytes; the TTL must be at least 1 ms (it is rounded up
+    /// to whole milliseconds). Under [`Durability::Sync`] the call returns once the claim is
+    /// on stable storage.
+    ///
+    /// If it returns an error, nothing was claimed — except after a failed sync (the store is
+    /// then poisoned), when the record may or may not have reached the disk: reopen and ask
+    /// again.
+    pub fn claim(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<Claim> {
+        let key = key.as_ref();
+        check_key(key)?;
+        let (now, expires) = self.window(ttl)?;
+        let inner = &*self.inner;
+        let hash = (inner.hasher)(key);
+        let mut wait = 0u64;
+        let answer = {
+            let mut stripe = inner.index.lock(hash);
+            claim_locked(inner, &mut stripe, key, hash, now, expires, &mut wait)?
+        };
+        self.settle(wait)?;
+        Ok(answer)
+    }
+
+    /// Claims many keys with one durable write: the answers are in the order of `keys`, as
+    /// if each key were claimed in turn (a key repeated in `keys` is `New` at most once).
+    ///
+    /// All keys are validated first; an invalid one fails the call before anything is
+    /// claimed. The batch's records are appended as one unit, so an I/O error such as a full
+    /// disk also leaves every key unclaimed (a failed sync poisons the store, as for
+    /// [`claim`](Store::claim)). While the batch runs it holds the index stripes of its keys.
+    pub fn claim_many<K: AsRef<[u8]>>(&self, keys: &[K], ttl: Duration) -> Result<Vec<Claim>> {
+        for k in keys {
+            check_key(k.as_ref())?;
+        }
+        let (now, expires) = self.window(ttl)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &*self.inner;
+        let hashes: Vec<u64> = keys.iter().map(|k| (inner.hasher)(k.as_ref())).collect();
+        let mut stripe_ids: Vec<usize> = hashes.iter().map(|&h| inner.index.stripe_of(h)).collect();
+        stripe_ids.sort_unstable();
+        stripe_ids.dedup();
+        // Lock in increasing stripe order (the order every multi-stripe holder uses).
+        let mut guards: Vec<MutexGuard<'_, Stripe>> = stripe_ids
+            .iter()
+            .map(|&i| inner.index.lock_stripe(i))
+            .collect();
+        let guard_of = |hash: u64| {
+            stripe_ids
+                .binary_search(&inner.index.stripe_of(hash))
+                .unwrap_or(0)
+        };
+
+        let mut wait = 0u64;
+        let mut answers: Vec<Option<Claim>> = vec![None; keys.len()];
+        // Keys answered New in this batch, to answer their repeats within it.
+        let mut fresh: HashTable<usize> = HashTable::new();
+        let mut to_write: Vec<usize> = Vec::new();
+        let table = &inner.log.table;
+        for (i, key) in keys.iter().enumerate() {
+            let key = key.as_ref();
+            let hash = hashes.get(i).copied().unwrap_or(0);
+            let repeat = fresh
+                .find(hash, |&j| keys.get(j).is_some_and(|k| k.as_ref() == key))
+                .is_some();
+            let Some(stripe) = guards.get_mut(guard_of(hash)) else {
+                continue;
+            };
+            if repeat {
+                stripe.counters.duplicates += 1;
+                answers[i] = Some(Claim::Duplicate(Seen {
+                    first_seen: from_millis(now),
+                    expires_at: from_millis(expires),
+                }));
+                continue;
+            }
+            match lookup(table, stripe, key, hash, now) {
+                Found::Live(h, lsn_end) => {
+                    wait = wait.max(lsn_end);
+                    stripe.counters.duplicates += 1;
+                    answers[i] = Some(Claim::Duplicate(Seen::from_header(&h)));
+                }
+                Found::Expired | Found::Absent => {
+                    fresh.insert_unique(hash, i, |&j| hashes.get(j).copied().unwrap_or(0));
+                    to_write.push(i);
+                }
+            }
+        }
+        let specs: Vec<RecordSpec<'_>> = to_write
+            .iter()
+            .filter_map(|&i| keys.get(i))
+            .map(|k| RecordSpec {
+                kind: RecordKind::Claim,
+                key: k.as_ref(),
+                time: now,
+                expires,
+            })
+            .collect();
+        let mut written: Vec<Appended> = Vec::with_capacity(specs.len());
+        inner.log.append_all(&specs, |_, a| written.push(a))?;
+        for (&i, a) in to_write.iter().zip(&written) {
+            let key = keys.get(i).map(|k| k.as_ref()).unwrap_or(&[]);
+            let hash = hashes.get(i).copied().unwrap_or(0);
+            let Some(stripe) = guards.get_mut(guard_of(hash)) else {
+                continue;
+            };
+            let replaced = install(table, stripe, key, hash, *a, expires);
+            let c = &mut stripe.counters;
+            c.new += 1;
+            c.expired_reclaimed += u64::from(replaced);
+            wait = wait.max(a.lsn_end);
+            answers[i] = Some(Claim::New);
+        }
+        drop(guards);
+        self.settle(wait)?;
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Claim::New))
+            .collect())
+    }
+
+    /// What the store knows about `key`, without claiming it: `None` if it is not claimed
+    /// (never was, expired, or removed).
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Seen>> {
+        let key = key.as_ref();
+        check_key(key)?;
+        let inner = &*self.inner;
+        inner.log.check_poison()?;
+        let now = to_millis(inner.clock.now());
+        let hash = (inner.hasher)(key);
+        let found = {
+            let mut stripe = inner.index.lock(hash);
+            lookup(&inner.log.table, &mut stripe, key, hash, now)
+        };
+        match found {
+            Found::Live(h, lsn_end) => {
+                self.settle(lsn_end)?;
+                Ok(Some(Seen::from_header(&h)))
+            }
+            Found::Expired | Found::Absent => Ok(None),
+        }
+    }
+
+    /// Forgets `key` so that it can be claimed again; `true` if it was claimed. The removal
+    /// is durable as the store's [`Durability`] says, and is never undone by a restart.
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
+        check_key(key)?;
+        let inner = &*self.inner;
+        let now = to_millis(inner.clock.now());
+        let hash = (inner.hasher)(key);
+        let table = &inner.log.table;
+        let wait = {
+            let mut stripe = inner.index.lock(hash);
+            let mut header = None;
+            let slot = stripe.slot(hash, |e| match table.record(e.location()) {
+                Some((h, k)) if k == key => {
+                    header = Some(h);
+                    true
+                }
+                _ => false,
+            });
+            let Slot::Occupied(entry) = slot else {
+                return Ok(false);
+            };
+            let claimed_until = header.map_or(0, |h| h.expires);
+            if claimed_until <= now {
+                // Already expired: recovery would not bring it back either.
+                entry.remove();
+                return Ok(false);
+            }
+            let a = inner.log.append(RecordSpec {
+                kind: RecordKind::Remove,
+                key,
+                time: now,
+                expires: claimed_until,
+            })?;
+            entry.remove();
+            stripe.counters.removes += 1;
+            a.lsn_end
+        };
+        self.settle(wait)?;
+        Ok(true)
+    }
+
+    /// Makes everything acknowledged so far durable, whatever the store's [`Durability`].
+    pub fn sync(&self) -> Result<()> {
+        self.inner.log.sync()
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> Stats {
+        let inner = &*self.inner;
+        let mut s = Stats::default();
+        let mut c = Counters::default();
+        let mut keys = 0u64;
+        let mut index_bytes = 0u64;
+        inner.index.for_each_stripe(|st| {
+            keys += st.len() as u64;
+            index_bytes += st.allocation_size() as u64;
+            c.new += st.counters.new;
+            c.duplicates += st.counters.duplicates;
+            c.expired_reclaimed += st.counters.expired_reclaimed;
+            c.removes += st.counters.removes;
+        });
+        s.keys = keys;
+        s.index_bytes = index_bytes;
+        s.segments = inner.log.table.len() as u64;
+        s.disk_bytes = inner.log.table.disk_bytes();
+        s.new = c.new;
+        s.duplicates = c.duplicates;
+        s.claims = c.new + c.duplicates;
+        s.expired = c.expired_reclaimed;
+        s.removes = c.removes;
+        s.syncs = inner.log.syncs();
+        s.recovered_records = inner.recovery.records;
+        s.recovery_truncated_bytes = inner.recovery.truncated_bytes;
+        s.recovery_time = inner.recovery.duration;
+        s.poisoned = inner.log.is_poisoned();
+        s
+    }
+
+    /// The directory this store owns.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Syncs everything, stops background work and releases the directory. Dropping the
+    /// store does the same, ignoring errors.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        if let Some(f) = self.flusher.take() {
+            *f.stop.0.lock() = true;
+            f.stop.1.notify_all();
+            if f.handle.join().is_err() {
+                return Err(self.inner.log.poison("background flusher panicked".into()));
+            }
+        }
+        if self.inner.log.is_poisoned() {
+            return self.inner.log.check_poison();
+        }
+        self.inner.log.sync()
+    }
+
+    /// Now, and the expiry of a claim made now with `ttl`, in ms since the epoch.
+    fn window(&self, ttl: Duration) -> Result<(u64, u64)> {
+        if ttl.is_zero() {
+            return Err(Error::InvalidTtl { ttl });
+        }
+        let ttl_ms = u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+            .map_err(|_| Error::InvalidTtl { ttl })?;
+        let now = to_millis(self.inner.clock.now());
+        let expires = now
+            .checked_add(ttl_ms)
+            .filter(|&e| e <= MAX_EXPIRES_MS)
+            .ok_or(Error::InvalidTtl { ttl })?;
+        Ok((now, expires))
+    }
+
+    /// Waits, under `Sync`, until the log is durable up to `lsn_end`.
+    fn settle(&self, lsn_end: u64) -> Result<()> {
+        match self.inner.durability {
+            Durability::Sync if lsn_end > 0 => self.inner.log.wait_durable(lsn_end),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidKey {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    Ok(())
+}
+
+enum Found {
+    /// Claimed and not expired; the record ends at this lsn.
+    Live(RecordHeader, u64),
+    /// Has an entry whose claim has expired.
+    Expired,
+    Absent,
+}
+
+fn lookup(table: &SegmentTable, stripe: &mut Stripe, key: &[u8], hash: u64, now: u64) -> Found {
+    let mut header = None;
+    let found = stripe.find(hash, |e| match table.record(e.location()) {
+        Some((h, k)) if k == key => {
+            header = Some(h);
+            true
+        }
+        _ => false,
+    });
+    match (found, header) {
+        (Some(e), Some(h)) if h.expires > now => {
+            let id = table.get(e.slot).map_or(u64::MAX >> 32, |s| s.id);
+            let lsn_end = crate::log::lsn(id, e.offset as usize + encoded_len(key.len(), 0));
+            Found::Live(h, lsn_end)
+        }
+        (Some(_), _) => Found::Expired,
+        (None, _) => Found::Absent,
+    }
+}
+
+/// Points the key's entry at its new record; `true` if it replaced an (expired) entry.
+fn install(
+    table: &SegmentTable,
+    stripe: &mut Stripe,
+    key: &[u8],
+    hash: u64,
+    a: Appended,
+    expires: u64,
+) -> bool {
+    let same_key = |e: &Entry| table.record(e.location()).is_some_and(|(_, k)| k == key);
+    match stripe.slot(hash, same_key) {
+        Slot::Occupied(mut o) => {
+            *o.get_mut() = Entry::new(hash as u32, a.loc, expires);
+            true
+        }
+        Slot::Vacant(v, h) => {
+            v.insert(Entry::new(h, a.loc, expires));
+            false
+        }
+    }
+}
+
+/// The single-key claim, under the key's stripe lock.
+fn claim_locked(
+    inner: &Inner,
+    stripe: &mut Stripe,
+    key: &[u8],
+    hash: u64,
+    now: u64,
+    expires: u64,
+    wait: &mut u64,
+) -> Result<Claim> {
+    let table = &inner.log.table;
+    let mut header = None;
+    let slot = stripe.slot(hash, |e| match table.record(e.location()) {
+        Some((h, k)) if k == key => {
+            header = Some(h);
+            true
+        }
+        _ => false,
+    });
+    let spec = RecordSpec {
+        kind: RecordKind::Claim,
+        key,
+        time: now,
+        expires,
+    };
+    let replaced = match slot {
+        Slot::Occupied(mut o) => {
+            let h = header.unwrap_or(RecordHeader {
+                kind: RecordKind::Claim,
+                key_len: 0,
+                value_len: 0,
+                time: 0,
+                expires: 0,
+            });
+            if h.expires > now {
+                let id = table.get(o.get().slot).map_or(u64::MAX >> 32, |s| s.id);
+                *wait = crate::log::lsn(id, o.get().offset as usize + encoded_len(key.len(), 0));
+                stripe.counters.duplicates += 1;
+                return Ok(Claim::Duplicate(Seen::from_header(&h)));
+            }
+            let a = inner.log.append(spec)?;
+            *o.get_mut() = Entry::new(hash as u32, a.loc, expires);
+            *wait = a.lsn_end;
+            true
+        }
+        Slot::Vacant(v, h) => {
+            let a = inner.log.append(spec)?;
+            v.insert(Entry::new(h, a.loc, expires));
+            *wait = a.lsn_end;
+            false
+        }
+    };
+    stripe.counters.new += 1;
+    stripe.counters.expired_reclaimed += u64::from(replaced);
+    Ok(Claim::New)
+}
+
+fn spawn_flusher(inner: &Arc<Inner>, interval: Duration) -> Result<Flusher> {
+    let stop = Arc::new((Mutex::new(false), Condvar::new()));
+    let thread_stop = Arc::clone(&stop);
+    let thread_inner = Arc::clone(inner);
+    let handle = std::thread::Builder::new()
+        .name("oncelog-flush".into())
+        .spawn(move || {
+            let (flag, cv) = &*thread_stop;
+            loop {
+                {
+                    let mut stopped = flag.lock();
+                    if !*stopped {
+                        cv.wait_for(&mut stopped, interval);
+                    }
+                    if *stopped {
+                        return;
+                    }
+                }
+                if thread_inner.log.sync().is_err() {
+                    // The log is poisoned now; callers see it on their next write.
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::io("spawn flusher thread", &inner.dir, e))?;
+    Ok(Flusher { stop, handle })
+}
