@@ -60,15 +60,21 @@ pub(crate) fn recover(
     let mut active: Option<(Arc<Segment>, u16, usize, u64, u64)> = None;
     let mut last_id = 0u64;
     let count = listing.segments.len();
+    // Open and check every header before replaying anything: a foreign or newer-version
+    // segment fails `open` at once, whatever its position.
+    let mut segments = Vec::with_capacity(count);
     for (i, (id, path)) in listing.segments.iter().enumerate() {
         let is_last = i + 1 == count;
-        let segment = open_segment(path, *id, is_last, &mut store_id)?;
+        segments.push((*id, open_segment(path, *id, is_last, &mut store_id)?));
+    }
+    for (i, (id, segment)) in segments.into_iter().enumerate() {
+        let is_last = i + 1 == count;
         let segment = Arc::new(segment);
         let slot = table.install(Arc::clone(&segment))?;
         let scan = scan_segment(&segment, slot, is_last, opts, index, &table, now)?;
         stats.segments += 1;
         stats.records += scan.records;
-        last_id = *id;
+        last_id = id;
         if !scan.sealed {
             // Only the newest segment may be unsealed (scan_segment checked).
             active = Some((segment, slot, scan.end, scan.records, scan.max_expires));

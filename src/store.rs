@@ -609,3 +609,111 @@ fn spawn_flusher(inner: &Arc<Inner>, interval: Duration) -> Result<Flusher> {
         .map_err(|e| Error::io("spawn flusher thread", &inner.dir, e))?;
     Ok(Flusher { stop, handle })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Blocks the sync leader until the test says go, so that the test can see who waits.
+    fn gate(store: &Store) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (entered_tx, entered_rx) = mpsc::channel::<()>();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let entered_tx = Mutex::new(entered_tx);
+        let hook: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            let _ = entered_tx.lock().send(());
+            let _ = go_rx.lock().recv();
+        });
+        *store.inner.log.before_sync.lock() = Some(hook);
+        (entered_rx, go_tx)
+    }
+
+    fn wait_until(mut cond: impl FnMut() -> bool) {
+        // Polls a condition the other threads will make true; bounded so a bug fails the
+        // test instead of hanging it.
+        let start = std::time::Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "condition never became true"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn duplicate_waits_for_the_first_claims_sync_and_claimers_share_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Options::new()
+                .durability(Durability::Sync)
+                .open(dir.path())
+                .unwrap(),
+        );
+        let ttl = Duration::from_secs(60);
+        let (entered, go) = gate(&store);
+        let syncs_before = store.stats().syncs;
+
+        let s = Arc::clone(&store);
+        let first = std::thread::spawn(move || s.claim("k", ttl).unwrap());
+        entered.recv().unwrap(); // the first claim's sync is in progress, and held
+
+        // A second claimer of the same key must not be told Duplicate yet: the record it
+        // would be based on is not durable.
+        let (dup_tx, dup_rx) = mpsc::channel();
+        let s = Arc::clone(&store);
+        let second = std::thread::spawn(move || {
+            let answer = s.claim("k", ttl).unwrap();
+            dup_tx.send(()).unwrap();
+            answer
+        });
+        // Three more claimers of other keys append and queue behind the held sync.
+        let others: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|k| {
+                let s = Arc::clone(&store);
+                std::thread::spawn(move || s.claim(k, ttl).unwrap())
+            })
+            .collect();
+        wait_until(|| {
+            let st = store.stats();
+            st.new == 4 && st.duplicates == 1
+        });
+        assert!(
+            dup_rx.try_recv().is_err(),
+            "Duplicate was answered before the record it is based on was durable"
+        );
+        *store.inner.log.before_sync.lock() = None;
+        go.send(()).unwrap();
+
+        assert_eq!(first.join().unwrap(), Claim::New);
+        assert!(matches!(second.join().unwrap(), Claim::Duplicate(_)));
+        for t in others {
+            assert_eq!(t.join().unwrap(), Claim::New);
+        }
+        // The held sync read the tail after all five operations had appended, so one sync
+        // (two at most, if a waiter raced ahead) covered four claims.
+        let syncs = store.stats().syncs - syncs_before;
+        assert!((1..=2).contains(&syncs), "{syncs} syncs for 4 claims");
+    }
+
+    #[test]
+    fn buffered_claims_do_not_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Options::new()
+            .durability(Durability::Buffered)
+            .open(dir.path())
+            .unwrap();
+        let before = store.stats().syncs;
+        for i in 0..100 {
+            assert!(store
+                .claim(format!("k{i}"), Duration::from_secs(9))
+                .unwrap()
+                .is_new());
+        }
+        assert_eq!(store.stats().syncs, before);
+        store.sync().unwrap();
+        assert_eq!(store.stats().syncs, before + 1);
+    }
+}

@@ -276,6 +276,9 @@ pub(crate) struct Log {
     poisoned: AtomicBool,
     poison_reason: Mutex<Option<String>>,
     syncs: AtomicU64,
+    /// Test hook run by the sync leader before it reads the tail and syncs.
+    #[cfg(test)]
+    pub(crate) before_sync: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 impl Log {
@@ -293,6 +296,8 @@ impl Log {
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(None),
             syncs: AtomicU64::new(0),
+            #[cfg(test)]
+            before_sync: Mutex::new(None),
         }
     }
 
@@ -478,6 +483,13 @@ impl Log {
     }
 
     fn sync_written(&self) -> Result<()> {
+        #[cfg(test)]
+        {
+            let hook = self.before_sync.lock().clone();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
         let (segment, tail) = {
             let w = self.writer.lock();
             (Arc::clone(&w.segment), w.appender.tail())
