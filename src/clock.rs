@@ -10,7 +10,14 @@ use parking_lot::Mutex;
 /// A source of wall-clock time.
 ///
 /// The store asks it once per operation. Implementations must be cheap and thread-safe.
-/// A clock that jumps backwards is tolerated: keys simply stay claimed longer.
+///
+/// Each operation judges expiry by the time it reads. A clock that jumps backwards is
+/// tolerated, with one ambiguity: a claim whose expiry falls inside the jump (expired by the
+/// latest time the clock showed, live by the current one) may be answered either way: still
+/// claimed if its index entry is still there, not claimed if the store already dropped it
+/// (at a reopen, or when expired entries are swept). Every other answer is exact. The store
+/// does not make time monotonic on purpose: one bogus reading far in the future would then
+/// expire every key until real time caught up.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> SystemTime;

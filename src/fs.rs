@@ -15,7 +15,16 @@ pub(crate) const TMP_SUFFIX: &str = ".tmp";
 
 /// Creates the directory if needed and takes its lock.
 pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
-    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    if !dir.is_dir() {
+        fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        // The new directory's own entry must be durable too, or a power cut could take the
+        // whole store with it after claims in it were acknowledged.
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .read(true)

@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,14 @@ pub(crate) struct RecoveryStats {
 }
 
 /// Scans `dir`, fills `index`, and returns the log ready for appends.
+///
+/// Order matters for two promises. *Nothing is changed on disk until every check has
+/// passed*: headers are checked first, older segments are replayed read-only, and only then
+/// are temporaries deleted, a short newest segment re-extended and a torn tail cut — so an
+/// `open` that fails with [`Error::Corruption`] leaves the directory as it found it.
+/// *What recovery keeps is durable before anything new is acknowledged*: after a process
+/// crash the page cache may still hold records the dead process never synced, so the
+/// newest segment is synced before it is appended to or given a successor.
 pub(crate) fn recover(
     dir: &Path,
     opts: &Options,
@@ -49,74 +57,101 @@ pub(crate) fn recover(
     let started = Instant::now();
     let mut stats = RecoveryStats::default();
     let listing = fs::list_dir(dir)?;
-    if !listing.temporaries.is_empty() {
-        for tmp in &listing.temporaries {
-            fs::remove_file(tmp)?;
-        }
-        fs::sync_dir(dir)?;
-    }
     let table = Arc::new(SegmentTable::new());
-    let mut store_id: Option<u128> = None;
-    let mut active: Option<(Arc<Segment>, u16, usize, u64, u64)> = None;
-    let mut last_id = 0u64;
+    let strict = opts.recovery == RecoveryMode::Strict;
     let count = listing.segments.len();
-    // Open and check every header before replaying anything: a foreign or newer-version
-    // segment fails `open` at once, whatever its position.
-    let mut segments = Vec::with_capacity(count);
+
+    // 1. Open and check every header before replaying anything: a foreign or newer-version
+    //    segment fails `open` at once, whatever its position.
+    let mut store_id: Option<u128> = None;
+    let mut checked = Vec::with_capacity(count);
     for (i, (id, path)) in listing.segments.iter().enumerate() {
         let is_last = i + 1 == count;
-        segments.push((*id, open_segment(path, *id, is_last, &mut store_id)?));
+        checked.push(check_segment(path, *id, is_last, &mut store_id)?);
     }
-    for (i, (id, segment)) in segments.into_iter().enumerate() {
+
+    // 2. Replay in log order.
+    let mut active: Option<(Arc<Segment>, u16, Scan)> = None;
+    let mut newest: Option<Arc<Segment>> = None;
+    let mut last_id = 0u64;
+    for (i, c) in checked.into_iter().enumerate() {
         let is_last = i + 1 == count;
-        let segment = Arc::new(segment);
+        let id = c.header.segment_id;
+        let segment = Arc::new(map_segment(c, is_last, strict)?);
         let slot = table.install(Arc::clone(&segment))?;
         let scan = scan_segment(&segment, slot, is_last, opts, index, &table, now)?;
         stats.segments += 1;
         stats.records += scan.records;
         last_id = id;
+        if is_last {
+            newest = Some(Arc::clone(&segment));
+        }
         if !scan.sealed {
             // Only the newest segment may be unsealed (scan_segment checked).
-            active = Some((segment, slot, scan.end, scan.records, scan.max_expires));
+            active = Some((segment, slot, scan));
         }
     }
+
+    // 3. The writer's segment: the unsealed newest one, its torn tail cut; or a new one.
     let store_id = store_id.unwrap_or_else(new_store_id);
     let config = LogConfig {
         dir: dir.to_path_buf(),
         segment_size: opts.segment_size,
         store_id,
     };
-    let writer = match active {
-        Some((segment, slot, end, records, max_expires)) => {
-            let mut appender = segment.map.appender(end).ok_or_else(|| {
-                Error::corruption(&segment.path, end as u64, CorruptionKind::Truncated)
-            })?;
+    let mut appender = match &active {
+        Some((segment, _, scan)) => Some(segment.map.appender(scan.end).ok_or_else(|| {
+            Error::corruption(&segment.path, scan.end as u64, CorruptionKind::Truncated)
+        })?),
+        None => None,
+    };
+    if let (Some((segment, _, _)), Some(appender)) = (&active, &mut appender) {
+        if strict {
             let dirty = appender
-                .zero_rest(segment.file())
-                .map_err(|e| Error::io("clear cut tail", &segment.path, e))?;
-            if dirty > 0 {
-                if opts.recovery == RecoveryMode::Strict {
-                    return Err(Error::corruption(
-                        &segment.path,
-                        end as u64,
-                        CorruptionKind::TrailingGarbage,
-                    ));
-                }
-                segment
-                    .map
-                    .sync_range(end, dirty)
-                    .map_err(|e| Error::io("sync cut tail", &segment.path, e))?;
-                stats.truncated_bytes = dirty as u64;
-            }
-            Writer {
-                segment,
-                slot,
-                appender,
-                records,
-                max_expires,
+                .dirty_rest(segment.file(), false)
+                .map_err(|e| Error::io("read segment tail", &segment.path, e))?;
+            if let Some((first, _)) = dirty {
+                return Err(Error::corruption(
+                    &segment.path,
+                    first as u64,
+                    CorruptionKind::TrailingGarbage,
+                ));
             }
         }
-        None => {
+    }
+    // Every check has passed; from here on recovery may change files.
+    if !listing.temporaries.is_empty() {
+        for tmp in &listing.temporaries {
+            fs::remove_file(tmp)?;
+        }
+        fs::sync_dir(dir)?;
+    }
+    if let (Some((segment, _, scan)), Some(appender)) = (&active, &mut appender) {
+        let dirty = appender
+            .dirty_rest(segment.file(), true)
+            .map_err(|e| Error::io("clear cut tail", &segment.path, e))?;
+        if let Some((_, last)) = dirty {
+            stats.truncated_bytes = (last - scan.end) as u64;
+        }
+    }
+    if let Some(segment) = &newest {
+        // Records a crashed process wrote but never synced, the zeroed tail and a
+        // re-extended length: all durable before the first new acknowledgement, and before
+        // a successor of a sealed newest segment becomes visible.
+        segment
+            .file()
+            .sync_all()
+            .map_err(|e| Error::io("sync segment", &segment.path, e))?;
+    }
+    let writer = match (active, appender) {
+        (Some((segment, slot, scan)), Some(appender)) => Writer {
+            segment,
+            slot,
+            appender,
+            records: scan.records,
+            max_expires: scan.max_expires,
+        },
+        _ => {
             let (segment, appender, tmp) =
                 create_segment(dir, last_id + 1, opts.segment_size, store_id, now)?;
             std::fs::rename(&tmp, &segment.path)
@@ -137,12 +172,22 @@ pub(crate) fn recover(
     Ok((Log::new(config, table, writer), stats))
 }
 
-fn open_segment(
+/// A segment file whose header has been checked, not yet mapped.
+struct Checked {
+    path: PathBuf,
+    file: File,
+    header: SegmentHeader,
+    len: u64,
+}
+
+/// Opens a segment file (read-write if it is the newest) and checks its header against its
+/// name and the directory's other segments. Changes nothing.
+fn check_segment(
     path: &Path,
     id: u64,
     writable: bool,
     store_id: &mut Option<u128>,
-) -> Result<Segment> {
+) -> Result<Checked> {
     let file = OpenOptions::new()
         .read(true)
         .write(writable)
@@ -169,18 +214,38 @@ fn open_segment(
     if len > MAX_SEGMENT_SIZE {
         return Err(Error::corruption(path, 0, CorruptionKind::BadSegmentHeader));
     }
+    Ok(Checked {
+        path: path.to_path_buf(),
+        file,
+        header,
+        len,
+    })
+}
+
+/// Maps a checked segment: read-only, or writable for the newest one.
+fn map_segment(c: Checked, writable: bool, strict: bool) -> Result<Segment> {
+    let Checked {
+        path,
+        file,
+        header,
+        len,
+    } = c;
     let map = if writable {
         if len < header.capacity {
-            // The newest segment lost its tail (a torn truncation, or a copy cut short):
-            // give it back its full allocation; the zeros read as the end of the data.
+            // The newest segment lost its tail (a torn truncation, or a copy cut short).
+            // Segments are created at full length, so this is damage: `Strict` reports it;
+            // otherwise the file gets its allocation back and the zeros read as the end.
+            if strict {
+                return Err(Error::corruption(&path, len, CorruptionKind::Truncated));
+            }
             preallocate(&file, header.capacity)
-                .map_err(|e| Error::io("allocate segment", path, e))?;
+                .map_err(|e| Error::io("allocate segment", &path, e))?;
         }
-        SegmentMap::writable(&file).map_err(|e| Error::io("map segment", path, e))?
+        SegmentMap::writable(&file).map_err(|e| Error::io("map segment", &path, e))?
     } else {
-        SegmentMap::read_only(&file).map_err(|e| Error::io("map segment", path, e))?
+        SegmentMap::read_only(&file).map_err(|e| Error::io("map segment", &path, e))?
     };
-    Ok(Segment::new(path.to_path_buf(), header, map, file))
+    Ok(Segment::new(path, header, map, file))
 }
 
 fn read_header(file: &File, path: &Path) -> Result<SegmentHeader> {

@@ -613,6 +613,7 @@ fn spawn_flusher(inner: &Arc<Inner>, interval: Duration) -> Result<Flusher> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
     use std::sync::mpsc;
 
     /// Blocks the sync leader until the test says go, so that the test can see who waits.
@@ -715,5 +716,112 @@ mod tests {
         assert_eq!(store.stats().syncs, before);
         store.sync().unwrap();
         assert_eq!(store.stats().syncs, before + 1);
+    }
+
+    #[test]
+    fn a_failed_sync_poisons_the_store_until_it_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(60);
+        let store = Options::new().open(dir.path()).unwrap();
+        assert!(store.claim("before", ttl).unwrap().is_new());
+        store.inner.log.fail_syncs.store(true, Ordering::Relaxed);
+        // The claim whose sync failed is not acknowledged: the caller gets the I/O error.
+        match store.claim("k", ttl) {
+            Err(Error::Io { op, source, .. }) => {
+                assert_eq!(op, "sync segment");
+                assert_eq!(source.raw_os_error(), Some(libc::EIO));
+            }
+            other => panic!("claim during a failing sync: {other:?}"),
+        }
+        // From now on the store refuses work, even once syncs would succeed again: the
+        // kernel may have dropped the pages that failed to write.
+        store.inner.log.fail_syncs.store(false, Ordering::Relaxed);
+        assert!(matches!(
+            store.claim("k2", ttl),
+            Err(Error::Poisoned { .. })
+        ));
+        assert!(matches!(
+            store.claim_many(&["k3"], ttl),
+            Err(Error::Poisoned { .. })
+        ));
+        assert!(matches!(
+            store.remove("before"),
+            Err(Error::Poisoned { .. })
+        ));
+        assert!(matches!(store.get("before"), Err(Error::Poisoned { .. })));
+        assert!(matches!(store.sync(), Err(Error::Poisoned { .. })));
+        let e = store.claim("k2", ttl).unwrap_err();
+        assert!(e.to_string().contains("reopen"), "{e}");
+        assert!(store.stats().poisoned);
+        assert!(matches!(store.close(), Err(Error::Poisoned { .. })));
+        // Reopening re-reads what is on disk and works normally.
+        let store = Options::new().open(dir.path()).unwrap();
+        assert!(!store.stats().poisoned);
+        assert!(!store.claim("before", ttl).unwrap().is_new());
+        assert!(store.claim("k2", ttl).unwrap().is_new());
+        store.close().unwrap();
+    }
+
+    #[test]
+    fn a_failed_sync_during_rotation_poisons_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(60);
+        let store = Options::new()
+            .durability(Durability::Buffered)
+            .segment_size(crate::MIN_SEGMENT_SIZE)
+            .open(dir.path())
+            .unwrap();
+        store.inner.log.fail_syncs.store(true, Ordering::Relaxed);
+        // Buffered claims do not sync, until one needs a new segment and the old one is
+        // sealed and synced.
+        let mut failed = None;
+        for i in 0..10_000 {
+            if let Err(e) = store.claim(format!("key-{i:05}"), ttl) {
+                failed = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = failed.expect("rotation never synced");
+        assert!(i > 100, "failed at claim {i}, before the segment was full");
+        assert!(
+            matches!(
+                e,
+                Error::Io {
+                    op: "sync sealed segment",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        store.inner.log.fail_syncs.store(false, Ordering::Relaxed);
+        assert!(matches!(
+            store.claim("next", ttl),
+            Err(Error::Poisoned { .. })
+        ));
+        drop(store);
+        let store = Options::new().open(dir.path()).unwrap();
+        for j in 0..i {
+            assert!(
+                store.get(format!("key-{j:05}")).unwrap().is_some(),
+                "key {j}"
+            );
+        }
+    }
+
+    #[test]
+    fn periodic_durability_syncs_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Options::new()
+            .durability(Durability::Periodic(Duration::from_millis(5)))
+            .open(dir.path())
+            .unwrap();
+        let before = store.stats().syncs;
+        // Returns without syncing: the record is only in the page cache.
+        assert!(store.claim("k", Duration::from_secs(9)).unwrap().is_new());
+        let tail = store.inner.log.tail_lsn();
+        // The flusher makes it durable on its own (bounded wait for its next round).
+        wait_until(|| store.stats().syncs > before);
+        assert!(store.inner.log.durable_lsn() >= tail);
+        store.close().unwrap();
     }
 }

@@ -187,15 +187,21 @@ impl Appender {
         Some(at)
     }
 
-    /// Zeroes every non-zero byte from the tail to the end of the mapping, returning the
-    /// span from the tail to the last byte zeroed (0 if there was nothing to zero). A cut
-    /// torn tail must not leave stale bytes that could later line up as valid records.
+    /// Finds the non-zero bytes from the tail to the end of the mapping and, if `zero` is
+    /// set, zeroes them. Returns the offset of the first non-zero byte and the end of the
+    /// last one, or `None` if the rest is clean. A cut torn tail must not leave stale bytes
+    /// that could later line up as valid records; `Strict` recovery calls this with
+    /// `zero == false` to report them without changing anything.
     ///
     /// Only the file's data regions are read (`SEEK_DATA`/`SEEK_HOLE`): the unwritten rest
     /// of a pre-allocated segment is skipped without being paged in.
-    pub(crate) fn zero_rest(&mut self, file: &File) -> io::Result<usize> {
+    pub(crate) fn dirty_rest(
+        &mut self,
+        file: &File,
+        zero: bool,
+    ) -> io::Result<Option<(usize, usize)>> {
         use std::os::unix::fs::FileExt;
-        let mut last_dirty = self.tail;
+        let mut dirty: Option<(usize, usize)> = None;
         // Read with pread rather than through the mapping: faulting in megabytes of
         // never-written pages one by one is several times slower.
         let mut buf = vec![0u8; 1 << 20];
@@ -209,19 +215,24 @@ impl Appender {
                     break;
                 }
                 let read = chunk.get(..got).unwrap_or(&[]);
-                if let Some(p) = read.iter().rposition(|&b| b != 0) {
-                    let dirty_len = p + 1;
-                    // SAFETY: as in `append`: `[at, at + dirty_len)` is at or beyond the tail
-                    // (data_regions clamps to [tail, len)) and owned by this appender.
-                    let dst =
-                        unsafe { std::slice::from_raw_parts_mut(self.map.base.add(at), dirty_len) };
-                    dst.fill(0);
-                    last_dirty = at + dirty_len;
+                if let (Some(first), Some(last)) = (
+                    read.iter().position(|&b| b != 0),
+                    read.iter().rposition(|&b| b != 0),
+                ) {
+                    dirty = Some((dirty.map_or(at + first, |d| d.0), at + last + 1));
+                    if zero {
+                        // SAFETY: as in `append`: `[at, at + last + 1)` is at or beyond the
+                        // tail (data_regions clamps to [tail, len)) and owned by this appender.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(self.map.base.add(at), last + 1)
+                        };
+                        dst.fill(0);
+                    }
                 }
                 at += got;
             }
         }
-        Ok(last_dirty - self.tail)
+        Ok(dirty)
     }
 }
 

@@ -279,6 +279,9 @@ pub(crate) struct Log {
     /// Test hook run by the sync leader before it reads the tail and syncs.
     #[cfg(test)]
     pub(crate) before_sync: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+    /// Test failpoint: while set, every data sync fails with EIO.
+    #[cfg(test)]
+    pub(crate) fail_syncs: AtomicBool,
 }
 
 impl Log {
@@ -298,6 +301,8 @@ impl Log {
             syncs: AtomicU64::new(0),
             #[cfg(test)]
             before_sync: Mutex::new(None),
+            #[cfg(test)]
+            fail_syncs: AtomicBool::new(false),
         }
     }
 
@@ -416,7 +421,7 @@ impl Log {
             return Err(self.poison("no room left for the seal record".to_string()));
         }
         let sealed_end = w.appender.tail();
-        if let Err(e) = w.segment.map.sync_range(0, sealed_end) {
+        if let Err(e) = self.sync_range(&w.segment.map, 0, sealed_end) {
             let _ = fs::remove_file(&tmp);
             return Err(self.poison_io("sync sealed segment", &w.segment.path, e));
         }
@@ -504,12 +509,21 @@ impl Log {
         } else {
             0
         };
-        if let Err(e) = segment.map.sync_range(from, tail - from.min(tail)) {
+        if let Err(e) = self.sync_range(&segment.map, from, tail - from.min(tail)) {
             return Err(self.poison_io("sync segment", &segment.path, e));
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.durable.fetch_max(target, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Every data sync of the running log goes through here.
+    fn sync_range(&self, map: &SegmentMap, from: usize, len: usize) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_syncs.load(Ordering::Relaxed) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        map.sync_range(from, len)
     }
 
     /// Fails if an earlier sync failed.
@@ -542,6 +556,19 @@ impl Log {
 
     pub(crate) fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Everything before this lsn is on stable storage.
+    #[cfg(test)]
+    pub(crate) fn durable_lsn(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// The lsn just past the last record written.
+    #[cfg(test)]
+    pub(crate) fn tail_lsn(&self) -> u64 {
+        let w = self.writer.lock();
+        lsn(w.segment.id, w.appender.tail())
     }
 
     pub(crate) fn syncs(&self) -> u64 {

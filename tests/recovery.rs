@@ -1,0 +1,480 @@
+//! Reopening: what was acknowledged is kept (invariant 3), removed and expired keys stay
+//! gone (invariant 4), a torn tail is cut at every possible byte, and damage elsewhere is
+//! reported with its file and offset, never replayed and never a panic (invariant 5).
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{clock, copy_dir, key, opts, records, segments, TTL};
+use oncelog::format::{RecordKind, SEGMENT_HEADER_LEN};
+use oncelog::{CorruptionKind, Error, ManualClock, RecoveryMode, Store};
+
+/// Claims keys `0..n` (with a remove of every tenth) and closes. Returns the clock.
+fn fill(dir: &Path, n: u64) -> ManualClock {
+    let clock = clock();
+    let store = opts(&clock).open(dir).unwrap();
+    for i in 0..n {
+        assert!(store.claim(key(i), TTL).unwrap().is_new());
+    }
+    for i in (0..n).step_by(10) {
+        assert!(store.remove(key(i)).unwrap());
+    }
+    store.close().unwrap();
+    clock
+}
+
+/// Checks that after reopening, keys `0..n` are claimed except every tenth (removed).
+fn check_filled(store: &Store, n: u64) {
+    for i in 0..n {
+        let claimed = store.get(key(i)).unwrap().is_some();
+        assert_eq!(claimed, i % 10 != 0, "key {i}");
+    }
+}
+
+#[test]
+fn claims_and_removes_survive_reopen_across_rotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 5_000;
+    let clock = fill(dir.path(), n);
+    assert!(segments(dir.path()).len() > 3, "want several segments");
+    for round in 0..3 {
+        let store = opts(&clock).open(dir.path()).unwrap();
+        // Key 0 is the one this loop removes and claims again; the rest are as filled.
+        for i in 1..n {
+            assert_eq!(store.get(key(i)).unwrap().is_some(), i % 10 != 0, "key {i}");
+        }
+        assert_eq!(store.get(key(0)).unwrap().is_some(), round > 0);
+        let key0 = u64::from(round > 0);
+        assert_eq!(store.stats().keys, n - n / 10 + key0, "round {round}");
+        // Removed keys can be claimed again; after that they are duplicates for good.
+        assert!(!store.claim(key(1), TTL).unwrap().is_new());
+        if round == 0 {
+            assert!(store.claim(key(0), TTL).unwrap().is_new());
+        } else {
+            assert!(!store.claim(key(0), TTL).unwrap().is_new());
+        }
+        assert!(store.remove(key(0)).unwrap());
+        assert!(store.claim(key(0), TTL).unwrap().is_new());
+        store.close().unwrap();
+    }
+}
+
+#[test]
+fn expiry_holds_across_reopen_and_expired_claims_are_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert!(store
+        .claim("short", Duration::from_secs(60))
+        .unwrap()
+        .is_new());
+    assert!(store.claim("long", TTL).unwrap().is_new());
+    store.close().unwrap();
+
+    clock.advance(Duration::from_secs(59));
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert_eq!(store.stats().keys, 2);
+    assert!(!store
+        .claim("short", Duration::from_secs(60))
+        .unwrap()
+        .is_new());
+    store.close().unwrap();
+
+    clock.advance(Duration::from_secs(1));
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert_eq!(store.stats().keys, 1, "an expired claim came back at open");
+    assert_eq!(store.get("short").unwrap(), None);
+    assert!(store.get("long").unwrap().is_some());
+    // Claim it anew: the new window holds across another reopen.
+    assert!(store
+        .claim("short", Duration::from_secs(60))
+        .unwrap()
+        .is_new());
+    store.close().unwrap();
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert!(!store
+        .claim("short", Duration::from_secs(60))
+        .unwrap()
+        .is_new());
+}
+
+#[test]
+fn drop_without_close_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    {
+        let store = opts(&clock).open(dir.path()).unwrap();
+        for i in 0..100 {
+            assert!(store.claim(key(i), TTL).unwrap().is_new());
+        }
+    }
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert_eq!(store.stats().keys, 100);
+}
+
+/// The newest segment of a store whose last record is a claim of a key of `key_len` bytes,
+/// and that record's place. The store is closed.
+fn store_with_last_record(dir: &Path, key_len: usize) -> (std::path::PathBuf, common::Rec) {
+    let clock = clock();
+    let store = opts(&clock).open(dir).unwrap();
+    for i in 0..50 {
+        assert!(store.claim(key(i), TTL).unwrap().is_new());
+    }
+    assert!(store.claim(vec![b'z'; key_len], TTL).unwrap().is_new());
+    store.close().unwrap();
+    let newest = segments(dir).pop().unwrap();
+    let last = records(&newest).pop().unwrap();
+    assert_eq!(last.key.len(), key_len);
+    (newest, last)
+}
+
+#[test]
+fn a_torn_last_record_is_cut_at_every_byte_offset() {
+    let original = tempfile::tempdir().unwrap();
+    let key_len = 37; // 32 + 37 = 69, padded to 72: header, key and padding are all cut.
+    let (newest, last) = store_with_last_record(original.path(), key_len);
+    let name = newest.file_name().unwrap().to_owned();
+    let clock = clock();
+    let mut cases = 0;
+    for cut in last.offset..last.offset + last.len {
+        for how in ["truncate", "garble", "zero-from"] {
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(original.path(), dir.path());
+            let seg = dir.path().join(&name);
+            let f = OpenOptions::new().write(true).open(&seg).unwrap();
+            match how {
+                // The file loses everything from `cut` on (a torn truncation).
+                "truncate" => f.set_len(cut as u64).unwrap(),
+                // The bytes from `cut` to the end of the record are garbage.
+                "garble" => {
+                    use std::os::unix::fs::FileExt;
+                    let junk: Vec<u8> = (cut..last.offset + last.len)
+                        .map(|i| (i as u8).wrapping_mul(31) | 1)
+                        .collect();
+                    f.write_at(&junk, cut as u64).unwrap();
+                }
+                // Only a prefix of the record reached the disk.
+                _ => {
+                    use std::os::unix::fs::FileExt;
+                    f.write_at(&vec![0u8; last.offset + last.len - cut], cut as u64)
+                        .unwrap();
+                }
+            }
+            drop(f);
+            let store = opts(&clock)
+                .open(dir.path())
+                .unwrap_or_else(|e| panic!("{how} at {cut}: open failed: {e}"));
+            for i in 0..50 {
+                assert!(
+                    store.get(key(i)).unwrap().is_some(),
+                    "{how} at {cut}: key {i}, before the torn record, was lost"
+                );
+            }
+            let z = vec![b'z'; key_len];
+            // Losing or zeroing only padding bytes (zeros already) leaves a whole record;
+            // any other damage takes the record out.
+            let data_end = last.offset + 32 + key_len;
+            let intact = how != "garble" && cut >= data_end;
+            assert_eq!(
+                store.get(&z).unwrap().is_some(),
+                intact,
+                "{how} at {cut}: torn record replayed, or whole record lost"
+            );
+            if how == "garble" {
+                assert!(store.stats().recovery_truncated_bytes > 0, "{how} at {cut}");
+            }
+            // The store carries on where the valid data ends, and its new records are found
+            // again: the cut left no stale bytes behind them.
+            assert_eq!(store.claim(&z, TTL).unwrap().is_new(), !intact);
+            assert!(store.claim("after", TTL).unwrap().is_new());
+            store.close().unwrap();
+            let store = opts(&clock).open(dir.path()).unwrap();
+            assert!(store.get(&z).unwrap().is_some(), "{how} at {cut}");
+            assert!(store.get("after").unwrap().is_some(), "{how} at {cut}");
+            assert_eq!(store.stats().recovery_truncated_bytes, 0, "{how} at {cut}");
+            assert_eq!(store.stats().keys, 52);
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 3 * 72);
+}
+
+#[test]
+fn strict_mode_reports_a_torn_tail_and_changes_nothing() {
+    let original = tempfile::tempdir().unwrap();
+    let (newest, last) = store_with_last_record(original.path(), 20);
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new().write(true).open(&newest).unwrap();
+    f.write_at(&[0xee; 3], (last.offset + 35) as u64).unwrap();
+    drop(f);
+    // A leftover temporary, which a tolerant open would delete.
+    let tmp = original.path().join("seg-00000000000000ff.olog.tmp");
+    std::fs::write(&tmp, b"left by a crash").unwrap();
+    let before = std::fs::read(&newest).unwrap();
+    let clock = clock();
+    let e = opts(&clock)
+        .recovery_mode(RecoveryMode::Strict)
+        .open(original.path())
+        .unwrap_err();
+    match e {
+        Error::Corruption(c) => {
+            assert_eq!(c.path, newest);
+            assert_eq!(c.offset, last.offset as u64);
+            assert_eq!(c.kind, CorruptionKind::Checksum);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(&newest).unwrap(),
+        before,
+        "strict open changed the file"
+    );
+    assert!(tmp.exists(), "strict open deleted a file");
+    // The default mode cuts it and carries on.
+    let store = opts(&clock).open(original.path()).unwrap();
+    assert!(store.stats().recovery_truncated_bytes > 0);
+    assert!(!tmp.exists());
+}
+
+#[test]
+fn strict_mode_reports_bytes_after_the_end_of_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (newest, last) = store_with_last_record(dir.path(), 8);
+    use std::os::unix::fs::FileExt;
+    let stray = last.offset + last.len + 1000;
+    let f = OpenOptions::new().write(true).open(&newest).unwrap();
+    f.write_at(&[1], stray as u64).unwrap();
+    drop(f);
+    let before = std::fs::read(&newest).unwrap();
+    let e = opts(&clock())
+        .recovery_mode(RecoveryMode::Strict)
+        .open(dir.path())
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Corruption(ref c) if c.offset == stray as u64 && c.kind == CorruptionKind::TrailingGarbage
+        ),
+        "{e:?}"
+    );
+    assert_eq!(std::fs::read(&newest).unwrap(), before);
+    // Tolerated by default (counted), and zeroed so it can never line up as a record.
+    let store = opts(&clock()).open(dir.path()).unwrap();
+    assert_eq!(store.stats().recovery_truncated_bytes, 1001);
+    store.close().unwrap();
+    let bytes = std::fs::read(&newest).unwrap();
+    assert_eq!(bytes[stray], 0);
+}
+
+#[test]
+fn a_flipped_byte_in_a_sealed_segment_is_reported_with_file_and_offset() {
+    let original = tempfile::tempdir().unwrap();
+    fill(original.path(), 3_000);
+    let sealed = segments(original.path()).remove(0);
+    let name = sealed.file_name().unwrap().to_owned();
+    let recs = records(&sealed);
+    assert!(recs.len() > 100);
+    // Every byte of a few records (first, middle, the one before the seal) and of the seal.
+    let picks = [0, recs.len() / 2, recs.len() - 2, recs.len() - 1];
+    let mut cases = 0;
+    for &r in &picks {
+        let rec = &recs[r];
+        for at in rec.offset..rec.offset + rec.len {
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(original.path(), dir.path());
+            let seg = dir.path().join(&name);
+            let mut bytes = std::fs::read(&seg).unwrap();
+            bytes[at] ^= 0x10;
+            std::fs::write(&seg, &bytes).unwrap();
+            let before = bytes;
+            match opts(&clock()).open(dir.path()) {
+                Err(Error::Corruption(c)) => {
+                    assert_eq!(c.path, seg, "byte {at}");
+                    assert_eq!(c.offset, rec.offset as u64, "byte {at} of record {r}");
+                    assert!(
+                        matches!(
+                            c.kind,
+                            CorruptionKind::Checksum
+                                | CorruptionKind::MalformedRecord
+                                | CorruptionKind::Truncated
+                        ),
+                        "{:?}",
+                        c.kind
+                    );
+                    let msg = Error::Corruption(c).to_string();
+                    assert!(msg.contains(&format!("offset {}", rec.offset)), "{msg}");
+                }
+                other => panic!("flip at byte {at} of {name:?}: {other:?}"),
+            }
+            assert_eq!(std::fs::read(&seg).unwrap(), before, "a failed open wrote");
+            cases += 1;
+        }
+    }
+    assert!(recs[recs.len() - 1].kind == RecordKind::Seal);
+    assert!(cases > 100);
+}
+
+#[test]
+fn a_damaged_segment_header_is_reported_at_offset_zero() {
+    let original = tempfile::tempdir().unwrap();
+    fill(original.path(), 2_000);
+    let segs = segments(original.path());
+    for (which, seg) in [(0, &segs[0]), (1, segs.last().unwrap())] {
+        for at in 0..SEGMENT_HEADER_LEN {
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(original.path(), dir.path());
+            let path = dir.path().join(seg.file_name().unwrap());
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[at] ^= 0x01;
+            std::fs::write(&path, &bytes).unwrap();
+            match opts(&clock()).open(dir.path()) {
+                Err(Error::Corruption(c)) => {
+                    assert_eq!((c.path.as_path(), c.offset), (path.as_path(), 0));
+                    assert_eq!(
+                        c.kind,
+                        CorruptionKind::BadSegmentHeader,
+                        "segment {which} byte {at}"
+                    );
+                }
+                other => panic!("segment {which}, header byte {at}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_segment_of_another_store_or_another_version_is_refused() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    fill(a.path(), 10);
+    fill(b.path(), 2_000);
+    // Put b's first segment in a's place as a's second one.
+    let target = a.path().join("seg-0000000000000002.olog");
+    let mut bytes = std::fs::read(segments(b.path()).remove(0)).unwrap();
+    // Give it the right id (with a valid checksum) so the store id is what is wrong.
+    bytes[16..24].copy_from_slice(&2u64.to_le_bytes());
+    let crc = mask(crc32fast_hash(&bytes[..60]));
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&target, &bytes).unwrap();
+    match opts(&clock()).open(a.path()) {
+        Err(Error::Corruption(c)) => {
+            assert_eq!(c.kind, CorruptionKind::ForeignSegment);
+            assert_eq!(c.path, target);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same file under another id's name.
+    std::fs::remove_file(&target).unwrap();
+    let misnamed = a.path().join("seg-0000000000000009.olog");
+    std::fs::write(&misnamed, &bytes).unwrap();
+    assert!(matches!(
+        opts(&clock()).open(a.path()),
+        Err(Error::Corruption(c)) if c.kind == CorruptionKind::SegmentIdMismatch
+    ));
+    // A newer format version, with a valid checksum: refused as such, not as corruption.
+    std::fs::remove_file(&misnamed).unwrap();
+    let first = segments(a.path()).remove(0);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[8..10].copy_from_slice(&7u16.to_le_bytes());
+    let crc = mask(crc32fast_hash(&bytes[..60]));
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&first, &bytes).unwrap();
+    match opts(&clock()).open(a.path()) {
+        Err(Error::UnsupportedVersion {
+            path,
+            found,
+            supported,
+        }) => {
+            assert_eq!((path, found, supported), (first, 7, 1));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The format's masked CRC (docs/FORMAT.md §3.2), computed independently of the crate.
+fn mask(c: u32) -> u32 {
+    c.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+/// CRC-32 (IEEE), bitwise: slow and obviously right.
+fn crc32fast_hash(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn foreign_files_are_left_alone_and_temporaries_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 100);
+    std::fs::write(dir.path().join("README"), b"notes").unwrap();
+    std::fs::write(dir.path().join("seg-1.olog"), b"not a segment name").unwrap();
+    std::fs::write(dir.path().join("backup.tmp"), b"not ours").unwrap();
+    let tmp = dir.path().join("seg-0000000000000042.olog.tmp");
+    std::fs::write(&tmp, b"half-made segment").unwrap();
+    let store = opts(&clock()).open(dir.path()).unwrap();
+    check_filled(&store, 100);
+    assert!(!tmp.exists());
+    for f in ["README", "seg-1.olog", "backup.tmp"] {
+        assert!(dir.path().join(f).exists(), "{f} was touched");
+    }
+}
+
+#[test]
+fn an_empty_or_short_file_with_a_segment_name_is_an_error_not_a_panic() {
+    for len in [0usize, 10, 63, 64] {
+        let dir = tempfile::tempdir().unwrap();
+        fill(dir.path(), 10);
+        let mut bytes = std::fs::read(segments(dir.path()).remove(0)).unwrap();
+        bytes.truncate(len);
+        std::fs::write(dir.path().join("seg-0000000000000000.olog"), &bytes).unwrap();
+        let e = opts(&clock()).open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&e, Error::Corruption(c) if c.kind == CorruptionKind::BadSegmentHeader || c.kind == CorruptionKind::SegmentIdMismatch || c.kind == CorruptionKind::Unsealed),
+            "len {len}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn the_newest_segment_cut_short_is_extended_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (newest, last) = store_with_last_record(dir.path(), 16);
+    // Cut just after the last record: everything acknowledged is still there.
+    let f = OpenOptions::new().write(true).open(&newest).unwrap();
+    f.set_len((last.offset + last.len) as u64).unwrap();
+    drop(f);
+    let e = opts(&clock())
+        .recovery_mode(RecoveryMode::Strict)
+        .open(dir.path())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Corruption(ref c) if c.kind == CorruptionKind::Truncated),
+        "{e:?}"
+    );
+    let store = opts(&clock()).open(dir.path()).unwrap();
+    assert!(store.get(vec![b'z'; 16]).unwrap().is_some());
+    assert_eq!(
+        std::fs::metadata(&newest).unwrap().len(),
+        oncelog::MIN_SEGMENT_SIZE
+    );
+    for i in 0..2_000 {
+        assert!(store.claim(format!("more-{i}"), TTL).unwrap().is_new());
+    }
+    store.close().unwrap();
+    let store = opts(&clock()).open(dir.path()).unwrap();
+    assert!(store.get("more-1999").unwrap().is_some());
+    assert!(store.get(vec![b'z'; 16]).unwrap().is_some());
+}
