@@ -1,4 +1,7 @@
-//! The `oncelog` command-line tool: claim keys, filter a stream of ids, inspect a store.
+//! The `oncelog` command-line tool: claim keys, filter a stream of ids, inspect a store,
+//! generate load.
+
+mod bench;
 
 use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
@@ -17,6 +20,8 @@ USAGE:
     oncelog get    --dir DIR KEY...
     oncelog remove --dir DIR [--durability MODE] KEY...
     oncelog stats  --dir DIR
+    oncelog bench  --dir DIR [--threads N] [--keys N] [--key-len N] [--dup-ratio F]
+                   [--ttl TTL] [--durability MODE] [--batch N] [--duration TTL] [--no-reopen]
 
 COMMANDS:
     claim    Claim each KEY; prints `new KEY` or `duplicate KEY ...`.
@@ -29,12 +34,20 @@ COMMANDS:
              are claimed, 1 otherwise.
     remove   Forget each KEY so it can be claimed again.
     stats    Print the store's counters and sizes.
+    bench    Claim generated event-id-like keys from N threads (default 2) until N keys
+             (default 1000000) of --key-len bytes (default 32) are claimed or --duration
+             is up; a fraction --dup-ratio (default 0) of claims repeat earlier keys.
+             Prints claims/s, latency percentiles, syncs, RAM and disk per key, then
+             reopens the store and prints the recovery rate (skip with --no-reopen).
+             --batch N > 1 claims through claim_many. Defaults: --ttl 72h,
+             --durability buffered. Use an empty directory.
 
 OPTIONS:
     --dir DIR           The store directory (created if missing).
     --ttl TTL           How long a claim lasts: e.g. 500ms, 90s, 15m, 72h, 3d, 1w, 1h30m.
     --durability MODE   sync (default), buffered, or periodic:INTERVAL (e.g. periodic:100ms).
-    --batch N           filter: most ids per batch (default 1024).
+    --batch N           filter: most ids per batch (default 1024); bench: keys per
+                        claim_many call (default 1: plain claim).
 
 Keys are 1 to 4096 bytes. Exit code 2 means an error (printed to stderr).";
 
@@ -52,8 +65,14 @@ fn main() -> ExitCode {
 struct Args {
     dir: Option<PathBuf>,
     ttl: Option<Duration>,
-    durability: Durability,
-    batch: usize,
+    durability: Option<Durability>,
+    batch: Option<usize>,
+    threads: usize,
+    keys: u64,
+    key_len: usize,
+    dup_ratio: f64,
+    duration: Option<Duration>,
+    reopen: bool,
     rest: Vec<String>,
 }
 
@@ -61,8 +80,14 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut out = Args {
         dir: None,
         ttl: None,
-        durability: Durability::Sync,
-        batch: 1024,
+        durability: None,
+        batch: None,
+        threads: 2,
+        keys: 1_000_000,
+        key_len: 32,
+        dup_ratio: 0.0,
+        duration: None,
+        reopen: true,
         rest: Vec::new(),
     };
     let mut it = args.iter();
@@ -75,21 +100,35 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         match a.as_str() {
             "--dir" => out.dir = Some(PathBuf::from(value("--dir")?)),
             "--ttl" => out.ttl = Some(parse_duration(&value("--ttl")?)?),
-            "--durability" => out.durability = parse_durability(&value("--durability")?)?,
-            "--batch" => {
-                let v = value("--batch")?;
-                out.batch = v
-                    .parse::<usize>()
+            "--durability" => out.durability = Some(parse_durability(&value("--durability")?)?),
+            "--batch" => out.batch = Some(positive("--batch", &value("--batch")?)?),
+            "--threads" => out.threads = positive("--threads", &value("--threads")?)?,
+            "--keys" => out.keys = positive("--keys", &value("--keys")?)? as u64,
+            "--key-len" => out.key_len = positive("--key-len", &value("--key-len")?)?,
+            "--dup-ratio" => {
+                let v = value("--dup-ratio")?;
+                out.dup_ratio = v
+                    .parse::<f64>()
                     .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("--batch: expected a positive number, got {v:?}"))?;
+                    .filter(|r| (0.0..1.0).contains(r))
+                    .ok_or_else(|| format!("--dup-ratio: expected 0 <= F < 1, got {v:?}"))?;
             }
+            "--duration" => out.duration = Some(parse_duration(&value("--duration")?)?),
+            "--no-reopen" => out.reopen = false,
             "--" => out.rest.extend(it.by_ref().cloned()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n\n{USAGE}")),
             _ => out.rest.push(a.clone()),
         }
     }
     Ok(out)
+}
+
+fn positive(name: &str, v: &str) -> Result<usize, String> {
+    v.replace('_', "")
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{name}: expected a positive number, got {v:?}"))
 }
 
 fn run(args: &[String]) -> Result<ExitCode, String> {
@@ -108,6 +147,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "get" => cmd_get(&a),
         "remove" => cmd_remove(&a),
         "stats" => cmd_stats(&a),
+        "bench" => cmd_bench(&a),
         other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
     }
 }
@@ -115,7 +155,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
 fn open(a: &Args) -> Result<Store, String> {
     let dir = a.dir.as_ref().ok_or("--dir is required")?;
     Options::new()
-        .durability(a.durability)
+        .durability(a.durability.unwrap_or(Durability::Sync))
         .open(dir)
         .map_err(|e| error_chain(&e))
 }
@@ -178,7 +218,8 @@ fn cmd_filter(a: &Args) -> Result<ExitCode, String> {
     let store = open(a)?;
     // A reader thread feeds lines through a bounded channel so that a slow trickle of
     // input is still answered promptly: each batch takes what has arrived, up to --batch.
-    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(a.batch * 4);
+    let max_batch = a.batch.unwrap_or(1024);
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(max_batch * 4);
     std::thread::spawn(move || {
         let stdin = io::stdin();
         let mut input = stdin.lock();
@@ -209,11 +250,11 @@ fn cmd_filter(a: &Args) -> Result<ExitCode, String> {
     });
     let mut out = io::stdout().lock();
     let mut line_no = 0u64;
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(a.batch);
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
         batch.clear();
         batch.push(first.map_err(|e| format!("reading stdin: {e}"))?);
-        while batch.len() < a.batch {
+        while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(line) => batch.push(line.map_err(|e| format!("reading stdin: {e}"))?),
                 Err(_) => break,
@@ -299,6 +340,23 @@ fn cmd_stats(a: &Args) -> Result<ExitCode, String> {
         s.recovery_time.as_secs_f64() * 1e3
     );
     store.close().map_err(|e| error_chain(&e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_bench(a: &Args) -> Result<ExitCode, String> {
+    let dir = a.dir.clone().ok_or("--dir is required")?;
+    bench::run(&bench::BenchArgs {
+        dir,
+        threads: a.threads,
+        keys: a.keys,
+        key_len: a.key_len,
+        dup_ratio: a.dup_ratio,
+        ttl: a.ttl.unwrap_or(Duration::from_secs(72 * 3600)),
+        durability: a.durability.unwrap_or(Durability::Buffered),
+        batch: a.batch.unwrap_or(1),
+        duration: a.duration,
+        reopen: a.reopen,
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,437 @@
+//! `oncelog bench`: a load generator. Claims generated event-id-like keys from several
+//! threads and reports throughput, latency percentiles, RAM and disk per key, and the time
+//! to reopen (recover) the store it filled.
+//!
+//! Keys are made from a counter on the fly (no key list in RAM, so the resident-memory delta
+//! is the store's), spread by a multiplicative hash so consecutive claims land in unrelated
+//! index stripes, as real event ids do.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use oncelog::{Durability, Options, Store};
+
+/// What to run.
+#[derive(Clone)]
+pub struct BenchArgs {
+    pub dir: PathBuf,
+    pub threads: usize,
+    pub keys: u64,
+    pub key_len: usize,
+    pub dup_ratio: f64,
+    pub ttl: Duration,
+    pub durability: Durability,
+    pub batch: usize,
+    pub duration: Option<Duration>,
+    pub reopen: bool,
+}
+
+/// Writes key number `i` into `buf` (of the requested length): `evt_` then hex digits of
+/// a bijective mix of `i`, padded with more mixed digits. Distinct `i` give distinct keys.
+fn make_key(i: u64, buf: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // An odd multiplier is a bijection on u64: distinct i, distinct x.
+    let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut pad = x ^ 0xd6e8_feb8_6659_fd93;
+    for (j, b) in buf.iter_mut().enumerate() {
+        *b = match j {
+            0 => b'e',
+            1 => b'v',
+            2 => b't',
+            3 => b'_',
+            // 16 hex digits of x: the part that makes keys distinct.
+            4..=19 => HEX[((x >> ((19 - j) * 4)) & 0xf) as usize],
+            _ => {
+                pad = pad.rotate_left(5).wrapping_mul(0x2545_f491_4f6c_dd1d);
+                HEX[(pad >> 60) as usize]
+            }
+        };
+    }
+}
+
+/// Shortest key length that still holds the distinguishing digits.
+pub const MIN_BENCH_KEY_LEN: usize = 20;
+
+/// A log-linear latency histogram: 32 linear sub-buckets per power of two of nanoseconds,
+/// so any recorded value is reported within about 3 %.
+#[derive(Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    max: u64,
+    total: u64,
+}
+
+const SUB: u64 = 32;
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            counts: vec![0; 64 * SUB as usize],
+            max: 0,
+            total: 0,
+        }
+    }
+
+    fn bucket(ns: u64) -> usize {
+        if ns < SUB {
+            return ns as usize;
+        }
+        let exp = 63 - u64::from(ns.leading_zeros()); // >= 5
+        let sub = (ns >> (exp - 5)) & (SUB - 1);
+        ((exp - 4) * SUB + sub) as usize
+    }
+
+    /// The smallest value that falls in `bucket` (the inverse of `bucket`).
+    fn floor(bucket: usize) -> u64 {
+        let b = bucket as u64;
+        if b < SUB {
+            return b;
+        }
+        let exp = b / SUB + 4;
+        let sub = b % SUB;
+        (SUB + sub) << (exp - 5)
+    }
+
+    fn record(&mut self, ns: u64) {
+        if let Some(c) = self.counts.get_mut(Self::bucket(ns)) {
+            *c += 1;
+        }
+        self.max = self.max.max(ns);
+        self.total += 1;
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.max = self.max.max(other.max);
+        self.total += other.total;
+    }
+
+    fn percentile(&self, p: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let rank = ((p / 100.0) * self.total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::floor(i).min(self.max);
+            }
+        }
+        self.max
+    }
+}
+
+/// Resident set size of this process in bytes (Linux `VmRSS`), or 0 if unknown.
+pub fn rss_bytes() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn fmt_ns(ns: u64) -> String {
+    if ns < 10_000 {
+        format!("{ns} ns")
+    } else if ns < 10_000_000 {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    } else {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    }
+}
+
+/// Each thread claims the keys `t, t + threads, t + 2*threads, …` below `keys` (fresh ones)
+/// and, with probability `dup_ratio`, a key it claimed before (a duplicate).
+fn worker(
+    store: &Store,
+    args: &BenchArgs,
+    t: usize,
+    done: &AtomicU64,
+    stop: &AtomicBool,
+) -> Result<(Histogram, u64, u64), String> {
+    let mut hist = Histogram::new();
+    let mut rng = 0x853c_49e6_748f_ea9bu64 ^ (t as u64).wrapping_mul(0x9e37_79b9);
+    let threads = args.threads as u64;
+    let mut next_fresh = t as u64;
+    let mut fresh_done = 0u64;
+    let (mut new, mut dups) = (0u64, 0u64);
+    let batch = args.batch.max(1);
+    let mut keys: Vec<Vec<u8>> = vec![vec![0u8; args.key_len]; batch];
+    let dup_threshold = (args.dup_ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut n = 0;
+        while n < batch {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let dup = fresh_done > 0 && rng < dup_threshold;
+            let i = if dup {
+                // A key this thread claimed before.
+                t as u64 + (rng % fresh_done) * threads
+            } else if next_fresh < args.keys {
+                let i = next_fresh;
+                next_fresh += threads;
+                fresh_done += 1;
+                i
+            } else {
+                break;
+            };
+            if let Some(k) = keys.get_mut(n) {
+                make_key(i, k);
+            }
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        let Some(ks) = keys.get(..n) else { break };
+        let started = Instant::now();
+        if batch == 1 {
+            let answer = store
+                .claim(&ks[0], args.ttl)
+                .map_err(|e| format!("claim: {e}"))?;
+            if answer.is_new() {
+                new += 1;
+            } else {
+                dups += 1;
+            }
+        } else {
+            let answers = store
+                .claim_many(ks, args.ttl)
+                .map_err(|e| format!("claim_many: {e}"))?;
+            let fresh = answers.iter().filter(|a| a.is_new()).count() as u64;
+            new += fresh;
+            dups += n as u64 - fresh;
+        }
+        hist.record(started.elapsed().as_nanos() as u64);
+        done.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    Ok((hist, new, dups))
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.blocks() * 512
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs the benchmark and prints its report.
+pub fn run(args: &BenchArgs) -> Result<(), String> {
+    if args.key_len < MIN_BENCH_KEY_LEN || args.key_len > oncelog::MAX_KEY_LEN {
+        return Err(format!(
+            "--key-len must be {MIN_BENCH_KEY_LEN} to {}",
+            oncelog::MAX_KEY_LEN
+        ));
+    }
+    let rss_before = rss_bytes();
+    let opened = Instant::now();
+    let store = Arc::new(
+        Options::new()
+            .durability(args.durability)
+            .open(&args.dir)
+            .map_err(|e| format!("open {}: {e}", args.dir.display()))?,
+    );
+    let open_time = opened.elapsed();
+    let keys_before = store.stats().keys;
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(args.threads + 1));
+    let args_arc = Arc::new(args.clone());
+    let handles: Vec<_> = (0..args.threads)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            let done = Arc::clone(&done);
+            let stop = Arc::clone(&stop);
+            let barrier = Arc::clone(&barrier);
+            let a = Arc::clone(&args_arc);
+            std::thread::spawn(move || {
+                barrier.wait();
+                worker(&store, &a, t, &done, &stop)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    let mut last = (started, 0u64);
+    // Progress on stderr about once a second, until the workers finish or time is up.
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = Instant::now();
+        if args.duration.is_some_and(|d| now - started >= d) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        if now - last.0 >= Duration::from_secs(1) {
+            let n = done.load(Ordering::Relaxed);
+            let rate = (n - last.1) as f64 / (now - last.0).as_secs_f64();
+            eprint!(
+                "\r  {:>6.1}s  {n:>12} claims  {:>12.0}/s   ",
+                (now - started).as_secs_f64(),
+                rate
+            );
+            last = (now, n);
+        }
+    }
+    let mut hist = Histogram::new();
+    let (mut new, mut dups) = (0u64, 0u64);
+    for h in handles {
+        let (hh, n, d) = h.join().map_err(|_| "a worker thread panicked")??;
+        hist.merge(&hh);
+        new += n;
+        dups += d;
+    }
+    let elapsed = started.elapsed();
+    eprint!("\r{:60}\r", "");
+    let ops = new + dups;
+    let stats = store.stats();
+    let rss_after = rss_bytes();
+    let live = stats.keys.max(1);
+    let grown = stats.keys.saturating_sub(keys_before).max(1);
+    let disk = dir_bytes(&args.dir);
+    let mode = match args.durability {
+        Durability::Sync => "sync".to_string(),
+        Durability::Buffered => "buffered".to_string(),
+        Durability::Periodic(d) => format!("periodic:{}ms", d.as_millis()),
+    };
+    println!(
+        "oncelog bench: {} thread(s), {} key(s) of {} bytes, dup ratio {:.2}, {mode}, {}",
+        args.threads,
+        args.keys,
+        args.key_len,
+        args.dup_ratio,
+        if args.batch > 1 {
+            format!("claim_many batches of {}", args.batch)
+        } else {
+            "claim".to_string()
+        }
+    );
+    println!(
+        "  claims      {ops} ({new} new, {dups} duplicate) in {:.3} s",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  throughput  {:.0} claims/s",
+        ops as f64 / elapsed.as_secs_f64()
+    );
+    let unit = if args.batch > 1 { "batch" } else { "claim" };
+    println!(
+        "  latency     per {unit}: p50 {}  p99 {}  p99.9 {}  max {}",
+        fmt_ns(hist.percentile(50.0)),
+        fmt_ns(hist.percentile(99.0)),
+        fmt_ns(hist.percentile(99.9)),
+        fmt_ns(hist.max)
+    );
+    println!(
+        "  syncs       {} ({:.1} claims per sync)",
+        stats.syncs,
+        ops as f64 / stats.syncs.max(1) as f64
+    );
+    println!(
+        "  memory      {:.1} B/key resident delta ({} keys added), index tables {:.1} B/key",
+        rss_after.saturating_sub(rss_before) as f64 / grown as f64,
+        grown,
+        stats.index_bytes as f64 / live as f64
+    );
+    println!(
+        "  disk        {:.1} B/key allocated ({} segment(s), {} bytes)",
+        disk as f64 / live as f64,
+        stats.segments,
+        disk
+    );
+    println!(
+        "  open        {:.1} ms before the run ({} records recovered)",
+        open_time.as_secs_f64() * 1e3,
+        stats.recovered_records
+    );
+    let store = Arc::try_unwrap(store).map_err(|_| "store still shared")?;
+    store.close().map_err(|e| format!("close: {e}"))?;
+    if args.reopen {
+        let t = Instant::now();
+        let store = Options::new()
+            .durability(args.durability)
+            .open(&args.dir)
+            .map_err(|e| format!("reopen: {e}"))?;
+        let took = t.elapsed();
+        let s = store.stats();
+        println!(
+            "  recovery    {} records in {:.1} ms ({:.1} M records/s), {} keys live",
+            s.recovered_records,
+            took.as_secs_f64() * 1e3,
+            s.recovered_records as f64 / took.as_secs_f64() / 1e6,
+            s.keys
+        );
+        store.close().map_err(|e| format!("close: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_distinct_and_of_the_asked_length() {
+        let mut seen = std::collections::HashSet::new();
+        for len in [20, 32, 100] {
+            for i in 0..10_000 {
+                let mut k = vec![0u8; len];
+                make_key(i, &mut k);
+                assert!(k.starts_with(b"evt_"));
+                assert!(seen.insert(k), "key {i} of {len} bytes repeated");
+            }
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_round_trip_within_3_percent() {
+        for ns in [
+            0u64,
+            1,
+            31,
+            32,
+            33,
+            100,
+            999,
+            12_345,
+            1 << 40,
+            u64::MAX >> 1,
+        ] {
+            let b = Histogram::bucket(ns);
+            let lo = Histogram::floor(b);
+            assert!(lo <= ns, "{ns}: floor {lo}");
+            assert!(ns - lo <= ns / 32, "{ns}: floor {lo} too far");
+            assert!(Histogram::bucket(lo) == b);
+        }
+        let mut h = Histogram::new();
+        for ns in 1..=1000 {
+            h.record(ns * 1000);
+        }
+        let p50 = h.percentile(50.0);
+        assert!((484_000..=500_000).contains(&p50), "p50 {p50}");
+        assert_eq!(
+            h.percentile(100.0),
+            Histogram::floor(Histogram::bucket(1_000_000))
+        );
+        assert_eq!(h.percentile(0.0), Histogram::floor(Histogram::bucket(1000)));
+        assert_eq!(h.max, 1_000_000);
+    }
+}
