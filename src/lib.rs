@@ -54,6 +54,11 @@ pub use options::{
 };
 pub use store::{Claim, Seen, Stats, Store};
 
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
