@@ -14,16 +14,27 @@ const SEGMENT_SUFFIX: &str = ".olog";
 pub(crate) const TMP_SUFFIX: &str = ".tmp";
 
 /// Creates the directory if needed and takes its lock.
+///
+/// The directory's own entry, and that of every level `create_dir_all` made, is fsynced
+/// into its parent, or a power cut could take the whole store with it after claims in it
+/// were acknowledged. The immediate parent is fsynced on every open, not only the one that
+/// created the directory: that open may have crashed before its fsync.
 pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
-    if !dir.is_dir() {
-        fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-        // The new directory's own entry must be durable too, or a power cut could take the
-        // whole store with it after claims in it were acknowledged.
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        sync_dir(parent)?;
+    let mut created = Vec::new();
+    let mut probe = Some(dir);
+    while let Some(p) = probe.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        created.push(p);
+        probe = p.parent();
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    let parent_of = |p: &Path| match p.parent() {
+        Some(q) if !q.as_os_str().is_empty() => q.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    sync_dir(&parent_of(dir))?;
+    // Each fsync makes one entry durable; their order does not matter.
+    for p in created.iter().skip(1) {
+        sync_dir(&parent_of(p))?;
     }
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()

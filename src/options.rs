@@ -49,9 +49,9 @@ pub enum RecoveryMode {
     TolerateTornTail,
     /// Refuse to open if anything at all fails to decode, torn tail included, or if a
     /// segment has bytes after its data or is shorter than it was created. An open that
-    /// fails this way has changed nothing on disk (in either mode, a failed open never
-    /// does); one that succeeds goes on as usual. For inspecting a directory after a
-    /// crash before letting the default mode cut anything.
+    /// fails on damage ([`Error::Corruption`], in either mode) has changed no segment and
+    /// deleted no file; one that succeeds goes on as usual. For inspecting a directory
+    /// after a crash before letting the default mode cut anything.
     Strict,
 }
 

@@ -26,7 +26,7 @@ use crate::fs;
 use crate::index::{Entry, Index, Slot};
 use crate::log::{
     create_segment, preallocate, Location, Log, LogConfig, Segment, SegmentMap, SegmentTable,
-    Writer,
+    Writer, MAX_SEGMENTS,
 };
 use crate::options::{Options, RecoveryMode, MAX_SEGMENT_SIZE};
 
@@ -37,6 +37,8 @@ pub(crate) struct RecoveryStats {
     pub(crate) records: u64,
     pub(crate) truncated_bytes: u64,
     pub(crate) duration: Duration,
+    /// The newest segment and the directory were fsynced before the log was handed out.
+    pub(crate) synced: bool,
 }
 
 /// Scans `dir`, fills `index`, and returns the log ready for appends.
@@ -60,6 +62,13 @@ pub(crate) fn recover(
     let table = Arc::new(SegmentTable::new());
     let strict = opts.recovery == RecoveryMode::Strict;
     let count = listing.segments.len();
+    // Every segment, and maybe one new one, must fit the table: refuse now rather than
+    // after a file has been changed.
+    if count + 1 > MAX_SEGMENTS {
+        return Err(Error::Poisoned {
+            reason: format!("{count} segments in one directory; at most {MAX_SEGMENTS} fit"),
+        });
+    }
 
     // 1. Open and check every header before replaying anything: a foreign or newer-version
     //    segment fails `open` at once, whatever its position.
@@ -67,7 +76,12 @@ pub(crate) fn recover(
     let mut checked = Vec::with_capacity(count);
     for (i, (id, path)) in listing.segments.iter().enumerate() {
         let is_last = i + 1 == count;
-        checked.push(check_segment(path, *id, is_last, &mut store_id)?);
+        let c = check_segment(path, *id, is_last, &mut store_id)?;
+        if strict && !is_last && c.len < c.header.capacity {
+            // A sealed segment keeps its full length; shorter means something cut it.
+            return Err(Error::corruption(path, c.len, CorruptionKind::Truncated));
+        }
+        checked.push(c);
     }
 
     // 2. Replay in log order.
@@ -138,10 +152,15 @@ pub(crate) fn recover(
         // Records a crashed process wrote but never synced, the zeroed tail and a
         // re-extended length: all durable before the first new acknowledgement, and before
         // a successor of a sealed newest segment becomes visible.
+        // So is the directory: the crashed process may have renamed the newest segment
+        // into place without reaching its directory fsync, and appending to a file whose
+        // name a power cut can still undo would lose what is appended.
         segment
             .file()
             .sync_all()
             .map_err(|e| Error::io("sync segment", &segment.path, e))?;
+        fs::sync_dir(dir)?;
+        stats.synced = true;
     }
     let writer = match (active, appender) {
         (Some((segment, slot, scan)), Some(appender)) => Writer {
@@ -157,6 +176,8 @@ pub(crate) fn recover(
             std::fs::rename(&tmp, &segment.path)
                 .map_err(|e| Error::io("rename new segment", &segment.path, e))?;
             fs::sync_dir(dir)?;
+            // create_segment synced the new file; the directory now holds its name.
+            stats.synced = true;
             let segment = Arc::new(segment);
             let slot = table.install(Arc::clone(&segment))?;
             Writer {

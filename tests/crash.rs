@@ -545,4 +545,8 @@ fn sigkill_during_filter_never_loses_or_repeats_an_acknowledged_id() {
         started.elapsed()
     );
     assert_eq!(printed.len() as u64, t.acked + final_acks);
+    assert!(
+        t.segments > 1,
+        "no segment rotation happened: the rounds did not cross one"
+    );
 }

@@ -60,8 +60,9 @@ fn op() -> impl Strategy<Value = Op> {
 /// A clock that goes backwards makes one thing ambiguous, by contract (`Clock` docs): a
 /// claim that expired by the latest time seen but is live by the current one (`now <
 /// expires <= high`) may be answered either way, depending on whether the store has already
-/// dropped it (at a reopen, or later in a sweep). For such keys the model accepts the
-/// store's answer and follows it; for every other key the answer must match exactly.
+/// dropped it (at a reopen, or later in a sweep). For such keys the model accepts either
+/// answer (a `Duplicate` must still carry the original claim's times) and applies what a
+/// `New` or a removal changed; for every other key the answer must match exactly.
 #[derive(Default)]
 struct Model {
     claims: HashMap<Vec<u8>, (u64, u64)>,

@@ -456,6 +456,7 @@ fn the_newest_segment_cut_short_is_extended_again() {
     let f = OpenOptions::new().write(true).open(&newest).unwrap();
     f.set_len((last.offset + last.len) as u64).unwrap();
     drop(f);
+    let short = std::fs::metadata(&newest).unwrap().len();
     let e = opts(&clock())
         .recovery_mode(RecoveryMode::Strict)
         .open(dir.path())
@@ -463,6 +464,11 @@ fn the_newest_segment_cut_short_is_extended_again() {
     assert!(
         matches!(e, Error::Corruption(ref c) if c.kind == CorruptionKind::Truncated),
         "{e:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(&newest).unwrap().len(),
+        short,
+        "strict open extended it"
     );
     let store = opts(&clock()).open(dir.path()).unwrap();
     assert!(store.get(vec![b'z'; 16]).unwrap().is_some());
@@ -477,4 +483,116 @@ fn the_newest_segment_cut_short_is_extended_again() {
     let store = opts(&clock()).open(dir.path()).unwrap();
     assert!(store.get("more-1999").unwrap().is_some());
     assert!(store.get(vec![b'z'; 16]).unwrap().is_some());
+}
+
+#[test]
+fn a_failed_default_open_changes_nothing_either() {
+    // Damage in an older segment fails the default open too; by then the newest segment is
+    // short and there is a temporary: neither may have been touched.
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 3_000);
+    let segs = segments(dir.path());
+    assert!(segs.len() > 2);
+    let newest = segs.last().unwrap();
+    let f = OpenOptions::new().write(true).open(newest).unwrap();
+    f.set_len(4096).unwrap();
+    drop(f);
+    let tmp = dir.path().join("seg-00000000000000ff.olog.tmp");
+    std::fs::write(&tmp, b"left by a crash").unwrap();
+    let older = &segs[1];
+    let mut bytes = std::fs::read(older).unwrap();
+    bytes[SEGMENT_HEADER_LEN + 9] ^= 0x04;
+    std::fs::write(older, &bytes).unwrap();
+    let e = opts(&clock()).open(dir.path()).unwrap_err();
+    assert!(
+        matches!(e, Error::Corruption(ref c) if &c.path == older),
+        "{e:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(newest).unwrap().len(),
+        4096,
+        "newest extended"
+    );
+    assert!(tmp.exists(), "temporary deleted by a failed open");
+    assert_eq!(std::fs::read(older).unwrap(), bytes);
+}
+
+#[test]
+fn stray_bytes_across_megabytes_of_tail_are_found_and_zeroed() {
+    // A segment bigger than the 1 MiB read buffer, with stray bytes in two places separated
+    // by a hole: both chunks and both data regions are visited, and only they are zeroed.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let o = || opts(&clock).segment_size(4 << 20);
+    let store = o().open(dir.path()).unwrap();
+    for i in 0..10 {
+        assert!(store.claim(key(i), TTL).unwrap().is_new());
+    }
+    store.close().unwrap();
+    let newest = segments(dir.path()).pop().unwrap();
+    let last = records(&newest).pop().unwrap();
+    let end = last.offset + last.len;
+    let (a, b) = (end + 100, (3 << 20) + 12_345);
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new().write(true).open(&newest).unwrap();
+    f.write_at(&[7, 0, 7], a as u64).unwrap();
+    f.write_at(&[9; 5], b as u64).unwrap();
+    drop(f);
+    let e = o()
+        .recovery_mode(RecoveryMode::Strict)
+        .open(dir.path())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Corruption(ref c) if c.offset == a as u64 && c.kind == CorruptionKind::TrailingGarbage),
+        "{e:?}"
+    );
+    let store = o().open(dir.path()).unwrap();
+    assert_eq!(store.stats().recovery_truncated_bytes, (b + 5 - end) as u64);
+    assert_eq!(store.stats().keys, 10);
+    store.close().unwrap();
+    let bytes = std::fs::read(&newest).unwrap();
+    assert!(bytes[end..].iter().all(|&x| x == 0), "stray bytes left");
+    let store = o()
+        .recovery_mode(RecoveryMode::Strict)
+        .open(dir.path())
+        .unwrap();
+    assert_eq!(store.stats().keys, 10);
+}
+
+#[test]
+fn strict_mode_reports_a_sealed_segment_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    // 3000-byte keys: 21 records fill a 64 KiB segment with about 1.6 KiB to spare, so the
+    // sealed segment ends in zeros that can be cut without touching a record.
+    let store = opts(&clock).open(dir.path()).unwrap();
+    let big = |i: u32| format!("{i:04}").repeat(750);
+    for i in 0..50 {
+        assert!(store.claim(big(i), TTL).unwrap().is_new());
+    }
+    store.close().unwrap();
+    let first = segments(dir.path()).remove(0);
+    let seal = records(&first).pop().unwrap();
+    assert_eq!(seal.kind, RecordKind::Seal);
+    let cut = (seal.offset + seal.len) as u64;
+    assert!(cut < oncelog::MIN_SEGMENT_SIZE);
+    OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let e = opts(&clock)
+        .recovery_mode(RecoveryMode::Strict)
+        .open(dir.path())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Corruption(ref c) if c.path == first && c.offset == cut && c.kind == CorruptionKind::Truncated),
+        "{e:?}"
+    );
+    // The default mode reads it: nothing it holds is lost.
+    let store = opts(&clock).open(dir.path()).unwrap();
+    for i in 0..50 {
+        assert!(store.get(big(i)).unwrap().is_some(), "key {i}");
+    }
 }

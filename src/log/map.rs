@@ -221,10 +221,16 @@ impl Appender {
                 ) {
                     dirty = Some((dirty.map_or(at + first, |d| d.0), at + last + 1));
                     if zero {
-                        // SAFETY: as in `append`: `[at, at + last + 1)` is at or beyond the
-                        // tail (data_regions clamps to [tail, len)) and owned by this appender.
+                        // Only the dirty span: zeroing clean bytes would dirty pages for
+                        // nothing, and in a sparse file could need blocks a full disk lacks.
+                        // SAFETY: as in `append`: `[at + first, at + last + 1)` is at or
+                        // beyond the tail (data_regions clamps to [tail, len)) and owned by
+                        // this appender.
                         let dst = unsafe {
-                            std::slice::from_raw_parts_mut(self.map.base.add(at), last + 1)
+                            std::slice::from_raw_parts_mut(
+                                self.map.base.add(at + first),
+                                last + 1 - first,
+                            )
                         };
                         dst.fill(0);
                     }
