@@ -35,6 +35,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+#[doc(hidden)]
+pub mod bench;
 mod clock;
 mod error;
 pub mod format;

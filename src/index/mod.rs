@@ -192,6 +192,11 @@ impl Index {
         self.stripes[i % n].0.lock()
     }
 
+    /// Number of stripes.
+    pub(crate) fn stripes(&self) -> usize {
+        self.stripes.len()
+    }
+
     /// Visits every stripe in turn, each under its lock.
     pub(crate) fn for_each_stripe(&self, mut f: impl FnMut(&mut Stripe)) {
         for s in self.stripes.iter() {

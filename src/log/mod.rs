@@ -20,6 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
 
@@ -232,6 +233,8 @@ pub(crate) struct Writer {
     pub(crate) appender: Appender,
     pub(crate) records: u64,
     pub(crate) max_expires: u64,
+    /// Whether the next segment is being (or has been) prepared in the background.
+    pub(crate) next_prepared: bool,
 }
 
 /// A record appended to the log.
@@ -243,8 +246,19 @@ pub(crate) struct Appended {
 }
 
 struct CommitState {
-    syncing: bool,
+    /// Syncs running now.
+    in_flight: usize,
+    /// Callers inside `wait_durable`'s slow path.
+    waiting: usize,
+    /// The highest lsn a running (or finished) sync has promised to cover.
+    covering: u64,
 }
+
+/// Most syncs of one log that may run at once (see `wait_durable`).
+const MAX_SYNCS_IN_FLIGHT: usize = 2;
+
+/// A second sync may start only while at most this many callers wait (see `wait_durable`).
+const OVERLAP_MAX_WAITING: usize = 2;
 
 /// One record to append.
 #[derive(Debug, Clone, Copy)]
@@ -276,6 +290,9 @@ pub(crate) struct Log {
     poisoned: AtomicBool,
     poison_reason: Mutex<Option<String>>,
     syncs: AtomicU64,
+    /// Background preparation of the next segment (see `prepare_next`); the thread returns
+    /// the spare it made, if it made one.
+    prep: Mutex<Option<Prep>>,
     /// Test hook run by the sync leader before it reads the tail and syncs.
     #[cfg(test)]
     pub(crate) before_sync: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
@@ -289,27 +306,49 @@ impl Log {
     /// content up to the writer's tail is already durable.
     pub(crate) fn new(config: LogConfig, table: Arc<SegmentTable>, writer: Writer) -> Log {
         let durable = lsn(writer.segment.id, writer.appender.tail());
-        Log {
+        // Fault in the rest of the active segment off the append path.
+        let map = Arc::clone(&writer.segment.map);
+        let from = writer.appender.tail();
+        let populate = Prep::spawn(move |stop| {
+            map.populate(from, stop);
+            None
+        });
+        let log = Log {
             config,
             table,
             writer: Mutex::new(writer),
-            commit: Mutex::new(CommitState { syncing: false }),
+            commit: Mutex::new(CommitState {
+                in_flight: 0,
+                waiting: 0,
+                covering: 0,
+            }),
             commit_done: Condvar::new(),
             durable: AtomicU64::new(durable),
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(None),
             syncs: AtomicU64::new(0),
+            prep: Mutex::new(None),
             #[cfg(test)]
             before_sync: Mutex::new(None),
             #[cfg(test)]
             fail_syncs: AtomicBool::new(false),
-        }
+        };
+        *log.prep.lock() = populate;
+        log
     }
 
     /// Appends one record.
     pub(crate) fn append(&self, rec: RecordSpec<'_>) -> Result<Appended> {
+        // Small records (every claim of a key up to ~200 bytes) are encoded and checksummed
+        // before the writer lock is taken, so the lock covers little more than a copy.
+        let len = encoded_len(rec.key.len(), 0);
+        let mut buf = [0u8; PRE_ENCODED_MAX];
+        let pre = buf.get_mut(..len).map(|b| {
+            encode_record(b, rec.kind, rec.key, &[], rec.time, rec.expires);
+            &*b
+        });
         let mut out = None;
-        self.append_all(std::slice::from_ref(&rec), |_, a| out = Some(a))?;
+        self.append_locked(std::slice::from_ref(&rec), pre, |_, a| out = Some(a))?;
         out.ok_or_else(|| self.poison("append produced no record".to_string()))
     }
 
@@ -320,6 +359,17 @@ impl Log {
     pub(crate) fn append_all(
         &self,
         recs: &[RecordSpec<'_>],
+        done: impl FnMut(usize, Appended),
+    ) -> Result<()> {
+        self.append_locked(recs, None, done)
+    }
+
+    /// `append_all`, where `pre`, if given, is the already encoded form of the one record
+    /// in `recs`.
+    fn append_locked(
+        &self,
+        recs: &[RecordSpec<'_>],
+        pre: Option<&[u8]>,
         mut done: impl FnMut(usize, Appended),
     ) -> Result<()> {
         let mut w = self.writer.lock();
@@ -338,6 +388,12 @@ impl Log {
         let mut spares = Vec::with_capacity(needed);
         let now = recs.first().map_or(0, |r| r.time);
         for next_id in (w.segment.id + 1..).take(needed) {
+            if next_id == w.segment.id + 1 {
+                if let Some(spare) = self.take_prepared(next_id) {
+                    spares.push(spare);
+                    continue;
+                }
+            }
             match create_segment(
                 &self.config.dir,
                 next_id,
@@ -365,8 +421,9 @@ impl Log {
             }
             let at = w
                 .appender
-                .append(len, |buf| {
-                    encode_record(buf, rec.kind, rec.key, &[], rec.time, rec.expires)
+                .append(len, |buf| match pre {
+                    Some(bytes) if bytes.len() == buf.len() => buf.copy_from_slice(bytes),
+                    _ => encode_record(buf, rec.kind, rec.key, &[], rec.time, rec.expires),
                 })
                 .ok_or_else(|| self.poison("record does not fit a fresh segment".to_string()))?;
             w.records += 1;
@@ -385,7 +442,46 @@ impl Log {
         for (_, _, tmp) in spares {
             let _ = fs::remove_file(&tmp);
         }
+        if !w.next_prepared && w.appender.remaining() < usable / 2 {
+            w.next_prepared = true;
+            self.prepare_next(w.segment.id + 1, now);
+        }
         Ok(())
+    }
+
+    /// Starts making segment `id` in the background — created under its temporary name,
+    /// allocated, header synced, pages faulted in — so that the append that fills the
+    /// active segment finds its successor ready instead of doing all that under the writer
+    /// lock. Best effort: if the thread cannot start or fails, rotation creates the segment
+    /// itself and reports any error then. A crash meanwhile leaves only a temporary file,
+    /// which `open` deletes.
+    fn prepare_next(&self, id: u64, now: u64) {
+        let mut prep = self.prep.lock();
+        if let Some(old) = prep.take() {
+            if let Some((_, _, tmp)) = old.finish() {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
+        let dir = self.config.dir.clone();
+        let (size, store_id) = (self.config.segment_size, self.config.store_id);
+        *prep = Prep::spawn(move |stop| {
+            let spare = create_segment(&dir, id, size, store_id, now).ok()?;
+            spare.0.map.populate(SEGMENT_HEADER_LEN, stop);
+            Some(spare)
+        });
+    }
+
+    /// The segment `prepare_next` made, if it made segment `id`.
+    fn take_prepared(&self, id: u64) -> Option<Spare> {
+        let job = self.prep.lock().take()?;
+        match job.finish() {
+            Some(spare) if spare.0.id == id => Some(spare),
+            Some((_, _, tmp)) => {
+                let _ = fs::remove_file(&tmp);
+                None
+            }
+            None => None,
+        }
     }
 
     /// Seals the active segment and makes `spare` (created by `create_segment`) the new one.
@@ -446,6 +542,7 @@ impl Log {
             appender,
             records: 0,
             max_expires: 0,
+            next_prepared: false,
         };
         self.durable
             .fetch_max(lsn(next_id, SEGMENT_HEADER_LEN), Ordering::AcqRel);
@@ -453,26 +550,54 @@ impl Log {
     }
 
     /// Returns once everything up to `lsn_end` is on stable storage, syncing if needed.
-    /// Concurrent callers share syncs: one leads, the others wait for its result.
+    ///
+    /// Group commit with overlap at low concurrency. A caller whose record no running sync
+    /// will cover starts one at once if none is running — or if fewer than
+    /// `MAX_SYNCS_IN_FLIGHT` are and at most `OVERLAP_MAX_WAITING` callers are waiting;
+    /// everyone else waits for the sync that covers them. Each sync covers `[durable when it starts, tail when
+    /// it starts)`: everything below its start is already durable, so when it completes the
+    /// whole prefix up to its end is, whatever the other syncs are doing — `durable` only
+    /// ever moves to the end of a completed sync. Letting a second sync start while the
+    /// first is in flight, rather than queueing behind it, is what lets claims that arrive
+    /// during a sync be acknowledged one sync later instead of two.
     pub(crate) fn wait_durable(&self, lsn_end: u64) -> Result<()> {
         if self.durable.load(Ordering::Acquire) >= lsn_end {
             return Ok(());
         }
         let mut st = self.commit.lock();
+        st.waiting += 1;
+        let res = self.wait_durable_locked(&mut st, lsn_end);
+        st.waiting -= 1;
+        res
+    }
+
+    fn wait_durable_locked(
+        &self,
+        st: &mut parking_lot::MutexGuard<'_, CommitState>,
+        lsn_end: u64,
+    ) -> Result<()> {
         loop {
             if self.durable.load(Ordering::Acquire) >= lsn_end {
                 return Ok(());
             }
             self.check_poison()?;
-            if st.syncing {
-                self.commit_done.wait(&mut st);
+            // Overlap only at low concurrency: with more waiters, the next sync covers more
+            // of them if it starts when the current one ends.
+            let may_start = st.in_flight == 0
+                || (st.in_flight < MAX_SYNCS_IN_FLIGHT && st.waiting <= OVERLAP_MAX_WAITING);
+            if st.covering >= lsn_end || !may_start {
+                self.commit_done.wait(st);
                 continue;
             }
-            st.syncing = true;
-            drop(st);
-            let res = self.sync_written();
-            st = self.commit.lock();
-            st.syncing = false;
+            st.in_flight += 1;
+            // Until this sync has read the tail it covers nothing: others may start their own.
+            let res = parking_lot::MutexGuard::unlocked(st, || {
+                self.sync_written(|target| {
+                    let mut st = self.commit.lock();
+                    st.covering = st.covering.max(target);
+                })
+            });
+            st.in_flight -= 1;
             self.commit_done.notify_all();
             res?;
         }
@@ -487,7 +612,9 @@ impl Log {
         self.wait_durable(target)
     }
 
-    fn sync_written(&self) -> Result<()> {
+    /// Reads the tail, tells `started` what it will cover, syncs up to it and moves
+    /// `durable` there.
+    fn sync_written(&self, started: impl FnOnce(u64)) -> Result<()> {
         #[cfg(test)]
         {
             let hook = self.before_sync.lock().clone();
@@ -495,18 +622,23 @@ impl Log {
                 hook();
             }
         }
+        // `durable` is read before the tail: everything below it is durable, and the range
+        // synced below starts there, so no byte between the two can be missed.
+        let durable = self.durable.load(Ordering::Acquire);
         let (segment, tail) = {
             let w = self.writer.lock();
             (Arc::clone(&w.segment), w.appender.tail())
         };
         let target = lsn(segment.id, tail);
-        let durable = self.durable.load(Ordering::Acquire);
+        started(target);
         if durable >= target {
             return Ok(());
         }
         let from = if durable >> 32 == segment.id {
             (durable & 0xffff_ffff) as usize
         } else {
+            // `durable` is in an older segment, which rotation synced whole before this
+            // one's name became visible.
             0
         };
         if let Err(e) = self.sync_range(&segment.map, from, tail - from.min(tail)) {
@@ -575,6 +707,47 @@ impl Log {
         self.syncs.load(Ordering::Relaxed)
     }
 }
+
+impl Drop for Log {
+    /// Waits for background preparation and deletes an unused prepared segment, so that a
+    /// closed store leaves no temporary file behind.
+    fn drop(&mut self) {
+        if let Some(job) = self.prep.get_mut().take() {
+            if let Some((_, _, tmp)) = job.finish() {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
+    }
+}
+
+/// A background job preparing segments (see `Log::prepare_next`).
+struct Prep {
+    handle: JoinHandle<Option<Spare>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Prep {
+    fn spawn(job: impl FnOnce(&AtomicBool) -> Option<Spare> + Send + 'static) -> Option<Prep> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("oncelog-prep".into())
+            .spawn(move || job(&flag))
+            .ok()?;
+        Some(Prep { handle, stop })
+    }
+
+    /// Cuts the job short (the rest of its populating is skipped: it is only an
+    /// optimisation) and returns what it made. Waiting is short: at most one MiB of
+    /// page faults, or the creation of a segment.
+    fn finish(self) -> Option<Spare> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().ok().flatten()
+    }
+}
+
+/// Records up to this many bytes are encoded before the writer lock is taken.
+const PRE_ENCODED_MAX: usize = 256;
 
 /// Creates segment `id` under its temporary name: allocated, header written and synced.
 /// The caller renames it into place (and fsyncs the directory) when the time is right.

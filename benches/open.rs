@@ -1,0 +1,50 @@
+//! `open` of an existing store: recovery replays every record to rebuild the index.
+//!
+//! `cargo bench --bench open` (sizes up to `ONCELOG_BENCH_MAX_KEYS`, default 10M)
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use oncelog::{Durability, Options, Store};
+
+mod common;
+use common::{key, sizes};
+
+const TTL: Duration = Duration::from_secs(72 * 3600);
+
+fn open(c: &mut Criterion) {
+    let mut g = c.benchmark_group("open");
+    g.sample_size(10);
+    for n in sizes(&[1_000_000, 10_000_000]) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let store = Options::new()
+                .durability(Durability::Buffered)
+                .open(dir.path())
+                .expect("open");
+            let keys: Vec<[u8; 32]> = (0..n).map(key).collect();
+            for chunk in keys.chunks(4096) {
+                store.claim_many(chunk, TTL).expect("fill");
+            }
+            store.close().expect("close");
+        }
+        g.throughput(Throughput::Elements(n));
+        g.bench_function(BenchmarkId::new("records", n), |b| {
+            b.iter_with_large_drop(|| {
+                let store = Store::open(dir.path()).expect("reopen");
+                assert_eq!(store.stats().keys, n);
+                store
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(10));
+    targets = open
+}
+criterion_main!(benches);

@@ -1,0 +1,106 @@
+//! Internals exposed to `benches/` so that components can be measured on their own.
+//!
+//! Not part of the API: hidden from the docs, no stability promise, and nothing here is
+//! needed to use the store. Each item is a thin wrapper over the real code path, so what the
+//! benches time is what `Store` runs.
+
+#![allow(missing_docs)]
+
+use std::path::Path;
+
+use crate::error::Result;
+use crate::format::{encode_record, RecordKind};
+use crate::index::{Entry, Slot};
+use crate::log::{Location, RecordSpec};
+use crate::options::Options;
+
+/// Encodes a claim record into `out` (exactly `encoded_len(key.len(), 0)` bytes).
+pub fn encode_claim(out: &mut [u8], key: &[u8], time: u64, expires: u64) {
+    encode_record(out, RecordKind::Claim, key, &[], time, expires);
+}
+
+/// The lock-striped index on its own. Keys are stood in for by `id`s kept in the entries'
+/// offset field, so no log is involved: this times hashing into stripes, locking and
+/// probing, not the key comparison against the log.
+pub struct Index(crate::index::Index);
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bench::Index")
+    }
+}
+
+impl Index {
+    pub fn new(stripes: usize) -> Index {
+        Index(crate::index::Index::new(stripes))
+    }
+
+    /// Inserts `id` under `hash` unless present; `true` if inserted.
+    pub fn insert(&self, hash: u64, id: u32) -> bool {
+        let mut s = self.0.lock(hash);
+        match s.slot(hash, |e| e.offset == id) {
+            Slot::Occupied(_) => false,
+            Slot::Vacant(v, h) => {
+                v.insert(Entry::new(
+                    h,
+                    Location {
+                        slot: 0,
+                        offset: id,
+                    },
+                    u64::MAX,
+                ));
+                true
+            }
+        }
+    }
+
+    /// Whether `id` is present under `hash`.
+    pub fn contains(&self, hash: u64, id: u32) -> bool {
+        self.0.lock(hash).find(hash, |e| e.offset == id).is_some()
+    }
+
+    /// Heap bytes of all stripes' tables.
+    pub fn heap_bytes(&self) -> usize {
+        let mut n = 0;
+        self.0.for_each_stripe(|s| n += s.allocation_size());
+        n
+    }
+}
+
+/// The segment log on its own: appends claim records (no index, no stripe locks).
+pub struct Log {
+    log: crate::log::Log,
+    _index: crate::index::Index,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bench::Log")
+    }
+}
+
+impl Log {
+    /// Opens (recovering) the log in `dir` with `opts`; the directory should be empty.
+    pub fn open(dir: &Path, opts: &Options) -> Result<Log> {
+        let index = crate::index::Index::new(opts.stripes);
+        let (log, _) = crate::recovery::recover(dir, opts, &index, 0)?;
+        Ok(Log { log, _index: index })
+    }
+
+    /// Appends one claim record, as `Store::claim` does once it knows the key is new.
+    pub fn append_claim(&self, key: &[u8], time: u64, expires: u64) -> Result<()> {
+        self.log
+            .append(RecordSpec {
+                kind: RecordKind::Claim,
+                key,
+                time,
+                expires,
+            })
+            .map(|_| ())
+    }
+
+    /// Syncs everything appended so far.
+    pub fn sync(&self) -> Result<()> {
+        self.log.sync()
+    }
+}
