@@ -393,6 +393,20 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     );
     let store = Arc::try_unwrap(store).map_err(|_| "store still shared")?;
     store.close().map_err(|e| format!("close: {e}"))?;
+    if args.durability == Durability::Sync {
+        // The ideal for N claimers sharing syncs is N claims per fdatasync of this disk.
+        let fsync = fdatasync_p50(&args.dir).map_err(|e| format!("fsync probe: {e}"))?;
+        let ideal = args.threads as f64 * args.batch.max(1) as f64 / fsync.as_secs_f64();
+        let rate = ops as f64 / elapsed.as_secs_f64();
+        println!(
+            "  fsync       disk fdatasync p50 {} (4 KiB writes, same directory); \
+             {} claimer(s) / fsync = {:.0} claims/s; measured {:.2}x of that",
+            fmt_ns(fsync.as_nanos() as u64),
+            args.threads,
+            ideal,
+            rate / ideal
+        );
+    }
     if args.reopen {
         let t = Instant::now();
         let store = Options::new()
@@ -411,6 +425,36 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         store.close().map_err(|e| format!("close: {e}"))?;
     }
     Ok(())
+}
+
+/// Median time of a 4 KiB write plus `fdatasync` at successive offsets of a fresh,
+/// pre-allocated file in `dir` (deleted afterwards): the disk's durable-write latency.
+fn fdatasync_p50(dir: &std::path::Path) -> std::io::Result<Duration> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("fsync-probe.bench");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    let result = (|| {
+        const ROUNDS: usize = 500;
+        file.set_len((ROUNDS * 4096) as u64)?;
+        file.sync_all()?;
+        let block = [0x5au8; 4096];
+        let mut times = Vec::with_capacity(ROUNDS);
+        for i in 0..ROUNDS {
+            let t = Instant::now();
+            file.write_at(&block, (i * 4096) as u64)?;
+            file.sync_data()?;
+            times.push(t.elapsed());
+        }
+        times.sort_unstable();
+        Ok(times.get(ROUNDS / 2).copied().unwrap_or_default())
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
 }
 
 #[cfg(test)]
