@@ -15,16 +15,7 @@ const TTL: Duration = Duration::from_secs(72 * 3600);
 
 fn filled(n: u64, durability: Durability) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Options::new()
-        .durability(Durability::Buffered)
-        .open(dir.path())
-        .expect("open");
-    let keys: Vec<[u8; 32]> = (0..n).map(key).collect();
-    for chunk in keys.chunks(4096) {
-        store.claim_many(chunk, TTL).expect("fill");
-    }
-    drop(keys);
-    store.close().expect("close");
+    common::fill(dir.path(), n, TTL);
     let store = Options::new()
         .durability(durability)
         .open(dir.path())

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use oncelog::{Durability, Options, Store};
+use oncelog::Store;
 
 mod common;
-use common::{key, sizes};
+use common::sizes;
 
 const TTL: Duration = Duration::from_secs(72 * 3600);
 
@@ -17,17 +17,7 @@ fn open(c: &mut Criterion) {
     g.sample_size(10);
     for n in sizes(&[1_000_000, 10_000_000]) {
         let dir = tempfile::tempdir().expect("temp dir");
-        {
-            let store = Options::new()
-                .durability(Durability::Buffered)
-                .open(dir.path())
-                .expect("open");
-            let keys: Vec<[u8; 32]> = (0..n).map(key).collect();
-            for chunk in keys.chunks(4096) {
-                store.claim_many(chunk, TTL).expect("fill");
-            }
-            store.close().expect("close");
-        }
+        common::fill(dir.path(), n, TTL);
         g.throughput(Throughput::Elements(n));
         g.bench_function(BenchmarkId::new("records", n), |b| {
             // Each store is dropped (closing it, freeing its index) outside the timing, and

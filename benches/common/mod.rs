@@ -51,3 +51,16 @@ impl Rng {
         ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
     }
 }
+
+/// Claims keys `0..n` in `dir` (buffered, in batches) and closes the store.
+pub fn fill(dir: &std::path::Path, n: u64, ttl: std::time::Duration) {
+    let store = oncelog::Options::new()
+        .durability(oncelog::Durability::Buffered)
+        .open(dir)
+        .expect("open");
+    let keys: Vec<[u8; 32]> = (0..n).map(key).collect();
+    for chunk in keys.chunks(4096) {
+        store.claim_many(chunk, ttl).expect("fill");
+    }
+    store.close().expect("close");
+}
