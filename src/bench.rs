@@ -48,6 +48,7 @@ impl Index {
                         offset: id,
                     },
                     u64::MAX,
+                    64,
                 ));
                 true
             }

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 pub(crate) const LOCK_FILE: &str = "LOCK";
 const SEGMENT_PREFIX: &str = "seg-";
 const SEGMENT_SUFFIX: &str = ".olog";
+const HINT_SUFFIX: &str = ".hint";
 /// Suffix of a segment being created; such files are deleted on open.
 pub(crate) const TMP_SUFFIX: &str = ".tmp";
 
@@ -76,15 +77,28 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// What a directory holds: segment files by id, and leftover temporary files.
+/// The file name of segment `id`'s hint: `seg-` then 16 hex digits, then `.hint`.
+pub(crate) fn hint_file_name(id: u64) -> String {
+    format!("{SEGMENT_PREFIX}{id:016x}{HINT_SUFFIX}")
+}
+
+/// The segment id a hint file name stands for, if it is one.
+pub(crate) fn parse_hint_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(HINT_SUFFIX)?;
+    parse_segment_name(&format!("{stem}{SEGMENT_SUFFIX}"))
+}
+
+/// What a directory holds: segment and hint files by id, and leftover temporary files.
 pub(crate) struct Listing {
     pub(crate) segments: Vec<(u64, PathBuf)>,
+    pub(crate) hints: Vec<(u64, PathBuf)>,
     pub(crate) temporaries: Vec<PathBuf>,
 }
 
 /// Lists segment files in id order. Files with other names are left alone.
 pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
     let mut segments = Vec::new();
+    let mut hints = Vec::new();
     let mut temporaries = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
     for entry in entries {
@@ -93,17 +107,20 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
         let Some(name) = name.to_str() else { continue };
         if let Some(id) = parse_segment_name(name) {
             segments.push((id, entry.path()));
+        } else if let Some(id) = parse_hint_name(name) {
+            hints.push((id, entry.path()));
         } else if name
             .strip_suffix(TMP_SUFFIX)
-            .and_then(parse_segment_name)
-            .is_some()
+            .is_some_and(|n| parse_segment_name(n).is_some() || parse_hint_name(n).is_some())
         {
             temporaries.push(entry.path());
         }
     }
     segments.sort_unstable_by_key(|(id, _)| *id);
+    hints.sort_unstable_by_key(|(id, _)| *id);
     Ok(Listing {
         segments,
+        hints,
         temporaries,
     })
 }
@@ -132,5 +149,9 @@ mod tests {
         assert_eq!(parse_segment_name("seg-1.olog"), None);
         assert_eq!(parse_segment_name("seg-000000000000000g.olog"), None);
         assert_eq!(parse_segment_name("notes.txt"), None);
+        assert_eq!(hint_file_name(1), "seg-0000000000000001.hint");
+        assert_eq!(parse_hint_name(&hint_file_name(77)), Some(77));
+        assert_eq!(parse_hint_name(&segment_name(77)), None);
+        assert_eq!(parse_hint_name("seg-1.hint"), None);
     }
 }

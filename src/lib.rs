@@ -39,10 +39,12 @@
 pub mod bench;
 mod clock;
 mod error;
+mod failpoint;
 pub mod format;
 mod fs;
 mod index;
 mod log;
+mod maintain;
 mod options;
 mod recovery;
 mod store;
@@ -50,8 +52,10 @@ mod store;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Corruption, CorruptionKind, Error, Result};
 pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use maintain::CompactionReport;
 pub use options::{
-    Durability, Options, RecoveryMode, DEFAULT_SEGMENT_SIZE, DEFAULT_STRIPES, MAX_SEGMENT_SIZE,
+    Durability, OpenProgress, Options, RecoveryMode, DEFAULT_COMPACTION_THRESHOLD,
+    DEFAULT_MAINTENANCE_INTERVAL, DEFAULT_SEGMENT_SIZE, DEFAULT_STRIPES, MAX_SEGMENT_SIZE,
     MIN_SEGMENT_SIZE,
 };
 pub use store::{Claim, Seen, Stats, Store};

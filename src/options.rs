@@ -91,7 +91,37 @@ pub struct Options {
     pub(crate) recovery: RecoveryMode,
     pub(crate) stripes: usize,
     pub(crate) hasher: fn(&[u8]) -> u64,
+    pub(crate) default_hasher: bool,
+    pub(crate) background_maintenance: bool,
+    pub(crate) maintenance_interval: Duration,
+    pub(crate) compaction_threshold: f64,
+    pub(crate) hints: bool,
+    pub(crate) open_progress: Option<ProgressFn>,
 }
+
+/// The callback of [`Options::open_progress`].
+pub(crate) type ProgressFn = Arc<dyn Fn(&OpenProgress) + Send + Sync>;
+
+/// How far `open` has got, passed to the callback set with [`Options::open_progress`]
+/// after each segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenProgress {
+    /// Segments replayed so far.
+    pub segments_done: u64,
+    /// Segments to replay.
+    pub segments_total: u64,
+    /// Of those done, segments read from their hint file rather than scanned.
+    pub segments_hinted: u64,
+    /// Records replayed so far.
+    pub records: u64,
+}
+
+/// Default pause between background maintenance runs.
+pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Default compaction threshold: a sealed segment is rewritten once less than half of it
+/// must be kept.
+pub const DEFAULT_COMPACTION_THRESHOLD: f64 = 0.5;
 
 fn xxh3(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
@@ -99,7 +129,8 @@ fn xxh3(key: &[u8]) -> u64 {
 
 impl Options {
     /// The defaults: `Durability::Sync`, the system clock, 64 MiB segments,
-    /// `RecoveryMode::TolerateTornTail`, 1024 index stripes, xxh3 key hashing.
+    /// `RecoveryMode::TolerateTornTail`, 1024 index stripes, xxh3 key hashing, background
+    /// maintenance every second, compaction threshold 0.5, hint files on.
     pub fn new() -> Options {
         Options {
             durability: Durability::Sync,
@@ -108,6 +139,12 @@ impl Options {
             recovery: RecoveryMode::TolerateTornTail,
             stripes: DEFAULT_STRIPES,
             hasher: xxh3,
+            default_hasher: true,
+            background_maintenance: true,
+            maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
+            compaction_threshold: DEFAULT_COMPACTION_THRESHOLD,
+            hints: true,
+            open_progress: None,
         }
     }
 
@@ -146,10 +183,73 @@ impl Options {
     }
 
     /// Replaces the 64-bit key hash (default: xxh3). Meant for tests that force hash
-    /// collisions — correctness never depends on the hash, only speed does. Hashes are not
-    /// stored on disk, so a store may be reopened with a different hasher.
+    /// collisions — correctness never depends on the hash, only speed does. Hint files
+    /// store default (xxh3) hashes, so a store with another hasher neither reads nor writes
+    /// them; otherwise nothing hashed is stored, and a store may be reopened with a
+    /// different hasher.
     pub fn hasher(mut self, hash: fn(&[u8]) -> u64) -> Options {
         self.hasher = hash;
+        self.default_hasher = false;
+        self
+    }
+
+    /// Whether the store runs maintenance in a background thread: sweeping expired entries
+    /// out of the index, deleting segments nothing needs, compacting sparse ones, writing
+    /// hint files. Default: `true`. With `false`, only [`Store::compact`] does that work
+    /// (expired keys are still answered as absent at once, but memory and disk are not
+    /// reclaimed until it is called).
+    pub fn background_maintenance(mut self, on: bool) -> Options {
+        self.background_maintenance = on;
+        self
+    }
+
+    /// Pause between background maintenance runs. Default: 1 s
+    /// ([`DEFAULT_MAINTENANCE_INTERVAL`]); must be non-zero. A run sweeps each index stripe
+    /// that may hold expired entries (one stripe lock at a time), then deletes and compacts
+    /// segments; expired entries therefore leave memory within about one interval.
+    pub fn maintenance_interval(mut self, every: Duration) -> Options {
+        self.maintenance_interval = every;
+        self
+    }
+
+    /// Compact a sealed segment once the bytes that must be kept (claims still in the
+    /// index, removes whose hidden claim has not expired) fall below this fraction of its
+    /// data. Default: 0.5 ([`DEFAULT_COMPACTION_THRESHOLD`]); accepted: 0.0 to 1.0, where
+    /// 0.0 turns compaction off (segments are then only deleted once nothing in them is
+    /// needed). Higher means less disk and more rewriting.
+    pub fn compaction_threshold(mut self, fraction: f64) -> Options {
+        self.compaction_threshold = fraction;
+        self
+    }
+
+    /// Whether maintenance writes a hint file next to each sealed segment, so that `open`
+    /// rebuilds the index from it instead of reading the whole segment. Default: `true`.
+    /// A missing or damaged hint only costs a scan. Existing hints are read either way
+    /// (except in [`RecoveryMode::Strict`], which always scans).
+    pub fn hints(mut self, on: bool) -> Options {
+        self.hints = on;
+        self
+    }
+
+    /// Calls `f` after each segment `open` replays, to show progress on a large directory.
+    /// Default: none.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use oncelog::Options;
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let seen = Arc::new(AtomicU64::new(0));
+    /// let s = Arc::clone(&seen);
+    /// let store = Options::new()
+    ///     .open_progress(move |p| s.store(p.segments_done, Ordering::Relaxed))
+    ///     .open(dir.path())?;
+    /// # drop(store);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open_progress(mut self, f: impl Fn(&OpenProgress) + Send + Sync + 'static) -> Options {
+        self.open_progress = Some(Arc::new(f));
         self
     }
 
@@ -170,6 +270,18 @@ impl Options {
             return Err(Error::InvalidOption {
                 name: "durability",
                 expected: "a non-zero Periodic interval",
+            });
+        }
+        if self.maintenance_interval.is_zero() {
+            return Err(Error::InvalidOption {
+                name: "maintenance_interval",
+                expected: "a non-zero duration",
+            });
+        }
+        if !(0.0..=1.0).contains(&self.compaction_threshold) {
+            return Err(Error::InvalidOption {
+                name: "compaction_threshold",
+                expected: "a fraction from 0.0 to 1.0",
             });
         }
         if self.stripes > 1 << 20 {
@@ -196,6 +308,10 @@ impl fmt::Debug for Options {
             .field("segment_size", &self.segment_size)
             .field("recovery", &self.recovery)
             .field("stripes", &self.stripes)
+            .field("background_maintenance", &self.background_maintenance)
+            .field("maintenance_interval", &self.maintenance_interval)
+            .field("compaction_threshold", &self.compaction_threshold)
+            .field("hints", &self.hints)
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +329,13 @@ mod tests {
         assert_eq!(o.recovery, RecoveryMode::TolerateTornTail);
         assert_eq!(o.stripes, 1024);
         assert_eq!((o.hasher)(b"abc"), xxhash_rust::xxh3::xxh3_64(b"abc"));
+        assert!(o.default_hasher);
+        assert!(!Options::new().hasher(|_| 0).default_hasher);
+        assert!(o.background_maintenance);
+        assert_eq!(o.maintenance_interval, Duration::from_secs(1));
+        assert_eq!(o.compaction_threshold, 0.5);
+        assert!(o.hints);
+        assert!(o.open_progress.is_none());
         let d = Options::default();
         assert_eq!(d.durability, o.durability);
         assert_eq!(d.segment_size, o.segment_size);
@@ -237,6 +360,29 @@ mod tests {
             e,
             Err(Error::InvalidOption {
                 name: "durability",
+                ..
+            })
+        ));
+        for bad in [-0.1, 1.1, f64::NAN] {
+            let e = Options::new().compaction_threshold(bad).validate();
+            assert!(
+                matches!(
+                    e,
+                    Err(Error::InvalidOption {
+                        name: "compaction_threshold",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        let e = Options::new()
+            .maintenance_interval(Duration::ZERO)
+            .validate();
+        assert!(matches!(
+            e,
+            Err(Error::InvalidOption {
+                name: "maintenance_interval",
                 ..
             })
         ));

@@ -19,16 +19,16 @@ use std::time::{Duration, Instant};
 
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{
-    decode_record, DecodeError, HeaderError, RecordKind, SegmentHeader, FORMAT_VERSION, SEAL_LEN,
-    SEGMENT_HEADER_LEN,
+    decode_hint, decode_record, DecodeError, HeaderError, RecordKind, SegmentHeader,
+    FORMAT_VERSION, SEAL_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::fs;
 use crate::index::{Entry, Index, Slot, Stripe};
 use crate::log::{
     create_segment, preallocate, Location, Log, LogConfig, Segment, SegmentMap, SegmentTable,
-    Writer, MAX_SEGMENTS,
+    Totals, Writer, MAX_SEGMENTS,
 };
-use crate::options::{Options, RecoveryMode, MAX_SEGMENT_SIZE};
+use crate::options::{OpenProgress, Options, RecoveryMode, MAX_SEGMENT_SIZE};
 
 /// What recovery found; reported through [`Stats`](crate::Stats).
 #[derive(Debug, Default, Clone, Copy)]
@@ -39,6 +39,8 @@ pub(crate) struct RecoveryStats {
     pub(crate) duration: Duration,
     /// The newest segment and the directory were fsynced before the log was handed out.
     pub(crate) synced: bool,
+    /// Segments replayed from their hint file.
+    pub(crate) hinted_segments: u64,
 }
 
 /// Scans `dir`, fills `index`, and returns the log ready for appends.
@@ -84,18 +86,55 @@ pub(crate) fn recover(
         checked.push(c);
     }
 
-    // 2. Replay in log order.
+    // 2. Replay in log order: from a segment's hint file when it has a good one, else by
+    //    reading the segment.
+    let use_hints = !strict && opts.default_hasher;
     let mut active: Option<(Arc<Segment>, u16, Scan)> = None;
     let mut newest: Option<Arc<Segment>> = None;
     let mut last_id = 0u64;
     for (i, c) in checked.into_iter().enumerate() {
         let is_last = i + 1 == count;
         let id = c.header.segment_id;
+        let store = c.header.store_id;
         let segment = Arc::new(map_segment(c, is_last, strict)?);
         let slot = table.install(Arc::clone(&segment))?;
-        let scan = scan_segment(&segment, slot, is_last, opts, index, &table, now)?;
+        let mut replay = Replay {
+            index,
+            table: &table,
+            now,
+            ops: Vec::with_capacity(REPLAY_BATCH),
+        };
+        let hinted = match listing.hints.binary_search_by_key(&id, |(h, _)| *h) {
+            Ok(at) if use_hints && !is_last => listing
+                .hints
+                .get(at)
+                .and_then(|(_, path)| replay_hint(&segment, slot, store, path, &mut replay)),
+            _ => None,
+        };
+        let scan = match hinted {
+            Some(scan) => {
+                segment.usage.set_hinted();
+                stats.hinted_segments += 1;
+                scan
+            }
+            None => scan_segment(&segment, slot, is_last, opts, &mut replay)?,
+        };
+        replay.flush();
+        if scan.sealed {
+            segment
+                .usage
+                .seal(scan.totals, scan.end - SEAL_LEN, scan.sealed_at);
+        }
         stats.segments += 1;
-        stats.records += scan.records;
+        stats.records += scan.totals.records;
+        if let Some(progress) = &opts.open_progress {
+            progress(&OpenProgress {
+                segments_done: stats.segments,
+                segments_total: count as u64,
+                segments_hinted: stats.hinted_segments,
+                records: stats.records,
+            });
+        }
         last_id = id;
         if is_last {
             newest = Some(Arc::clone(&segment));
@@ -133,9 +172,21 @@ pub(crate) fn recover(
             }
         }
     }
-    // Every check has passed; from here on recovery may change files.
-    if !listing.temporaries.is_empty() {
-        for tmp in &listing.temporaries {
+    // Every check has passed; from here on recovery may change files. Temporaries go, and
+    // so do hints whose segment is gone (maintenance deletes the segment first).
+    let stray_hints: Vec<&PathBuf> = listing
+        .hints
+        .iter()
+        .filter(|(id, _)| {
+            listing
+                .segments
+                .binary_search_by_key(id, |(s, _)| *s)
+                .is_err()
+        })
+        .map(|(_, p)| p)
+        .collect();
+    if !listing.temporaries.is_empty() || !stray_hints.is_empty() {
+        for tmp in listing.temporaries.iter().chain(stray_hints) {
             fs::remove_file(tmp)?;
         }
         fs::sync_dir(dir)?;
@@ -167,8 +218,7 @@ pub(crate) fn recover(
             segment,
             slot,
             appender,
-            records: scan.records,
-            max_expires: scan.max_expires,
+            totals: scan.totals,
             next_prepared: false,
         },
         _ => {
@@ -185,8 +235,7 @@ pub(crate) fn recover(
                 segment,
                 slot,
                 appender,
-                records: 0,
-                max_expires: 0,
+                totals: Totals::default(),
                 next_prepared: false,
             }
         }
@@ -306,11 +355,63 @@ fn read_header(file: &File, path: &Path) -> Result<SegmentHeader> {
 }
 
 struct Scan {
-    records: u64,
-    max_expires: u64,
-    /// Offset just past the last valid record (where appends continue if not sealed).
+    totals: Totals,
+    /// Offset just past the last valid record (where appends continue if not sealed), or
+    /// past the seal.
     end: usize,
     sealed: bool,
+    /// The seal record's time, if sealed.
+    sealed_at: u64,
+}
+
+/// Replays a sealed segment from its hint file, if the hint is whole (its checksums and
+/// every entry check out) and describes exactly this segment (its id, store, and seal
+/// record). `None` means: read the segment instead. Nothing is applied before the whole
+/// hint has been checked.
+fn replay_hint(
+    segment: &Segment,
+    slot: u16,
+    store_id: u128,
+    path: &Path,
+    replay: &mut Replay<'_>,
+) -> Option<Scan> {
+    let bytes = std::fs::read(path).ok()?;
+    let (header, entries) = decode_hint(&bytes).ok()?;
+    let data_end = usize::try_from(header.data_end).ok()?;
+    let seg_bytes = segment.map.scan_bytes();
+    let seal = decode_record(seg_bytes.get(data_end..)?).ok()?;
+    let seal_info = seal.seal()?;
+    let seal_crc = u32::from_le_bytes(seg_bytes.get(data_end..data_end + 4)?.try_into().ok()?);
+    if header.segment_id != segment.id
+        || header.store_id != store_id
+        || header.seal_crc != seal_crc
+        || seal_info.data_end != header.data_end
+        || seal_info.records != u64::from(header.entries)
+    {
+        return None;
+    }
+    let mut totals = Totals::default();
+    for e in entries {
+        let remove = e.kind == RecordKind::Remove;
+        totals.add(e.kind, e.len as usize, e.expires);
+        replay.push(Replayed {
+            stripe: replay.index.stripe_of(e.hash),
+            hash: e.hash,
+            loc: Location {
+                slot,
+                offset: e.offset,
+            },
+            expires: e.expires,
+            len: e.len,
+            remove,
+        });
+    }
+    Some(Scan {
+        totals,
+        end: data_end + SEAL_LEN,
+        sealed: true,
+        sealed_at: seal.header.time,
+    })
 }
 
 fn scan_segment(
@@ -318,26 +419,18 @@ fn scan_segment(
     slot: u16,
     is_last: bool,
     opts: &Options,
-    index: &Index,
-    table: &SegmentTable,
-    now: u64,
+    replay: &mut Replay<'_>,
 ) -> Result<Scan> {
     let bytes = segment.map.scan_bytes();
     let path = &segment.path;
     let mut pos = SEGMENT_HEADER_LEN;
     let mut scan = Scan {
-        records: 0,
-        max_expires: 0,
+        totals: Totals::default(),
         end: pos,
         sealed: false,
+        sealed_at: 0,
     };
     let tolerate = is_last && opts.recovery == RecoveryMode::TolerateTornTail;
-    let mut replay = Replay {
-        index,
-        table,
-        now,
-        ops: Vec::with_capacity(REPLAY_BATCH),
-    };
     loop {
         let rest = bytes.get(pos..).unwrap_or(&[]);
         let rec = match decode_record(rest) {
@@ -359,8 +452,8 @@ fn scan_segment(
         match rec.header.kind {
             RecordKind::Seal => {
                 let seal = rec.seal();
-                let consistent =
-                    seal.is_some_and(|s| s.records == scan.records && s.data_end == pos as u64);
+                let consistent = seal
+                    .is_some_and(|s| s.records == scan.totals.records && s.data_end == pos as u64);
                 if !consistent {
                     if tolerate {
                         break;
@@ -372,6 +465,7 @@ fn scan_segment(
                     ));
                 }
                 scan.sealed = true;
+                scan.sealed_at = rec.header.time;
                 pos += rec.len;
                 scan.end = pos;
                 break;
@@ -383,20 +477,20 @@ fn scan_segment(
                 };
                 let hash = (opts.hasher)(rec.key);
                 replay.push(Replayed {
-                    stripe: index.stripe_of(hash),
+                    stripe: replay.index.stripe_of(hash),
                     hash,
                     loc,
                     expires: rec.header.expires,
+                    len: rec.len as u32,
                     remove: rec.header.kind == RecordKind::Remove,
                 });
-                scan.records += 1;
-                scan.max_expires = scan.max_expires.max(rec.header.expires);
+                scan.totals
+                    .add(rec.header.kind, rec.len, rec.header.expires);
                 pos += rec.len;
                 scan.end = pos;
             }
         }
     }
-    replay.flush();
     if opts.recovery == RecoveryMode::Strict && scan.sealed {
         let trailing = bytes.get(scan.end..).unwrap_or(&[]);
         if let Some(p) = trailing.iter().position(|&b| b != 0) {
@@ -426,6 +520,8 @@ struct Replayed {
     hash: u64,
     loc: Location,
     expires: u64,
+    /// Bytes of the record.
+    len: u32,
     remove: bool,
 }
 
@@ -481,22 +577,41 @@ impl Replay<'_> {
             let Some((_, stripe)) = current.as_mut() else {
                 continue;
             };
-            // The record was just decoded from this installed segment.
-            let Some((_, key)) = table.record(op.loc) else {
-                continue;
+            // Keys are read (from the segments) only to tell apart entries whose hash bits
+            // match: with hints, most records are applied without touching their segment.
+            let same_key = |e: &Entry| match (table.record(e.location()), table.record(op.loc)) {
+                (Some((_, a)), Some((_, b))) => a == b,
+                _ => false,
             };
-            let same_key = |e: &Entry| table.record(e.location()).is_some_and(|(_, k)| k == key);
+            // Every record that ends up without an entry pointing at it is dead; the
+            // segments' byte accounting starts from here (see `log::Usage`).
+            let retire = |e: &Entry| {
+                if let Some(seg) = table.get(e.slot) {
+                    seg.usage.died(e.record_len());
+                }
+            };
             if !op.remove && op.expires > self.now {
+                let entry = Entry::new(op.hash as u32, op.loc, op.expires, op.len as usize);
                 match stripe.slot(op.hash, same_key) {
                     Slot::Occupied(mut o) => {
-                        *o.get_mut() = Entry::new(op.hash as u32, op.loc, op.expires)
+                        retire(o.get());
+                        *o.get_mut() = entry;
                     }
-                    Slot::Vacant(v, h) => {
-                        v.insert(Entry::new(h, op.loc, op.expires));
+                    Slot::Vacant(v, _) => {
+                        v.insert(entry);
                     }
                 }
+                stripe.note_expiry(&entry);
             } else {
-                stripe.remove(op.hash, same_key);
+                if let Some(old) = stripe.remove(op.hash, same_key) {
+                    retire(&old);
+                }
+                if !op.remove {
+                    // An expired claim: never pointed at.
+                    if let Some(seg) = table.get(op.loc.slot) {
+                        seg.usage.died(u64::from(op.len));
+                    }
+                }
             }
         }
         drop(current);

@@ -15,6 +15,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -27,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::format::{encoded_len, RecordHeader, RecordKind, MAX_KEY_LEN};
 use crate::index::{Counters, Entry, Index, Slot, Stripe};
 use crate::log::{Appended, Log, RecordSpec, SegmentTable};
+use crate::maintain::{self, CompactionReport, MaintConfig, Maintenance};
 use crate::options::{Durability, Options};
 use crate::recovery::{self, RecoveryStats};
 
@@ -97,24 +99,99 @@ pub struct Stats {
     pub recovery_truncated_bytes: u64,
     /// How long `open` took to rebuild the index.
     pub recovery_time: Duration,
-    /// The store refuses writes after a failed sync; reopen it.
+    /// Segments that `open` rebuilt from their hint files instead of reading them.
+    pub recovery_hinted_segments: u64,
+    /// The store refuses writes after a failed sync, or after its maintenance thread
+    /// panicked; reopen it.
     pub poisoned: bool,
+    /// Keys claimed and not expired (`keys - expired_unswept`).
+    pub live_keys: u64,
+    /// Entries whose claim has expired but that maintenance has not yet swept out of the
+    /// index (they already answer as absent). Counting them walks the index.
+    pub expired_unswept: u64,
+    /// Bytes of records that must be kept: claims the index points at, and removes whose
+    /// hidden claim has not yet expired. `disk_bytes` minus this is what maintenance can
+    /// still reclaim (plus the unused room of the active segment).
+    pub live_bytes: u64,
+    /// Maintenance runs since open (background and [`Store::compact`]).
+    pub maintenance_runs: u64,
+    /// Maintenance runs that failed (an I/O error, say); the next run tries again.
+    pub maintenance_errors: u64,
+    /// Expired entries swept out of the index by maintenance.
+    pub entries_swept: u64,
+    /// Segments rewritten by compaction.
+    pub compactions: u64,
+    /// Segments deleted because nothing in them was needed any more.
+    pub segments_deleted: u64,
+    /// Disk bytes freed by deletion and compaction.
+    pub bytes_reclaimed: u64,
 }
 
-struct Inner {
-    dir: PathBuf,
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
     durability: Durability,
-    clock: Arc<dyn Clock>,
-    hasher: fn(&[u8]) -> u64,
-    index: Index,
-    log: Log,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) hasher: fn(&[u8]) -> u64,
+    /// Hints store hashes of the default hasher; with another one they are neither read
+    /// nor written.
+    pub(crate) default_hasher: bool,
+    pub(crate) index: Index,
+    pub(crate) log: Log,
     recovery: RecoveryStats,
+    pub(crate) maint: Maintenance,
+    pub(crate) maint_config: MaintConfig,
+    /// Test failpoint: the next maintenance run panics.
+    #[cfg(test)]
+    pub(crate) panic_in_maintenance: std::sync::atomic::AtomicBool,
     _lock: File,
 }
 
-struct Flusher {
+/// A background thread (flusher or maintenance) and the flag that stops it.
+struct Background {
     stop: Arc<(Mutex<bool>, Condvar)>,
     handle: JoinHandle<()>,
+}
+
+impl Background {
+    /// Runs `round` every `interval` until stopped; `round` returns `false` to stop early.
+    fn spawn(
+        inner: &Arc<Inner>,
+        name: &str,
+        interval: Duration,
+        mut round: impl FnMut(&Inner) -> bool + Send + 'static,
+    ) -> Result<Background> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let thread_stop = Arc::clone(&stop);
+        let thread_inner = Arc::clone(inner);
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let (flag, cv) = &*thread_stop;
+                loop {
+                    {
+                        let mut stopped = flag.lock();
+                        if !*stopped {
+                            cv.wait_for(&mut stopped, interval);
+                        }
+                        if *stopped {
+                            return;
+                        }
+                    }
+                    if !round(&thread_inner) {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("spawn background thread", &inner.dir, e))?;
+        Ok(Background { stop, handle })
+    }
+
+    /// Stops the thread and waits for it; `false` if it panicked.
+    fn stop(self) -> bool {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        self.handle.join().is_ok()
+    }
 }
 
 /// An open dedupe store. `Send + Sync`: share it between threads with `Arc`.
@@ -133,7 +210,8 @@ struct Flusher {
 /// ```
 pub struct Store {
     inner: Arc<Inner>,
-    flusher: Option<Flusher>,
+    flusher: Option<Background>,
+    maintainer: Option<Background>,
     closed: bool,
 }
 
@@ -165,20 +243,43 @@ impl Store {
             durability: opts.durability,
             clock: Arc::clone(&opts.clock),
             hasher: opts.hasher,
+            default_hasher: opts.default_hasher,
             index,
             log,
             recovery,
+            maint: Maintenance::default(),
+            maint_config: MaintConfig {
+                threshold: opts.compaction_threshold,
+                hints: opts.hints,
+            },
+            #[cfg(test)]
+            panic_in_maintenance: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         });
-        let flusher = match opts.durability {
-            Durability::Periodic(interval) => Some(spawn_flusher(&inner, interval)?),
-            Durability::Sync | Durability::Buffered => None,
-        };
-        Ok(Store {
+        let mut store = Store {
             inner,
-            flusher,
+            flusher: None,
+            maintainer: None,
             closed: false,
-        })
+        };
+        if let Durability::Periodic(interval) = opts.durability {
+            // A failed sync poisons the log; callers see it on their next write.
+            store.flusher = Some(Background::spawn(
+                &store.inner,
+                "oncelog-flush",
+                interval,
+                |inner| inner.log.sync().is_ok(),
+            )?);
+        }
+        if opts.background_maintenance {
+            store.maintainer = Some(Background::spawn(
+                &store.inner,
+                "oncelog-maintain",
+                opts.maintenance_interval,
+                maintenance_round,
+            )?);
+        }
+        Ok(store)
     }
 
     /// Claims `key` for `ttl`: [`Claim::New`] exactly once per key per TTL window, across
@@ -352,7 +453,7 @@ impl Store {
             let claimed_until = header.map_or(0, |h| h.expires);
             if claimed_until <= now {
                 // Already expired: recovery would not bring it back either.
-                entry.remove();
+                retire(table, &entry.remove().0);
                 return Ok(false);
             }
             let a = inner.log.append(RecordSpec {
@@ -361,7 +462,7 @@ impl Store {
                 time: now,
                 expires: claimed_until,
             })?;
-            entry.remove();
+            retire(table, &entry.remove().0);
             stripe.counters.removes += 1;
             a.lsn_end
         };
@@ -381,8 +482,11 @@ impl Store {
         let mut c = Counters::default();
         let mut keys = 0u64;
         let mut index_bytes = 0u64;
+        let mut expired = 0u64;
+        let now = to_millis(inner.clock.now());
         inner.index.for_each_stripe(|st| {
             keys += st.len() as u64;
+            expired += st.count_expired(now) as u64;
             index_bytes += st.allocation_size() as u64;
             c.new += st.counters.new;
             c.duplicates += st.counters.duplicates;
@@ -402,8 +506,71 @@ impl Store {
         s.recovered_records = inner.recovery.records;
         s.recovery_truncated_bytes = inner.recovery.truncated_bytes;
         s.recovery_time = inner.recovery.duration;
+        s.recovery_hinted_segments = inner.recovery.hinted_segments;
         s.poisoned = inner.log.is_poisoned();
+        s.expired_unswept = expired;
+        s.live_keys = keys.saturating_sub(expired);
+        s.live_bytes = self.live_bytes(now);
+        let m = &inner.maint;
+        s.maintenance_runs = m.runs.load(Ordering::Relaxed);
+        s.maintenance_errors = m.errors.load(Ordering::Relaxed);
+        s.entries_swept = m.swept.load(Ordering::Relaxed);
+        s.compactions = m.compactions.load(Ordering::Relaxed);
+        s.segments_deleted = m.segments_deleted.load(Ordering::Relaxed);
+        s.bytes_reclaimed = m.bytes_reclaimed.load(Ordering::Relaxed);
         s
+    }
+
+    /// Bytes of records that must be kept (see `Stats::live_bytes`).
+    fn live_bytes(&self, now: u64) -> u64 {
+        let tombs = |u: &crate::log::Usage, bytes: u64| {
+            if u.tomb_max_expires.load(Ordering::Relaxed) > now {
+                bytes
+            } else {
+                0
+            }
+        };
+        let (active_totals, active) = self.inner.log.active_totals();
+        let mut live = 0u64;
+        for (_, seg) in self.inner.log.table.segments() {
+            let u = &seg.usage;
+            if seg.id == active.id {
+                let dead = u.dead_bytes.load(Ordering::Relaxed);
+                live += active_totals.claim_bytes.saturating_sub(dead);
+                if active_totals.tomb_max_expires > now {
+                    live += active_totals.tomb_bytes;
+                }
+            } else if u.is_sealed() {
+                live += u.live_bytes() + tombs(u, u.tomb_bytes.load(Ordering::Relaxed));
+            }
+        }
+        live
+    }
+
+    /// Runs maintenance now, in the calling thread, and reports what it did: sweeps expired
+    /// entries out of the index, deletes segments nothing needs any more, compacts segments
+    /// whose kept bytes fell below `Options::compaction_threshold`, and writes missing hint
+    /// files. Claims keep running meanwhile; a background run in progress is waited for.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use oncelog::{ManualClock, Options};
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let clock = ManualClock::new(std::time::SystemTime::now());
+    /// let store = Options::new().clock(clock.clone()).segment_size(64 << 10).open(dir.path())?;
+    /// for i in 0..5000 {
+    ///     let _ = store.claim(format!("evt_{i}"), Duration::from_secs(60))?;
+    /// }
+    /// clock.advance(Duration::from_secs(61));
+    /// let report = store.compact()?;
+    /// assert_eq!(report.entries_swept, 5000);
+    /// assert!(report.segments_deleted > 0);
+    /// assert_eq!(store.stats().live_keys, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn compact(&self) -> Result<CompactionReport> {
+        maintain::run(&self.inner)
     }
 
     /// The directory this store owns.
@@ -422,10 +589,13 @@ impl Store {
             return Ok(());
         }
         self.closed = true;
+        if let Some(m) = self.maintainer.take() {
+            if !m.stop() {
+                return Err(self.inner.log.poison("maintenance thread panicked".into()));
+            }
+        }
         if let Some(f) = self.flusher.take() {
-            *f.stop.0.lock() = true;
-            f.stop.1.notify_all();
-            if f.handle.join().is_err() {
+            if !f.stop() {
                 return Err(self.inner.log.poison("background flusher panicked".into()));
             }
         }
@@ -513,15 +683,26 @@ fn install(
     expires: u64,
 ) -> bool {
     let same_key = |e: &Entry| table.record(e.location()).is_some_and(|(_, k)| k == key);
-    match stripe.slot(hash, same_key) {
+    let entry = Entry::new(hash as u32, a.loc, expires, encoded_len(key.len(), 0));
+    let replaced = match stripe.slot(hash, same_key) {
         Slot::Occupied(mut o) => {
-            *o.get_mut() = Entry::new(hash as u32, a.loc, expires);
+            retire(table, o.get());
+            *o.get_mut() = entry;
             true
         }
-        Slot::Vacant(v, h) => {
-            v.insert(Entry::new(h, a.loc, expires));
+        Slot::Vacant(v, _) => {
+            v.insert(entry);
             false
         }
+    };
+    stripe.note_expiry(&entry);
+    replaced
+}
+
+/// Tells the segment an entry pointed into that the entry's record is dead.
+fn retire(table: &SegmentTable, e: &Entry) {
+    if let Some(seg) = table.get(e.slot) {
+        seg.usage.died(e.record_len());
     }
 }
 
@@ -550,7 +731,8 @@ fn claim_locked(
         time: now,
         expires,
     };
-    let replaced = match slot {
+    let record_len = encoded_len(key.len(), 0);
+    let (replaced, entry) = match slot {
         Slot::Occupied(mut o) => {
             let h = header.unwrap_or(RecordHeader {
                 kind: RecordKind::Claim,
@@ -566,48 +748,46 @@ fn claim_locked(
                 return Ok(Claim::Duplicate(Seen::from_header(&h)));
             }
             let a = inner.log.append(spec)?;
-            *o.get_mut() = Entry::new(hash as u32, a.loc, expires);
+            let entry = Entry::new(hash as u32, a.loc, expires, record_len);
+            retire(table, o.get());
+            *o.get_mut() = entry;
             *wait = a.lsn_end;
-            true
+            (true, entry)
         }
         Slot::Vacant(v, h) => {
             let a = inner.log.append(spec)?;
-            v.insert(Entry::new(h, a.loc, expires));
+            let entry = Entry::new(h, a.loc, expires, record_len);
+            v.insert(entry);
             *wait = a.lsn_end;
-            false
+            (false, entry)
         }
     };
+    stripe.note_expiry(&entry);
     stripe.counters.new += 1;
     stripe.counters.expired_reclaimed += u64::from(replaced);
     Ok(Claim::New)
 }
 
-fn spawn_flusher(inner: &Arc<Inner>, interval: Duration) -> Result<Flusher> {
-    let stop = Arc::new((Mutex::new(false), Condvar::new()));
-    let thread_stop = Arc::clone(&stop);
-    let thread_inner = Arc::clone(inner);
-    let handle = std::thread::Builder::new()
-        .name("oncelog-flush".into())
-        .spawn(move || {
-            let (flag, cv) = &*thread_stop;
-            loop {
-                {
-                    let mut stopped = flag.lock();
-                    if !*stopped {
-                        cv.wait_for(&mut stopped, interval);
-                    }
-                    if *stopped {
-                        return;
-                    }
-                }
-                if thread_inner.log.sync().is_err() {
-                    // The log is poisoned now; callers see it on their next write.
-                    return;
-                }
-            }
-        })
-        .map_err(|e| Error::io("spawn flusher thread", &inner.dir, e))?;
-    Ok(Flusher { stop, handle })
+/// One background maintenance round. A panic poisons the store, so that callers learn
+/// of it instead of the store silently never expiring anything again; the thread stops.
+fn maintenance_round(inner: &Inner) -> bool {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| maintain::run(inner)));
+    match run {
+        Ok(Ok(_)) => true,
+        // Counted in `Stats::maintenance_errors`; a poisoned log ends the thread.
+        Ok(Err(_)) => !inner.log.is_poisoned(),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            inner
+                .log
+                .poison(format!("maintenance thread panicked: {what}"));
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -700,6 +880,33 @@ mod tests {
         // had appended, so together they covered all four claims.
         let syncs = store.stats().syncs - syncs_before;
         assert!((1..=2).contains(&syncs), "{syncs} syncs for 4 claims");
+    }
+
+    #[test]
+    fn a_panic_in_background_maintenance_poisons_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Options::new()
+            .maintenance_interval(Duration::from_millis(1))
+            .open(dir.path())
+            .unwrap();
+        let ttl = Duration::from_secs(60);
+        assert!(store.claim("before", ttl).unwrap().is_new());
+        store
+            .inner
+            .panic_in_maintenance
+            .store(true, Ordering::Relaxed);
+        wait_until(|| store.stats().poisoned);
+        match store.claim("after", ttl) {
+            Err(Error::Poisoned { reason }) => {
+                assert!(reason.contains("maintenance thread panicked"), "{reason}");
+                assert!(reason.contains("injected maintenance panic"), "{reason}");
+            }
+            other => panic!("claim after the maintenance panic: {other:?}"),
+        }
+        assert!(matches!(store.close(), Err(Error::Poisoned { .. })));
+        // Reopening works, and what was acknowledged before is there.
+        let store = Options::new().open(dir.path()).unwrap();
+        assert!(!store.claim("before", ttl).unwrap().is_new());
     }
 
     #[test]

@@ -1,12 +1,19 @@
-//! The on-disk format: segment headers and records. `docs/FORMAT.md` is the prose version
-//! of this module; keep the two in step.
+//! The on-disk format: segment headers and records, and hint files. `docs/FORMAT.md` is the
+//! prose version of this module; keep the two in step.
 //!
 //! Decoding never panics and never allocates from a length it has not checked: every
 //! decoder takes a byte slice and returns a typed error for anything it does not accept.
 
+mod hint;
 mod record;
 mod segment;
 
+// Public (but hidden) only so that the fuzz crate can reach the hint codec.
+#[doc(hidden)]
+pub use hint::{
+    decode_hint, encode_hint, HintEntries, HintEntry, HintError, HintHeader, HintWriter,
+    HINT_ENTRY_LEN, HINT_HEADER_LEN, HINT_MAGIC, HINT_TRAILER_LEN, HINT_VERSION,
+};
 pub use record::{
     decode_record, encoded_len, DecodeError, Decoded, RecordHeader, RecordKind, SealInfo,
     RECORD_ALIGN, RECORD_HEADER_LEN,

@@ -50,7 +50,8 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
-    fn to_byte(self) -> u8 {
+    /// The `kind` byte on disk; hint files use the same numbers.
+    pub(super) fn to_byte(self) -> u8 {
         match self {
             RecordKind::Claim => 1,
             RecordKind::Remove => 2,
@@ -58,7 +59,8 @@ impl RecordKind {
         }
     }
 
-    fn from_byte(b: u8) -> Option<RecordKind> {
+    /// The kind a `kind` byte stands for, if any.
+    pub(super) fn from_byte(b: u8) -> Option<RecordKind> {
         match b {
             1 => Some(RecordKind::Claim),
             2 => Some(RecordKind::Remove),

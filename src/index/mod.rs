@@ -20,6 +20,12 @@ use crate::log::Location;
 /// Entry state: the key is claimed (format version 1 knows no other).
 pub(crate) const STATE_CLAIMED: u16 = 1;
 
+/// The record length is kept in the low bits of `Entry::meta`, in units of 8 bytes (records
+/// are 8-aligned); the state in the bits above.
+const LEN_BITS: u32 = 13;
+const LEN_MASK: u16 = (1 << LEN_BITS) - 1;
+const _: () = assert!(crate::format::MAX_RECORD_LEN / 8 <= LEN_MASK as usize);
+
 /// One key's place in the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
@@ -30,8 +36,10 @@ pub(crate) struct Entry {
     pub(crate) offset: u32,
     /// Segment-table slot of that record.
     pub(crate) slot: u16,
-    /// What the key's state is (`STATE_*`).
-    pub(crate) state: u16,
+    /// The key's state (`STATE_*`, top bits) and its record's length in 8-byte units (low
+    /// `LEN_BITS` bits), so that dropping the entry can tell its segment how many bytes died
+    /// without reading the record.
+    meta: u16,
     /// Expiry in whole seconds since the epoch, rounded up (saturating): if the current
     /// second is past it, the entry has certainly expired. The exact expiry is in the record.
     pub(crate) expiry_secs: u32,
@@ -40,14 +48,27 @@ pub(crate) struct Entry {
 const _: () = assert!(std::mem::size_of::<Entry>() == 16);
 
 impl Entry {
-    pub(crate) fn new(hash: u32, loc: Location, expires_ms: u64) -> Entry {
+    /// An entry for a claimed key whose newest record, `len` bytes long, is at `loc`.
+    pub(crate) fn new(hash: u32, loc: Location, expires_ms: u64, len: usize) -> Entry {
+        let len8 = u16::try_from(len / 8).unwrap_or(LEN_MASK).min(LEN_MASK);
         Entry {
             hash,
             offset: loc.offset,
             slot: loc.slot,
-            state: STATE_CLAIMED,
+            meta: (STATE_CLAIMED << LEN_BITS) | len8,
             expiry_secs: coarse_secs(expires_ms),
         }
+    }
+
+    /// Bytes of the record the entry points at.
+    pub(crate) fn record_len(&self) -> u64 {
+        u64::from(self.meta & LEN_MASK) * 8
+    }
+
+    /// Whether the claim has certainly expired at `now_ms` (judged on the coarse expiry,
+    /// which is rounded up, so never early).
+    pub(crate) fn expired_at(&self, now_ms: u64) -> bool {
+        u64::from(self.expiry_secs) * 1000 <= now_ms
     }
 
     pub(crate) fn location(&self) -> Location {
@@ -82,6 +103,9 @@ pub(crate) struct Counters {
 pub(crate) struct Stripe {
     table: HashTable<Entry>,
     pub(crate) counters: Counters,
+    /// No entry expires before this second (a lower bound: entries replaced or removed since
+    /// the last sweep may have held it). Lets a sweep skip stripes with nothing expired.
+    min_expiry_secs: u32,
 }
 
 /// A found entry, ready to be read, replaced or removed.
@@ -134,6 +158,77 @@ impl Stripe {
         }
     }
 
+    /// The entry pointing at `loc`, for the key whose hash is `hash`: found by location, so
+    /// without reading any key.
+    pub(crate) fn at_location(&mut self, hash: u64, loc: Location) -> Option<&mut Entry> {
+        let h = hash as u32;
+        self.table
+            .find_mut(table_hash(h), |e| e.hash == h && e.location() == loc)
+    }
+
+    /// Removes the entry pointing at `loc`, if the key whose hash is `hash` has one.
+    pub(crate) fn remove_at_location(&mut self, hash: u64, loc: Location) -> Option<Entry> {
+        let h = hash as u32;
+        match self
+            .table
+            .find_entry(table_hash(h), |e| e.hash == h && e.location() == loc)
+        {
+            Ok(o) => Some(o.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    /// Drops every entry that has expired at `now_ms`, and every entry `drop_also` picks;
+    /// `dropped` sees each entry dropped. Shrinks the table when it has become sparse.
+    /// Returns the number of entries dropped.
+    pub(crate) fn sweep(
+        &mut self,
+        now_ms: u64,
+        mut drop_also: impl FnMut(&Entry) -> bool,
+        mut dropped: impl FnMut(&Entry),
+    ) -> usize {
+        if self.table.is_empty() {
+            return 0;
+        }
+        let before = self.table.len();
+        let mut min = u32::MAX;
+        self.table.retain(|e| {
+            if e.expired_at(now_ms) || drop_also(e) {
+                dropped(e);
+                false
+            } else {
+                min = min.min(e.expiry_secs);
+                true
+            }
+        });
+        self.min_expiry_secs = min;
+        let len = self.table.len();
+        // Shrink when three quarters of the room is unused: after mass expiry the memory
+        // goes back, and a table that is merely breathing (grow, shrink, grow) is left alone.
+        if len < self.table.capacity() / 4 {
+            self.table.shrink_to(len * 2, |e| table_hash(e.hash));
+        }
+        before - len
+    }
+
+    /// Whether a sweep at `now_ms` could find anything expired here.
+    pub(crate) fn may_have_expired(&self, now_ms: u64) -> bool {
+        !self.table.is_empty() && u64::from(self.min_expiry_secs) * 1000 <= now_ms
+    }
+
+    /// Notes the expiry of an entry being inserted (keeps `may_have_expired` exact enough).
+    pub(crate) fn note_expiry(&mut self, e: &Entry) {
+        self.min_expiry_secs = self.min_expiry_secs.min(e.expiry_secs);
+    }
+
+    /// Entries that have expired at `now_ms` and are still here.
+    pub(crate) fn count_expired(&self, now_ms: u64) -> usize {
+        if !self.may_have_expired(now_ms) {
+            return 0;
+        }
+        self.table.iter().filter(|e| e.expired_at(now_ms)).count()
+    }
+
     /// Entries in this stripe.
     pub(crate) fn len(&self) -> usize {
         self.table.len()
@@ -166,6 +261,7 @@ impl Index {
                     Padded(Mutex::new(Stripe {
                         table: HashTable::new(),
                         counters: Counters::default(),
+                        min_expiry_secs: u32::MAX,
                     }))
                 })
                 .collect(),
@@ -195,6 +291,14 @@ impl Index {
     /// Number of stripes.
     pub(crate) fn stripes(&self) -> usize {
         self.stripes.len()
+    }
+
+    /// Takes and releases every stripe lock once: whoever was reading through an index
+    /// entry when this started has finished when it returns.
+    pub(crate) fn quiesce(&self) {
+        for s in self.stripes.iter() {
+            drop(s.0.lock());
+        }
     }
 
     /// Visits every stripe in turn, each under its lock.
@@ -231,7 +335,7 @@ mod tests {
         for key in [1u32, 2] {
             match s.slot(hash, |e| e.offset == key) {
                 Slot::Vacant(v, h) => {
-                    v.insert(Entry::new(h, loc(key), 5000));
+                    v.insert(Entry::new(h, loc(key), 5000, 40));
                 }
                 Slot::Occupied(_) => panic!("key {key} confused with another"),
             }

@@ -111,6 +111,21 @@ impl SegmentMap {
         unsafe { std::slice::from_raw_parts(self.base, self.len) }
     }
 
+    /// The first `end` bytes of a sealed segment (all of them if `end` is past the end).
+    ///
+    /// # Safety
+    ///
+    /// The segment must be sealed, and the seal published to the caller (`Usage::sealed`
+    /// read with Acquire): nothing is written to it any more.
+    pub(crate) unsafe fn sealed_bytes(&self, end: usize) -> &[u8] {
+        let end = end.min(self.len);
+        if end == 0 {
+            return &[];
+        }
+        // SAFETY: in bounds; per the caller's contract no byte is written any more.
+        unsafe { std::slice::from_raw_parts(self.base, end) }
+    }
+
     /// Bytes `[offset, offset + len)`, or `None` if out of bounds.
     ///
     /// # Safety

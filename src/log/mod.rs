@@ -48,20 +48,133 @@ pub(crate) struct Location {
 /// One segment file, mapped.
 pub(crate) struct Segment {
     pub(crate) id: u64,
+    /// When the segment was created (its header's `created_at`), ms.
+    pub(crate) created_at: u64,
     pub(crate) path: PathBuf,
     pub(crate) map: Arc<SegmentMap>,
+    /// What the segment holds and how much of it still matters (see `Usage`).
+    pub(crate) usage: Usage,
     /// Kept open for the lifetime of the mapping.
     _file: File,
+}
+
+/// Byte accounting of one segment, which maintenance uses to decide what to delete and
+/// what to compact.
+///
+/// Invariant: `claim_bytes - dead_bytes` is the size of the claim records that index
+/// entries point at. Every claim record is live when appended (its entry is installed
+/// under the same stripe lock) and dies exactly once: when its entry is replaced, removed,
+/// swept after expiry, or was never installed (recovery skipping an expired or superseded
+/// claim, compaction output whose key changed meanwhile). `dead_bytes` may run ahead of
+/// `claim_bytes` while the segment is active: the totals are set when it is sealed.
+#[derive(Debug, Default)]
+pub(crate) struct Usage {
+    /// The segment is sealed and the totals below are final.
+    pub(crate) sealed: AtomicBool,
+    /// Offset of the seal record (the end of the data); 0 until sealed.
+    pub(crate) data_end: AtomicU64,
+    /// Bytes of claim records.
+    pub(crate) claim_bytes: AtomicU64,
+    /// Bytes of claim records no index entry points at any more.
+    pub(crate) dead_bytes: AtomicU64,
+    /// Bytes of remove records (tombstones).
+    pub(crate) tomb_bytes: AtomicU64,
+    /// Latest `expires` of the remove records: until then a tombstone may be needed.
+    pub(crate) tomb_max_expires: AtomicU64,
+    /// Latest `expires` of any record.
+    pub(crate) max_expires: AtomicU64,
+    /// Claim and remove records.
+    pub(crate) records: AtomicU64,
+    /// The seal record's time: when the segment stopped taking appends, ms.
+    pub(crate) sealed_at: AtomicU64,
+    /// A hint file matching this segment exists.
+    hinted: AtomicBool,
+}
+
+/// Totals of a segment's records, known once it is sealed (from the writer, a scan or a hint).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Totals {
+    pub(crate) records: u64,
+    pub(crate) claim_bytes: u64,
+    pub(crate) tomb_bytes: u64,
+    pub(crate) tomb_max_expires: u64,
+    pub(crate) max_expires: u64,
+}
+
+impl Totals {
+    /// Counts one claim or remove record.
+    pub(crate) fn add(&mut self, kind: RecordKind, len: usize, expires: u64) {
+        self.records += 1;
+        self.max_expires = self.max_expires.max(expires);
+        if kind == RecordKind::Remove {
+            self.tomb_bytes += len as u64;
+            self.tomb_max_expires = self.tomb_max_expires.max(expires);
+        } else {
+            self.claim_bytes += len as u64;
+        }
+    }
+}
+
+impl Usage {
+    /// Records the segment's final totals.
+    pub(crate) fn seal(&self, t: Totals, data_end: usize, sealed_at: u64) {
+        self.sealed_at.store(sealed_at, Ordering::Relaxed);
+        self.claim_bytes.store(t.claim_bytes, Ordering::Relaxed);
+        self.tomb_bytes.store(t.tomb_bytes, Ordering::Relaxed);
+        self.tomb_max_expires
+            .store(t.tomb_max_expires, Ordering::Relaxed);
+        self.max_expires.store(t.max_expires, Ordering::Relaxed);
+        self.records.store(t.records, Ordering::Relaxed);
+        self.data_end.store(data_end as u64, Ordering::Relaxed);
+        self.sealed.store(true, Ordering::Release);
+    }
+
+    /// Notes that a claim record of `len` bytes lost its index entry.
+    pub(crate) fn died(&self, len: u64) {
+        self.dead_bytes.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// Bytes of claim records still pointed at (0 while unsealed: not known yet).
+    pub(crate) fn live_bytes(&self) -> u64 {
+        let claims = self.claim_bytes.load(Ordering::Relaxed);
+        claims.saturating_sub(self.dead_bytes.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn hinted(&self) -> bool {
+        self.hinted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_hinted(&self) {
+        self.hinted.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Segment {
     pub(crate) fn new(path: PathBuf, header: SegmentHeader, map: SegmentMap, file: File) -> Self {
         Segment {
             id: header.segment_id,
+            created_at: header.created_at,
             path,
             map: Arc::new(map),
+            usage: Usage::default(),
             _file: file,
         }
+    }
+
+    /// The bytes of a sealed segment up to the end of its seal record; `None` while it is
+    /// the active segment.
+    pub(crate) fn sealed_bytes(&self) -> Option<&[u8]> {
+        if !self.usage.is_sealed() {
+            return None;
+        }
+        let end = self.usage.data_end.load(Ordering::Relaxed) as usize + SEAL_LEN;
+        // SAFETY: the Acquire load in `is_sealed` pairs with the Release store in
+        // `Usage::seal`, made after the seal was written; nothing is written after it.
+        Some(unsafe { self.map.sealed_bytes(end) })
     }
 
     /// The open segment file.
@@ -181,6 +294,66 @@ impl SegmentTable {
         }
     }
 
+    /// Takes the segment out of `slot` and frees the slot for reuse.
+    ///
+    /// The caller guarantees that no index entry points at `slot` any more and that no
+    /// reader still holds a reference from `get` or `record`: readers hold a stripe lock
+    /// while they use one, so after the entries are gone, taking every stripe lock once is
+    /// enough (`Index::quiesce`).
+    pub(crate) fn uninstall(&self, slot: u16) -> Option<Arc<Segment>> {
+        let chunk = self.chunk(usize::from(slot) / CHUNK, false);
+        if chunk.is_null() {
+            return None;
+        }
+        // SAFETY: chunks live until the table is dropped.
+        let cell = unsafe { &*chunk }.get(usize::from(slot) % CHUNK)?;
+        // The free-list lock also keeps `segments` from cloning the pointer meanwhile.
+        let mut free = self.free.lock();
+        let p = cell.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: installed pointers come from Arc::into_raw in `install`; the cell no
+        // longer holds it, so this reference count is ours.
+        let segment = unsafe { Arc::from_raw(p) };
+        self.disk_bytes
+            .fetch_sub(segment.disk_len(), Ordering::Relaxed);
+        self.installed.fetch_sub(1, Ordering::Relaxed);
+        free.push(slot);
+        Some(segment)
+    }
+
+    /// Every installed segment with its slot, in id order.
+    pub(crate) fn segments(&self) -> Vec<(u16, Arc<Segment>)> {
+        let mut out = Vec::with_capacity(self.len());
+        // Held while cloning, so that `uninstall` cannot free a segment under us.
+        let _membership = self.free.lock();
+        let used = self.next_slot.load(Ordering::Acquire).min(MAX_SEGMENTS);
+        for slot in 0..used {
+            let chunk = self.chunk(slot / CHUNK, false);
+            if chunk.is_null() {
+                continue;
+            }
+            // SAFETY: chunks live until the table is dropped.
+            let Some(cell) = unsafe { &*chunk }.get(slot % CHUNK) else {
+                continue;
+            };
+            let p = cell.load(Ordering::Acquire);
+            if p.is_null() {
+                continue;
+            }
+            // SAFETY: the pointer came from Arc::into_raw and stays installed while the
+            // free-list lock is held (`uninstall` takes it); this makes a count of our own.
+            let seg = unsafe {
+                Arc::increment_strong_count(p);
+                Arc::from_raw(p)
+            };
+            out.push((slot as u16, seg));
+        }
+        out.sort_by_key(|(_, s)| s.id);
+        out
+    }
+
     /// Reads the header and key of the record at `loc`.
     pub(crate) fn record(&self, loc: Location) -> Option<(RecordHeader, &[u8])> {
         let seg = self.get(loc.slot)?;
@@ -231,8 +404,8 @@ pub(crate) struct Writer {
     pub(crate) segment: Arc<Segment>,
     pub(crate) slot: u16,
     pub(crate) appender: Appender,
-    pub(crate) records: u64,
-    pub(crate) max_expires: u64,
+    /// What has been appended to the segment so far.
+    pub(crate) totals: Totals,
     /// Whether the next segment is being (or has been) prepared in the background.
     pub(crate) next_prepared: bool,
 }
@@ -337,6 +510,22 @@ impl Log {
         log
     }
 
+    /// The id of the segment appended to.
+    pub(crate) fn active_id(&self) -> u64 {
+        self.writer.lock().segment.id
+    }
+
+    /// The id shared by every segment of this store.
+    pub(crate) fn store_id(&self) -> u128 {
+        self.config.store_id
+    }
+
+    /// What the active segment holds so far, and its usage counters.
+    pub(crate) fn active_totals(&self) -> (Totals, Arc<Segment>) {
+        let w = self.writer.lock();
+        (w.totals, Arc::clone(&w.segment))
+    }
+
     /// Appends one record.
     pub(crate) fn append(&self, rec: RecordSpec<'_>) -> Result<Appended> {
         // Small records (every claim of a key up to ~200 bytes) are encoded and checksummed
@@ -426,8 +615,7 @@ impl Log {
                     _ => encode_record(buf, rec.kind, rec.key, &[], rec.time, rec.expires),
                 })
                 .ok_or_else(|| self.poison("record does not fit a fresh segment".to_string()))?;
-            w.records += 1;
-            w.max_expires = w.max_expires.max(rec.expires);
+            w.totals.add(rec.kind, len, rec.expires);
             done(
                 i,
                 Appended {
@@ -501,9 +689,9 @@ impl Log {
         let next_id = segment.id;
         let data_end = w.appender.tail();
         let info = SealInfo {
-            records: w.records,
+            records: w.totals.records,
             data_end: data_end as u64,
-            max_expires: w.max_expires,
+            max_expires: w.totals.max_expires,
         };
         let mut seal = [0u8; SEAL_LEN];
         encode_seal(&mut seal, info, now);
@@ -522,6 +710,7 @@ impl Log {
             return Err(self.poison_io("sync sealed segment", &w.segment.path, e));
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
+        w.segment.usage.seal(w.totals, data_end, now);
         if let Err(e) = std::fs::rename(&tmp, &segment.path) {
             let _ = fs::remove_file(&tmp);
             return Err(self.poison_io("rename new segment", &segment.path, e));
@@ -540,8 +729,7 @@ impl Log {
             segment,
             slot,
             appender,
-            records: 0,
-            max_expires: 0,
+            totals: Totals::default(),
             next_prepared: false,
         };
         self.durable

@@ -20,6 +20,7 @@ USAGE:
     oncelog get    --dir DIR KEY...
     oncelog remove --dir DIR [--durability MODE] KEY...
     oncelog stats  --dir DIR
+    oncelog compact --dir DIR
     oncelog bench  --dir DIR [--threads N] [--keys N] [--key-len N] [--dup-ratio F]
                    [--ttl TTL] [--durability MODE] [--batch N] [--duration TTL] [--no-reopen]
 
@@ -34,6 +35,8 @@ COMMANDS:
              are claimed, 1 otherwise.
     remove   Forget each KEY so it can be claimed again.
     stats    Print the store's counters and sizes.
+    compact  Run maintenance now: sweep expired keys out of the index, delete segments
+             nothing needs, compact sparse ones, write hint files. Prints what it did.
     bench    Claim generated event-id-like keys from N threads (default 2) until N keys
              (default 1000000) of --key-len bytes (default 32) are claimed or --duration
              is up; a fraction --dup-ratio (default 0) of claims repeat earlier keys.
@@ -147,6 +150,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "get" => cmd_get(&a),
         "remove" => cmd_remove(&a),
         "stats" => cmd_stats(&a),
+        "compact" => cmd_compact(&a),
         "bench" => cmd_bench(&a),
         other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
     }
@@ -154,8 +158,10 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
 
 fn open(a: &Args) -> Result<Store, String> {
     let dir = a.dir.as_ref().ok_or("--dir is required")?;
+    // One-shot commands: maintenance runs only when asked for (`compact`).
     Options::new()
         .durability(a.durability.unwrap_or(Durability::Sync))
+        .background_maintenance(false)
         .open(dir)
         .map_err(|e| error_chain(&e))
 }
@@ -328,17 +334,57 @@ fn cmd_remove(a: &Args) -> Result<ExitCode, String> {
 fn cmd_stats(a: &Args) -> Result<ExitCode, String> {
     let store = open(a)?;
     let s = store.stats();
-    println!("dir                       {}", store.path().display());
-    println!("keys                      {}", s.keys);
-    println!("segments                  {}", s.segments);
-    println!("disk_bytes                {}", s.disk_bytes);
-    println!("index_bytes               {}", s.index_bytes);
-    println!("recovered_records         {}", s.recovered_records);
-    println!("recovery_truncated_bytes  {}", s.recovery_truncated_bytes);
+    let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1e3);
+    let rows: [(&str, String); 15] = [
+        ("dir", store.path().display().to_string()),
+        ("keys", s.keys.to_string()),
+        ("live_keys", s.live_keys.to_string()),
+        ("expired_unswept", s.expired_unswept.to_string()),
+        ("segments", s.segments.to_string()),
+        ("disk_bytes", s.disk_bytes.to_string()),
+        ("live_bytes", s.live_bytes.to_string()),
+        ("index_bytes", s.index_bytes.to_string()),
+        ("recovered_records", s.recovered_records.to_string()),
+        (
+            "recovery_hinted_segments",
+            s.recovery_hinted_segments.to_string(),
+        ),
+        (
+            "recovery_truncated_bytes",
+            s.recovery_truncated_bytes.to_string(),
+        ),
+        ("recovery_time_ms", ms(s.recovery_time)),
+        ("compactions", s.compactions.to_string()),
+        ("segments_deleted", s.segments_deleted.to_string()),
+        ("bytes_reclaimed", s.bytes_reclaimed.to_string()),
+    ];
+    for (name, value) in rows {
+        println!("{name:<26}{value}");
+    }
+    println!("(compactions, segments_deleted and bytes_reclaimed count since this open)");
+    store.close().map_err(|e| error_chain(&e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_compact(a: &Args) -> Result<ExitCode, String> {
+    let store = open(a)?;
+    let r = store.compact().map_err(|e| error_chain(&e))?;
+    let s = store.stats();
+    println!("entries_swept             {}", r.entries_swept);
+    println!("segments_read             {}", r.segments_read);
+    println!("segments_written          {}", r.segments_written);
+    println!("segments_deleted          {}", r.segments_deleted);
+    println!("bytes_read                {}", r.bytes_read);
+    println!("bytes_written             {}", r.bytes_written);
+    println!("bytes_reclaimed           {}", r.bytes_reclaimed);
+    println!("hints_written             {}", r.hints_written);
     println!(
-        "recovery_time_ms          {:.3}",
-        s.recovery_time.as_secs_f64() * 1e3
+        "duration_ms               {:.3}",
+        r.duration.as_secs_f64() * 1e3
     );
+    println!("segments_now              {}", s.segments);
+    println!("disk_bytes_now            {}", s.disk_bytes);
+    println!("live_bytes_now            {}", s.live_bytes);
     store.close().map_err(|e| error_chain(&e))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,495 @@
+//! Expiry, segment deletion, compaction and hints (issue: memory and disk stay bounded).
+//!
+//! Time is moved with `ManualClock`; maintenance is run with `Store::compact` (or, where
+//! the background thread is what is tested, waited for with a bounded poll).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use oncelog::{Claim, Durability, ManualClock, Options, Store, MIN_SEGMENT_SIZE};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn clock() -> ManualClock {
+    ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+}
+
+fn opts(clock: &ManualClock) -> Options {
+    Options::new()
+        .durability(Durability::Buffered)
+        .clock(clock.clone())
+        .segment_size(MIN_SEGMENT_SIZE)
+        .background_maintenance(false)
+}
+
+/// A 32-byte event-id-like key.
+fn key(i: u64) -> String {
+    format!("evt_{i:028}")
+}
+
+/// Files in `dir` whose names end with `suffix`, and their total size.
+fn files(dir: &Path, suffix: &str) -> (usize, u64) {
+    let mut n = 0;
+    let mut bytes = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().ends_with(suffix) {
+            n += 1;
+            bytes += e.metadata().unwrap().len();
+        }
+    }
+    (n, bytes)
+}
+
+/// Polls `cond` (which another thread will make true); bounded, so a bug fails the test.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn expiry_empties_the_index_deletes_segments_and_gives_memory_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = opts(&clock).open(dir.path()).unwrap();
+    let empty_index = store.stats().index_bytes;
+    let n = 20_000;
+    for i in 0..n {
+        assert!(store.claim(key(i), HOUR).unwrap().is_new());
+    }
+    let full = store.stats();
+    assert_eq!(full.live_keys, n);
+    assert!(full.segments > 10, "{} segments", full.segments);
+    let (segs_before, _) = files(dir.path(), ".olog");
+
+    clock.advance(HOUR);
+    // Invisible at once, before any maintenance ran.
+    assert_eq!(store.get(key(7)).unwrap(), None);
+    let st = store.stats();
+    assert_eq!((st.live_keys, st.expired_unswept), (0, n));
+
+    let report = store.compact().unwrap();
+    assert_eq!(report.entries_swept, n);
+    assert_eq!(
+        report.segments_written, 0,
+        "nothing to rewrite: all expired"
+    );
+    assert_eq!(report.segments_deleted as usize, segs_before - 1);
+    let st = store.stats();
+    assert_eq!((st.keys, st.expired_unswept), (0, 0));
+    assert_eq!(st.segments, 1, "only the active segment is left");
+    assert_eq!(files(dir.path(), ".olog").0, 1);
+    assert_eq!(
+        files(dir.path(), ".hint").0,
+        0,
+        "hints go with their segments: {report:?}"
+    );
+    assert!(
+        st.index_bytes <= empty_index + 64 * 1024,
+        "index kept {} bytes after expiry (empty: {empty_index}, full: {})",
+        st.index_bytes,
+        full.index_bytes
+    );
+    eprintln!(
+        "index bytes: empty {empty_index}, {n} keys {} ({:.1} B/key), after expiry {}",
+        full.index_bytes,
+        full.index_bytes as f64 / n as f64,
+        st.index_bytes
+    );
+    assert!(store.claim(key(7), HOUR).unwrap().is_new());
+    drop(store);
+    // And the deletions hold across a restart.
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert_eq!(store.stats().live_keys, 1);
+    assert!(!store.claim(key(7), HOUR).unwrap().is_new());
+    assert!(store.claim(key(8), HOUR).unwrap().is_new());
+}
+
+#[test]
+fn the_background_thread_sweeps_and_deletes_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = opts(&clock)
+        .background_maintenance(true)
+        .maintenance_interval(Duration::from_millis(5))
+        .open(dir.path())
+        .unwrap();
+    for i in 0..10_000 {
+        assert!(store.claim(key(i), HOUR).unwrap().is_new());
+    }
+    assert!(store.stats().segments > 5);
+    clock.advance(HOUR);
+    // The counters are added up when a run ends, after its work.
+    wait_until("maintenance swept and deleted", || {
+        let s = store.stats();
+        s.keys == 0 && s.segments == 1 && s.entries_swept == 10_000
+    });
+    let s = store.stats();
+    assert!(s.segments_deleted > 5, "{s:?}");
+    assert_eq!(s.maintenance_errors, 0);
+    store.close().unwrap();
+}
+
+/// Many TTL periods of a steady stream with one TTL: segments are deleted whole as they
+/// expire (a FIFO), nothing is rewritten, and the disk never holds more than twice the
+/// live records plus one segment.
+#[test]
+fn a_long_run_with_a_uniform_ttl_keeps_disk_bounded_without_rewriting() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = opts(&clock).open(dir.path()).unwrap();
+    let ttl = Duration::from_secs(100);
+    let per_second = 200u64;
+    let seconds = 1000u64; // ten TTL periods
+    let record = 64u64; // a claim of a 32-byte key
+    let mut next = 0u64;
+    let mut worst = 0f64;
+    let mut appended = 0u64;
+    let mut written = 0u64;
+    for t in 0..seconds {
+        for _ in 0..per_second {
+            assert!(store.claim(key(next), ttl).unwrap().is_new());
+            next += 1;
+            appended += record;
+        }
+        clock.advance(Duration::from_secs(1));
+        if t % 5 == 4 {
+            written += store.compact().unwrap().bytes_written;
+        }
+        // Live: the claims of the last 100 seconds.
+        let live = per_second * (t + 1).min(100) * record;
+        let (_, disk) = files(dir.path(), ".olog");
+        let (_, tmp) = files(dir.path(), ".tmp");
+        let bound = 2 * live + MIN_SEGMENT_SIZE;
+        assert!(
+            disk + tmp <= bound,
+            "second {t}: {disk} + {tmp} segment bytes on disk, bound {bound} (live {live})"
+        );
+        if t >= 100 {
+            worst = worst.max((disk + tmp) as f64 / live as f64);
+        }
+    }
+    let s = store.stats();
+    assert_eq!(s.compactions, 0, "a uniform TTL never needs a rewrite");
+    assert!(s.segments_deleted > 100, "{} deleted", s.segments_deleted);
+    let amplification = (appended + written) as f64 / appended as f64;
+    assert!(amplification <= 1.1, "write amplification {amplification}");
+    eprintln!(
+        "uniform TTL, {seconds} s at {per_second}/s: write amplification {amplification:.3}, \
+         worst disk/live {worst:.2}, {} segments deleted",
+        s.segments_deleted
+    );
+}
+
+/// Removed keys and mixed TTLs leave sparse segments; compaction rewrites them, and what
+/// it keeps (and drops) survives a restart with the same answers.
+#[test]
+fn compaction_rewrites_sparse_segments_and_keeps_every_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = opts(&clock).open(dir.path()).unwrap();
+    let n = 12_000u64;
+    for i in 0..n {
+        // Every third key lives long; the rest expire in a minute.
+        let ttl = if i % 3 == 0 {
+            HOUR
+        } else {
+            Duration::from_secs(60)
+        };
+        assert!(store.claim(key(i), ttl).unwrap().is_new());
+    }
+    // Remove half of the long-lived ones.
+    for i in (0..n).filter(|i| i % 6 == 0) {
+        assert!(store.remove(key(i)).unwrap());
+    }
+    clock.advance(Duration::from_secs(61));
+    let disk_before = store.stats().disk_bytes;
+    let report = store.compact().unwrap();
+    assert!(report.segments_written > 0, "{report:?}");
+    assert!(report.bytes_reclaimed > 0, "{report:?}");
+    let after = store.stats();
+    assert!(after.disk_bytes < disk_before);
+    eprintln!("mixed TTLs and removes: {report:?}");
+    let expect = |i: u64| i.is_multiple_of(3) && !i.is_multiple_of(6);
+    let check = |store: &Store| {
+        for i in 0..n {
+            assert_eq!(
+                store.get(key(i)).unwrap().is_some(),
+                expect(i),
+                "key {i} after compaction"
+            );
+        }
+    };
+    check(&store);
+    // A second run finds nothing more worth doing.
+    let again = store.compact().unwrap();
+    assert_eq!((again.segments_written, again.segments_deleted), (0, 0));
+    drop(store);
+    let store = opts(&clock).open(dir.path()).unwrap();
+    check(&store);
+    for i in 0..n {
+        let answer = store.claim(key(i), HOUR).unwrap();
+        assert_eq!(answer.is_new(), !expect(i), "claim of key {i} after reopen");
+    }
+}
+
+/// A tombstone is kept as long as the claim it hides has not expired, even when its own
+/// segment is rewritten and the claim's segment stays: otherwise the removed key would
+/// come back on the next open.
+#[test]
+fn a_removed_key_stays_removed_through_compaction_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = opts(&clock).open(dir.path()).unwrap();
+    let short = Duration::from_secs(10);
+    // Segment A: the victim's claim, mostly among long-lived keys (A stays as it is).
+    assert!(store.claim("victim", HOUR).unwrap().is_new());
+    for i in 0..700 {
+        assert!(store.claim(key(i), HOUR).unwrap().is_new());
+    }
+    let mut i = 10_000;
+    let segments = store.stats().segments;
+    while store.stats().segments == segments {
+        assert!(store.claim(key(i), short).unwrap().is_new());
+        i += 1;
+    }
+    // Segment B: the remove among short-lived keys (B becomes sparse).
+    assert!(store.remove("victim").unwrap());
+    for j in i..i + 3000 {
+        assert!(store.claim(key(j), short).unwrap().is_new());
+    }
+    clock.advance(short);
+    let report = store.compact().unwrap();
+    assert!(report.segments_written >= 1, "{report:?}");
+    assert_eq!(store.get("victim").unwrap(), None);
+    drop(store);
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert_eq!(
+        store.get("victim").unwrap(),
+        None,
+        "resurrected by compaction"
+    );
+    // Compact again after the restart (hints, rewritten segments) and reopen once more.
+    store.compact().unwrap();
+    drop(store);
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert_eq!(store.get("victim").unwrap(), None);
+    assert!(store.get(key(5)).unwrap().is_some());
+    // Once the hidden claim's own expiry passes, the tombstone may go.
+    clock.advance(HOUR);
+    store.compact().unwrap();
+    assert!(store.claim("victim", HOUR).unwrap().is_new());
+}
+
+/// Several threads claim the same keys while compaction and expiry run: every key is
+/// `New` exactly once.
+#[test]
+fn claims_stay_exactly_once_while_maintenance_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = Arc::new(opts(&clock).open(dir.path()).unwrap());
+    // Dead weight for compaction: expired keys, and removed ones.
+    let old = 8_000u64;
+    for i in 0..old {
+        assert!(store
+            .claim(key(i), Duration::from_secs(5))
+            .unwrap()
+            .is_new());
+    }
+    for i in 0..old / 2 {
+        assert!(store.remove(key(i)).unwrap());
+    }
+    for i in old..old + 4000 {
+        assert!(store.claim(key(i), HOUR).unwrap().is_new());
+    }
+    clock.advance(Duration::from_secs(6));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let compactor = {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut runs = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || runs < 3 {
+                store.compact().unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    // Every key of 0..old+8000 is claimed by every thread: the old ones (expired or
+    // removed) and the new ones must each be New exactly once; the live ones never.
+    let threads = 4;
+    let total = old + 8000;
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let mut news = Vec::new();
+                for j in 0..total {
+                    // Different orders per thread.
+                    let i = (j * 7919 + t * 1009) % total;
+                    if store.claim(key(i), HOUR).unwrap().is_new() {
+                        news.push(i);
+                    }
+                }
+                news
+            })
+        })
+        .collect();
+    let mut count: HashMap<u64, u32> = HashMap::new();
+    for w in workers {
+        for i in w.join().unwrap() {
+            *count.entry(i).or_default() += 1;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = compactor.join().unwrap();
+    for i in 0..total {
+        let expected = u32::from(!(old..old + 4000).contains(&i));
+        assert_eq!(count.get(&i).copied().unwrap_or(0), expected, "key {i}");
+    }
+    let s = store.stats();
+    assert!(
+        s.compactions + s.segments_deleted > 0,
+        "maintenance did nothing"
+    );
+    eprintln!("{runs} maintenance runs during the claims; {s:?}");
+    drop(store);
+    let store = opts(&clock).open(dir.path()).unwrap();
+    for i in 0..total {
+        assert!(store.get(key(i)).unwrap().is_some(), "key {i} after reopen");
+    }
+}
+
+/// Answers of `get` for keys `0..n`, plus a few never claimed.
+fn answers(store: &Store, n: u64) -> Vec<Option<(SystemTime, SystemTime)>> {
+    (0..n + 50)
+        .map(|i| {
+            store
+                .get(key(i))
+                .unwrap()
+                .map(|s| (s.first_seen, s.expires_at))
+        })
+        .collect()
+}
+
+/// Fills a directory with several segments, some removes and re-claims, and hints.
+fn hinted_store(dir: &Path, clock: &ManualClock, n: u64) -> Vec<Option<(SystemTime, SystemTime)>> {
+    let store = opts(clock).open(dir).unwrap();
+    for i in 0..n {
+        assert!(store.claim(key(i), HOUR).unwrap().is_new());
+    }
+    for i in (0..n).step_by(5) {
+        assert!(store.remove(key(i)).unwrap());
+    }
+    for i in (0..n).step_by(10) {
+        assert!(store.claim(key(i), 2 * HOUR).unwrap().is_new());
+    }
+    let report = store.compact().unwrap();
+    assert!(report.hints_written > 3, "{report:?}");
+    let expected = answers(&store, n);
+    drop(store);
+    expected
+}
+
+#[test]
+fn hints_rebuild_the_same_index_and_damaged_or_missing_ones_fall_back_to_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let n = 8000;
+    let expected = hinted_store(dir.path(), &clock, n);
+    let (hints, _) = files(dir.path(), ".hint");
+    let sealed = files(dir.path(), ".olog").0 - 1;
+    assert_eq!(hints, sealed, "one hint per sealed segment");
+
+    // Good hints: every sealed segment is replayed from its hint.
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert_eq!(store.stats().recovery_hinted_segments as usize, sealed);
+    assert_eq!(answers(&store, n), expected);
+    drop(store);
+
+    // Damage: flip one byte in each of two hints, truncate a third, and swap in another
+    // segment's (valid) hint for a fourth.
+    let mut paths: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "hint"))
+        .collect();
+    paths.sort();
+    for (i, p) in paths.iter().take(2).enumerate() {
+        let mut b = std::fs::read(p).unwrap();
+        let at = 70 + i * 24 + 9;
+        b[at] ^= 0x10;
+        std::fs::write(p, b).unwrap();
+    }
+    let b = std::fs::read(&paths[2]).unwrap();
+    std::fs::write(&paths[2], &b[..b.len() - 30]).unwrap();
+    std::fs::copy(&paths[5], &paths[4]).unwrap();
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert_eq!(store.stats().recovery_hinted_segments as usize, sealed - 4);
+    assert_eq!(answers(&store, n), expected, "with damaged hints");
+    // Maintenance replaces the bad hints.
+    assert_eq!(store.compact().unwrap().hints_written, 4);
+    drop(store);
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert_eq!(store.stats().recovery_hinted_segments as usize, sealed);
+    drop(store);
+
+    // Missing: delete every hint.
+    for p in &paths {
+        std::fs::remove_file(p).unwrap();
+    }
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert_eq!(store.stats().recovery_hinted_segments, 0);
+    assert_eq!(answers(&store, n), expected, "without hints");
+    drop(store);
+
+    // A store with its own hasher ignores hints (they hold xxh3 hashes).
+    let store = opts(&clock).open(dir.path()).unwrap();
+    store.compact().unwrap();
+    drop(store);
+    let store = opts(&clock)
+        .hasher(|k| k.len() as u64)
+        .open(dir.path())
+        .unwrap();
+    assert_eq!(store.stats().recovery_hinted_segments, 0);
+    assert_eq!(answers(&store, n), expected, "custom hasher");
+}
+
+#[test]
+fn open_reports_progress_per_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    hinted_store(dir.path(), &clock, 4000);
+    let segments = files(dir.path(), ".olog").0 as u64;
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let store = opts(&clock)
+        .open_progress(move |p| s.lock().push(*p))
+        .open(dir.path())
+        .unwrap();
+    let seen = seen.lock();
+    assert_eq!(seen.len() as u64, segments);
+    for (i, p) in seen.iter().enumerate() {
+        assert_eq!(p.segments_done, i as u64 + 1);
+        assert_eq!(p.segments_total, segments);
+    }
+    let last = seen.last().unwrap();
+    assert_eq!(last.records, store.stats().recovered_records);
+    assert_eq!(last.segments_hinted, segments - 1);
+}
+
+#[test]
+fn claim_after_expiry_is_new_even_before_maintenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert!(store.claim("k", Duration::from_secs(5)).unwrap().is_new());
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(store.claim("k", HOUR).unwrap(), Claim::New);
+    assert_eq!(store.stats().expired, 1);
+}
