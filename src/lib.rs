@@ -29,7 +29,9 @@
 //!
 //! Behind it: a lock-striped in-memory hash index of 16-byte entries (the keys stay on
 //! disk), an append-only log of CRC-checked records in pre-allocated, memory-mapped
-//! segment files, group commit, and crash recovery. `docs/FORMAT.md` describes the files.
+//! segment files, group commit, crash recovery, and background maintenance that sweeps
+//! expired keys, deletes and compacts segments and writes hint files for fast restarts
+//! ([`Store::compact`] runs it on demand). `docs/FORMAT.md` describes the files.
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
