@@ -52,10 +52,13 @@ impl Rng {
     }
 }
 
-/// Claims keys `0..n` in `dir` (buffered, in batches) and closes the store.
+/// Claims keys `0..n` in `dir` (buffered, in batches) and closes the store. Without
+/// background maintenance, so the store it leaves has no hint files (`open/records` times
+/// a store whose every segment must be read).
 pub fn fill(dir: &std::path::Path, n: u64, ttl: std::time::Duration) {
     let store = oncelog::Options::new()
         .durability(oncelog::Durability::Buffered)
+        .background_maintenance(false)
         .open(dir)
         .expect("open");
     let keys: Vec<[u8; 32]> = (0..n).map(key).collect();

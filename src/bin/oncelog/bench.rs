@@ -1,6 +1,11 @@
 //! `oncelog bench`: a load generator. Claims generated event-id-like keys from several
-//! threads and reports throughput, latency percentiles, RAM and disk per key, and the time
-//! to reopen (recover) the store it filled.
+//! threads and reports throughput, latency percentiles, what background maintenance did
+//! meanwhile, RAM and disk per key, and the time to reopen (recover) the store it filled.
+//!
+//! The store runs with the default maintenance settings (a background run every second),
+//! so a run with `--short-ttl`/`--short-ratio` has sparse segments compacted while it
+//! claims, and its latency percentiles include that. `--expire` then waits for every claim
+//! to expire and shows what RAM and disk come back.
 //!
 //! Keys are made from a counter on the fly (no key list in RAM, so the resident-memory delta
 //! is the store's), spread by a multiplicative hash so consecutive claims land in unrelated
@@ -26,6 +31,33 @@ pub struct BenchArgs {
     pub batch: usize,
     pub duration: Option<Duration>,
     pub reopen: bool,
+    /// The TTL of the fraction `short_ratio` of claims (the rest use `ttl`).
+    pub short_ttl: Option<Duration>,
+    pub short_ratio: f64,
+    /// After the run, wait until every claim has expired, `compact()`, and report.
+    pub expire: bool,
+    /// `compact()` before closing, so that the reopen reads every sealed segment's hint.
+    pub hints_before_reopen: bool,
+    /// Open the store with `Options::hints(false)`: no hint files, the reopen scans.
+    pub no_hints: bool,
+}
+
+impl BenchArgs {
+    /// The TTL a claim gets when `short` (drawn with probability `short_ratio`).
+    fn ttl_for(&self, short: bool) -> Duration {
+        match self.short_ttl {
+            Some(t) if short => t,
+            _ => self.ttl,
+        }
+    }
+
+    /// The longest TTL any claim of the run got.
+    fn longest_ttl(&self) -> Duration {
+        match self.short_ttl {
+            Some(t) if self.short_ratio > 0.0 => t.max(self.ttl),
+            _ => self.ttl,
+        }
+    }
 }
 
 /// Writes key number `i` into `buf` (of the requested length): `evt_` then hex digits of
@@ -154,7 +186,8 @@ fn fmt_ns(ns: u64) -> String {
 }
 
 /// Each thread claims the keys `t, t + threads, t + 2*threads, …` below `keys` (fresh ones)
-/// and, with probability `dup_ratio`, a key it claimed before (a duplicate).
+/// and, with probability `dup_ratio`, a key it claimed before (a duplicate). Each call
+/// (claim, or whole `claim_many` batch) gets the short TTL with probability `short_ratio`.
 /// Returns the latency histogram, new and duplicate counts, and when the thread finished.
 /// Single claims are timed one in `SAMPLE` (two clock reads would otherwise cost a fifth of
 /// a claim); batches are all timed.
@@ -176,6 +209,9 @@ fn worker(
     let batch = args.batch.max(1);
     let mut keys: Vec<Vec<u8>> = vec![vec![0u8; args.key_len]; batch];
     let dup_threshold = (args.dup_ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+    let short_threshold = (args.short_ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+    // A second generator for the TTL draw, so that the keys claimed do not depend on it.
+    let mut ttl_rng = rng ^ 0x2545_f491_4f6c_dd1d;
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -206,12 +242,16 @@ fn worker(
             break;
         }
         let Some(ks) = keys.get(..n) else { break };
+        ttl_rng ^= ttl_rng << 13;
+        ttl_rng ^= ttl_rng >> 7;
+        ttl_rng ^= ttl_rng << 17;
+        let ttl = args.ttl_for(ttl_rng < short_threshold);
         calls += 1;
         let timed = batch > 1 || calls.is_multiple_of(SAMPLE);
         let started = timed.then(Instant::now);
         if batch == 1 {
             let answer = store
-                .claim(&ks[0], args.ttl)
+                .claim(&ks[0], ttl)
                 .map_err(|e| format!("claim: {e}"))?;
             if answer.is_new() {
                 new += 1;
@@ -220,7 +260,7 @@ fn worker(
             }
         } else {
             let answers = store
-                .claim_many(ks, args.ttl)
+                .claim_many(ks, ttl)
                 .map_err(|e| format!("claim_many: {e}"))?;
             let fresh = answers.iter().filter(|a| a.is_new()).count() as u64;
             new += fresh;
@@ -257,11 +297,18 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             oncelog::MAX_KEY_LEN
         ));
     }
+    if !(0.0..=1.0).contains(&args.short_ratio) {
+        return Err("--short-ratio must be from 0 to 1".into());
+    }
+    if args.short_ratio > 0.0 && args.short_ttl.is_none() {
+        return Err("--short-ratio needs --short-ttl".into());
+    }
     let rss_before = rss_bytes();
     let opened = Instant::now();
     let store = Arc::new(
         Options::new()
             .durability(args.durability)
+            .hints(!args.no_hints)
             .open(&args.dir)
             .map_err(|e| format!("open {}: {e}", args.dir.display()))?,
     );
@@ -335,8 +382,19 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         Durability::Buffered => "buffered".to_string(),
         Durability::Periodic(d) => format!("periodic:{}ms", d.as_millis()),
     };
+    let ttls = match args.short_ttl {
+        Some(short) if args.short_ratio > 0.0 => format!(
+            "TTL {} ({:.0} % of {}: {})",
+            fmt_duration(args.ttl),
+            args.short_ratio * 100.0,
+            if args.batch > 1 { "batches" } else { "claims" },
+            fmt_duration(short)
+        ),
+        _ => format!("TTL {}", fmt_duration(args.ttl)),
+    };
     println!(
-        "oncelog bench: {} thread(s), {} key(s) of {} bytes, dup ratio {:.2}, {mode}, {}",
+        "oncelog bench: {} thread(s), {} key(s) of {} bytes, dup ratio {:.2}, {ttls}, {mode}, \
+         {}",
         args.threads,
         args.keys,
         args.key_len,
@@ -367,6 +425,19 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         fmt_ns(hist.percentile(99.9)),
         fmt_ns(hist.max)
     );
+    // Counted since open, which was just before the run: what ran while it claimed. A run
+    // still going adds its counts when it ends, so it is missing here (though the keys it
+    // already swept are gone from `expired and not yet swept`).
+    println!(
+        "  maintenance {} run(s) meanwhile: {} compaction(s), {} segment(s) deleted, \
+         {:.1} MB reclaimed, {} expired entries swept, {} expired and not yet swept",
+        stats.maintenance_runs,
+        stats.compactions,
+        stats.segments_deleted,
+        stats.bytes_reclaimed as f64 / 1e6,
+        stats.entries_swept,
+        stats.expired_unswept
+    );
     println!(
         "  syncs       {} ({:.1} claims per sync)",
         stats.syncs,
@@ -392,6 +463,23 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         stats.recovered_records
     );
     let store = Arc::try_unwrap(store).map_err(|_| "store still shared")?;
+    if args.expire {
+        let before = Footprint {
+            stats,
+            heap: rss_after.0.saturating_sub(rss_before.0),
+            mapped: rss_after.1.saturating_sub(rss_before.1),
+            disk,
+        };
+        expire(&store, args, finished, &before, rss_before)?;
+    }
+    if args.hints_before_reopen {
+        let r = store.compact().map_err(|e| format!("compact: {e}"))?;
+        println!(
+            "  hints       compact() before closing wrote {} hint file(s) in {:.1} ms",
+            r.hints_written,
+            r.duration.as_secs_f64() * 1e3
+        );
+    }
     store.close().map_err(|e| format!("close: {e}"))?;
     if args.durability == Durability::Sync {
         // The ideal for N claimers sharing syncs is N claims per fdatasync of this disk.
@@ -415,16 +503,122 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             .map_err(|e| format!("reopen: {e}"))?;
         let took = t.elapsed();
         let s = store.stats();
+        // The newest segment is always scanned; a sealed one is read from its hint file if
+        // maintenance wrote one (a run every second does, unless --no-hints).
         println!(
-            "  recovery    {} records in {:.1} ms ({:.1} M records/s), {} keys live",
+            "  recovery    {} records in {:.1} ms ({:.1} M records/s), {} keys live; \
+             {} of {} segment(s) from hints",
             s.recovered_records,
             took.as_secs_f64() * 1e3,
             s.recovered_records as f64 / took.as_secs_f64() / 1e6,
-            s.keys
+            s.keys,
+            s.recovery_hinted_segments,
+            s.segments
         );
         store.close().map_err(|e| format!("close: {e}"))?;
     }
     Ok(())
+}
+
+/// What the store holds and costs at one moment: for `--expire`'s before and after.
+struct Footprint {
+    stats: oncelog::Stats,
+    /// Resident-memory growth since before the store was opened: heap, mapped log pages.
+    heap: u64,
+    mapped: u64,
+    /// Bytes allocated to the store directory's files.
+    disk: u64,
+}
+
+/// `--expire`: waits until every claim of the run (the last one made at `finished`) has
+/// expired, runs `compact()`, and prints the footprint before and after. Background
+/// maintenance keeps running while it waits, so most of the work may be done by the time
+/// `compact()` runs; what it still found is printed too.
+fn expire(
+    store: &Store,
+    args: &BenchArgs,
+    finished: Instant,
+    before: &Footprint,
+    rss_before: (u64, u64),
+) -> Result<(), String> {
+    use std::io::Write;
+    // The index judges expiry on whole seconds, rounded up (an entry is swept up to a
+    // second after its claim expired); the record's expiry is a whole millisecond, rounded
+    // up. A second and a little margin cover both.
+    let deadline = finished + args.longest_ttl() + Duration::from_millis(1100);
+    let wait = deadline.saturating_duration_since(Instant::now());
+    print!(
+        "  expire      waiting {:.1} s for every claim ({} TTL) to expire...",
+        wait.as_secs_f64(),
+        fmt_duration(args.longest_ttl())
+    );
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(wait);
+    let r = store.compact().map_err(|e| format!("compact: {e}"))?;
+    let rss = rss_bytes();
+    let after = Footprint {
+        stats: store.stats(),
+        heap: rss.0.saturating_sub(rss_before.0),
+        mapped: rss.1.saturating_sub(rss_before.1),
+        disk: dir_bytes(&args.dir),
+    };
+    println!(
+        " then compact(): {} entries swept, {} segment(s) deleted, {} compacted, in {:.1} ms \
+         (background maintenance had swept {} entries and deleted {} segment(s))",
+        r.entries_swept,
+        r.segments_deleted,
+        r.segments_written,
+        r.duration.as_secs_f64() * 1e3,
+        after.stats.entries_swept.saturating_sub(r.entries_swept),
+        after
+            .stats
+            .segments_deleted
+            .saturating_sub(r.segments_deleted)
+    );
+    // Per key of the run (the keys held before expiry), before and after.
+    let per = before.stats.keys.max(1) as f64;
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "              {:<24} {:>22} {:>22}",
+        "", "before expiry", "after expiry"
+    );
+    let row = |name: &str, b: u64, a: u64| {
+        println!(
+            "              {name:<24} {:>9.1} MB {:>5.1} B/key {:>9.1} MB {:>5.1} B/key",
+            mb(b),
+            b as f64 / per,
+            mb(a),
+            a as f64 / per
+        );
+    };
+    println!(
+        "              {:<24} {:>22} {:>22}",
+        "keys in the index", before.stats.keys, after.stats.keys
+    );
+    row(
+        "index tables",
+        before.stats.index_bytes,
+        after.stats.index_bytes,
+    );
+    row("resident heap delta", before.heap, after.heap);
+    row("resident mapped delta", before.mapped, after.mapped);
+    println!(
+        "              {:<24} {:>22} {:>22}",
+        "segments", before.stats.segments, after.stats.segments
+    );
+    row("disk allocated", before.disk, after.disk);
+    Ok(())
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 /// Median time of a 4 KiB write plus `fdatasync` at successive offsets of a fresh,

@@ -23,6 +23,8 @@ USAGE:
     oncelog compact --dir DIR
     oncelog bench  --dir DIR [--threads N] [--keys N] [--key-len N] [--dup-ratio F]
                    [--ttl TTL] [--durability MODE] [--batch N] [--duration TTL] [--no-reopen]
+                   [--short-ttl TTL --short-ratio F] [--expire]
+                   [--hints-before-reopen | --no-hints]
 
 COMMANDS:
     claim    Claim each KEY; prints `new KEY` or `duplicate KEY ...`.
@@ -40,10 +42,20 @@ COMMANDS:
     bench    Claim generated event-id-like keys from N threads (default 2) until N keys
              (default 1000000) of --key-len bytes (default 32) are claimed or --duration
              is up; a fraction --dup-ratio (default 0) of claims repeat earlier keys.
-             Prints claims/s, latency percentiles, syncs, RAM and disk per key, then
-             reopens the store and prints the recovery rate (skip with --no-reopen).
-             --batch N > 1 claims through claim_many. Defaults: --ttl 72h,
-             --durability buffered. Use an empty directory.
+             Prints claims/s, latency percentiles, what background maintenance did
+             meanwhile, syncs, RAM and disk per key, then reopens the store and prints
+             the recovery rate and how many segments were read from hint files (skip
+             with --no-reopen). --batch N > 1 claims through claim_many. Defaults:
+             --ttl 72h, --durability buffered. Use an empty directory.
+             --short-ttl TTL --short-ratio F: a fraction F (default 0) of claims (of
+             batches, with --batch) get the short TTL instead, so segments turn sparse
+             and background maintenance compacts them during the run.
+             --expire: after the run, wait until every claim has expired, run
+             compaction, and print index, resident memory and disk before and after.
+             Background maintenance writes hint files as it goes, so the reopen reads
+             the segments it reached from hints: --hints-before-reopen compacts before
+             closing so every sealed segment has one; --no-hints writes none, so the
+             reopen reads every segment.
 
 OPTIONS:
     --dir DIR           The store directory (created if missing).
@@ -76,6 +88,11 @@ struct Args {
     dup_ratio: f64,
     duration: Option<Duration>,
     reopen: bool,
+    short_ttl: Option<Duration>,
+    short_ratio: f64,
+    expire: bool,
+    hints_before_reopen: bool,
+    no_hints: bool,
     rest: Vec<String>,
 }
 
@@ -91,6 +108,11 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         dup_ratio: 0.0,
         duration: None,
         reopen: true,
+        short_ttl: None,
+        short_ratio: 0.0,
+        expire: false,
+        hints_before_reopen: false,
+        no_hints: false,
         rest: Vec::new(),
     };
     let mut it = args.iter();
@@ -118,6 +140,18 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             }
             "--duration" => out.duration = Some(parse_duration(&value("--duration")?)?),
             "--no-reopen" => out.reopen = false,
+            "--short-ttl" => out.short_ttl = Some(parse_duration(&value("--short-ttl")?)?),
+            "--short-ratio" => {
+                let v = value("--short-ratio")?;
+                out.short_ratio = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| format!("--short-ratio: expected 0 <= F <= 1, got {v:?}"))?;
+            }
+            "--expire" => out.expire = true,
+            "--hints-before-reopen" => out.hints_before_reopen = true,
+            "--no-hints" => out.no_hints = true,
             "--" => out.rest.extend(it.by_ref().cloned()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n\n{USAGE}")),
             _ => out.rest.push(a.clone()),
@@ -391,6 +425,9 @@ fn cmd_compact(a: &Args) -> Result<ExitCode, String> {
 
 fn cmd_bench(a: &Args) -> Result<ExitCode, String> {
     let dir = a.dir.clone().ok_or("--dir is required")?;
+    if a.hints_before_reopen && a.no_hints {
+        return Err("--hints-before-reopen and --no-hints contradict each other".into());
+    }
     bench::run(&bench::BenchArgs {
         dir,
         threads: a.threads,
@@ -402,6 +439,11 @@ fn cmd_bench(a: &Args) -> Result<ExitCode, String> {
         batch: a.batch.unwrap_or(1),
         duration: a.duration,
         reopen: a.reopen,
+        short_ttl: a.short_ttl,
+        short_ratio: a.short_ratio,
+        expire: a.expire,
+        hints_before_reopen: a.hints_before_reopen,
+        no_hints: a.no_hints,
     })?;
     Ok(ExitCode::SUCCESS)
 }
