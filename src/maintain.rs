@@ -229,11 +229,7 @@ fn delete_unneeded(
                 }
                 false
             },
-            |e| {
-                if let Some(seg) = table.get(e.slot) {
-                    seg.usage.died(e.record_len());
-                }
-            },
+            |e| table.retire(e),
         );
         report.entries_swept += swept as u64;
     }

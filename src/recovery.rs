@@ -585,16 +585,11 @@ impl Replay<'_> {
             };
             // Every record that ends up without an entry pointing at it is dead; the
             // segments' byte accounting starts from here (see `log::Usage`).
-            let retire = |e: &Entry| {
-                if let Some(seg) = table.get(e.slot) {
-                    seg.usage.died(e.record_len());
-                }
-            };
             if !op.remove && op.expires > self.now {
                 let entry = Entry::new(op.hash as u32, op.loc, op.expires, op.len as usize);
                 match stripe.slot(op.hash, same_key) {
                     Slot::Occupied(mut o) => {
-                        retire(o.get());
+                        table.retire(o.get());
                         *o.get_mut() = entry;
                     }
                     Slot::Vacant(v, _) => {
@@ -604,7 +599,7 @@ impl Replay<'_> {
                 stripe.note_expiry(&entry);
             } else {
                 if let Some(old) = stripe.remove(op.hash, same_key) {
-                    retire(&old);
+                    table.retire(&old);
                 }
                 if !op.remove {
                     // An expired claim: never pointed at.

@@ -453,7 +453,7 @@ impl Store {
             let claimed_until = header.map_or(0, |h| h.expires);
             if claimed_until <= now {
                 // Already expired: recovery would not bring it back either.
-                retire(table, &entry.remove().0);
+                table.retire(&entry.remove().0);
                 return Ok(false);
             }
             let a = inner.log.append(RecordSpec {
@@ -462,7 +462,7 @@ impl Store {
                 time: now,
                 expires: claimed_until,
             })?;
-            retire(table, &entry.remove().0);
+            table.retire(&entry.remove().0);
             stripe.counters.removes += 1;
             a.lsn_end
         };
@@ -686,7 +686,7 @@ fn install(
     let entry = Entry::new(hash as u32, a.loc, expires, encoded_len(key.len(), 0));
     let replaced = match stripe.slot(hash, same_key) {
         Slot::Occupied(mut o) => {
-            retire(table, o.get());
+            table.retire(o.get());
             *o.get_mut() = entry;
             true
         }
@@ -697,13 +697,6 @@ fn install(
     };
     stripe.note_expiry(&entry);
     replaced
-}
-
-/// Tells the segment an entry pointed into that the entry's record is dead.
-fn retire(table: &SegmentTable, e: &Entry) {
-    if let Some(seg) = table.get(e.slot) {
-        seg.usage.died(e.record_len());
-    }
 }
 
 /// The single-key claim, under the key's stripe lock.
@@ -749,7 +742,7 @@ fn claim_locked(
             }
             let a = inner.log.append(spec)?;
             let entry = Entry::new(hash as u32, a.loc, expires, record_len);
-            retire(table, o.get());
+            table.retire(o.get());
             *o.get_mut() = entry;
             *wait = a.lsn_end;
             (true, entry)

@@ -368,6 +368,14 @@ impl SegmentTable {
         peek_trusted(rec)
     }
 
+    /// Tells the segment `entry` points into that the entry is gone, so its record is dead
+    /// (see `Usage`). Called for every entry that is replaced, removed or swept.
+    pub(crate) fn retire(&self, entry: &crate::index::Entry) {
+        if let Some(seg) = self.get(entry.slot) {
+            seg.usage.died(entry.record_len());
+        }
+    }
+
     /// Number of installed segments.
     pub(crate) fn len(&self) -> usize {
         self.installed.load(Ordering::Relaxed)
