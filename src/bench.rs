@@ -16,7 +16,7 @@ use crate::options::Options;
 
 /// Encodes a claim record into `out` (exactly `encoded_len(key.len(), 0)` bytes).
 pub fn encode_claim(out: &mut [u8], key: &[u8], time: u64, expires: u64) {
-    encode_record(out, RecordKind::Claim, key, &[], time, expires);
+    encode_record(out, RecordKind::Claim, key, &[], 0, time, expires);
 }
 
 /// The lock-striped index on its own. Keys are stood in for by `id`s kept in the entries'
@@ -91,12 +91,7 @@ impl Log {
     /// Appends one claim record, as `Store::claim` does once it knows the key is new.
     pub fn append_claim(&self, key: &[u8], time: u64, expires: u64) -> Result<()> {
         self.log
-            .append(RecordSpec {
-                kind: RecordKind::Claim,
-                key,
-                time,
-                expires,
-            })
+            .append(RecordSpec::plain(RecordKind::Claim, key, time, expires))
             .map(|_| ())
     }
 

@@ -72,6 +72,41 @@ pub enum Error {
         /// What failed first.
         reason: String,
     },
+    /// A payload fingerprint passed to
+    /// [`begin_with_fingerprint`](crate::Store::begin_with_fingerprint) is empty or longer
+    /// than [`MAX_FINGERPRINT_LEN`](crate::MAX_FINGERPRINT_LEN) bytes.
+    ///
+    /// Fix the caller: pass a digest of the payload, such as [`fingerprint`](crate::fingerprint)
+    /// or a SHA-256.
+    InvalidFingerprint {
+        /// Length of the rejected fingerprint in bytes.
+        len: usize,
+        /// The largest accepted length.
+        max: usize,
+    },
+    /// The outcome passed to [`complete`](crate::Store::complete) is longer than
+    /// [`MAX_OUTCOME_LEN`](crate::MAX_OUTCOME_LEN) bytes. Nothing was changed: the ticket
+    /// still holds its lease.
+    ///
+    /// Fix the caller: store a reference (an id, a URL) to a large result instead.
+    OutcomeTooLarge {
+        /// Length of the rejected outcome in bytes.
+        len: usize,
+        /// The largest accepted length.
+        max: usize,
+    },
+    /// The [`Ticket`](crate::Ticket) no longer holds its key, so `complete`, `abandon` or
+    /// `extend` did nothing: its lease ran out and another attempt acquired the key, or the
+    /// attempt was already completed or abandoned, or the key was removed.
+    ///
+    /// Whatever this attempt did is not recorded. If its side effect ran, the attempt that
+    /// holds the key now must find that out (its ticket's attempt number is higher).
+    StaleTicket {
+        /// The stale ticket's attempt number.
+        attempt: u32,
+        /// Why the ticket is stale.
+        reason: String,
+    },
     /// An operating-system I/O error.
     Io {
         /// What oncelog was doing.
@@ -167,6 +202,17 @@ impl fmt::Display for Error {
                     f,
                     "store is poisoned after an earlier failure ({reason}); reopen it"
                 )
+            }
+            Error::InvalidFingerprint { len, max } => write!(
+                f,
+                "invalid fingerprint of {len} bytes: fingerprints must be 1 to {max} bytes"
+            ),
+            Error::OutcomeTooLarge { len, max } => write!(
+                f,
+                "outcome of {len} bytes is too large: outcomes are at most {max} bytes"
+            ),
+            Error::StaleTicket { attempt, reason } => {
+                write!(f, "ticket of attempt {attempt} is stale: {reason}")
             }
             Error::Io { op, path, .. } => write!(f, "{op} {}", path.display()),
         }

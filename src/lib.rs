@@ -45,6 +45,7 @@ mod failpoint;
 pub mod format;
 mod fs;
 mod index;
+mod lease;
 mod log;
 mod maintain;
 mod options;
@@ -53,14 +54,15 @@ mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Corruption, CorruptionKind, Error, Result};
-pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use format::{MAX_FINGERPRINT_LEN, MAX_KEY_LEN, MAX_OUTCOME_LEN, MAX_VALUE_LEN};
+pub use lease::{fingerprint, Begin, Ticket};
 pub use maintain::CompactionReport;
 pub use options::{
-    Durability, OpenProgress, Options, RecoveryMode, DEFAULT_COMPACTION_THRESHOLD,
-    DEFAULT_MAINTENANCE_INTERVAL, DEFAULT_SEGMENT_SIZE, DEFAULT_STRIPES, MAX_SEGMENT_SIZE,
-    MIN_SEGMENT_SIZE,
+    Durability, OpenProgress, Options, RecoveryMode, DEFAULT_ATTEMPT_MEMORY,
+    DEFAULT_COMPACTION_THRESHOLD, DEFAULT_MAINTENANCE_INTERVAL, DEFAULT_SEGMENT_SIZE,
+    DEFAULT_STRIPES, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
-pub use store::{Claim, Seen, Stats, Store};
+pub use store::{Claim, KeyState, Seen, Stats, Store};
 
 /// The README's examples, compiled and run as doctests so that they stay true.
 #[cfg(doctest)]

@@ -328,12 +328,12 @@ fn compact_segment(
             Error::corruption(&seg.path, pos as u64, CorruptionKind::MalformedRecord)
         })?;
         let len = rec.len;
-        let claim = rec.header.kind == RecordKind::Claim;
+        let claim = rec.header.kind.is_state();
         let hash = if claim { (inner.hasher)(rec.key) } else { 0 };
         let keep = match rec.header.kind {
             RecordKind::Seal => break,
             RecordKind::Remove => rec.header.expires > now,
-            RecordKind::Claim => {
+            RecordKind::Claim | RecordKind::Lease | RecordKind::Done => {
                 let loc = crate::log::Location {
                     slot,
                     offset: pos as u32,

@@ -97,6 +97,7 @@ pub struct Options {
     pub(crate) compaction_threshold: f64,
     pub(crate) hints: bool,
     pub(crate) open_progress: Option<ProgressFn>,
+    pub(crate) attempt_memory: Duration,
 }
 
 /// The callback of [`Options::open_progress`].
@@ -119,6 +120,8 @@ pub struct OpenProgress {
 
 /// Default pause between background maintenance runs.
 pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Default for [`Options::attempt_memory`]: a day.
+pub const DEFAULT_ATTEMPT_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// Default compaction threshold: a sealed segment is rewritten once less than half of it
 /// must be kept.
 pub const DEFAULT_COMPACTION_THRESHOLD: f64 = 0.5;
@@ -145,6 +148,7 @@ impl Options {
             compaction_threshold: DEFAULT_COMPACTION_THRESHOLD,
             hints: true,
             open_progress: None,
+            attempt_memory: DEFAULT_ATTEMPT_MEMORY,
         }
     }
 
@@ -219,6 +223,19 @@ impl Options {
     /// needed). Higher means less disk and more rewriting.
     pub fn compaction_threshold(mut self, fraction: f64) -> Options {
         self.compaction_threshold = fraction;
+        self
+    }
+
+    /// How long a lease's attempt is remembered after the lease's deadline (its holder
+    /// crashed, or abandoned it), so that the next [`begin`](crate::Store::begin) of the key
+    /// reports the next attempt number, and the handler knows an earlier attempt may have
+    /// got half way. Default: [`DEFAULT_ATTEMPT_MEMORY`] (24 hours).
+    ///
+    /// The cost: a key that was ever leased stays on disk and in the index for at least
+    /// this long after its lease's deadline, even if its outcome's TTL is shorter. Stores
+    /// that only use [`claim`](crate::Store::claim) are not affected.
+    pub fn attempt_memory(mut self, d: Duration) -> Options {
+        self.attempt_memory = d;
         self
     }
 
@@ -312,6 +329,7 @@ impl fmt::Debug for Options {
             .field("maintenance_interval", &self.maintenance_interval)
             .field("compaction_threshold", &self.compaction_threshold)
             .field("hints", &self.hints)
+            .field("attempt_memory", &self.attempt_memory)
             .finish_non_exhaustive()
     }
 }
@@ -336,6 +354,7 @@ mod tests {
         assert_eq!(o.compaction_threshold, 0.5);
         assert!(o.hints);
         assert!(o.open_progress.is_none());
+        assert_eq!(o.attempt_memory, Duration::from_secs(24 * 3600));
         let d = Options::default();
         assert_eq!(d.durability, o.durability);
         assert_eq!(d.segment_size, o.segment_size);

@@ -470,7 +470,7 @@ fn scan_segment(
                 scan.end = pos;
                 break;
             }
-            RecordKind::Claim | RecordKind::Remove => {
+            RecordKind::Claim | RecordKind::Remove | RecordKind::Lease | RecordKind::Done => {
                 let loc = Location {
                     slot,
                     offset: pos as u32,
@@ -612,6 +612,15 @@ impl Replay<'_> {
         drop(current);
         self.ops.clear();
     }
+}
+
+/// 64 random bits: the process's random hasher keys (seeded by the OS) mixed with the
+/// sources of `new_store_id`.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(new_store_id());
+    h.finish()
 }
 
 /// A directory id that differs between directories with overwhelming probability; not

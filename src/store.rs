@@ -20,13 +20,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use hashbrown::HashTable;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::clock::{from_millis, to_millis, Clock};
 use crate::error::{Error, Result};
-use crate::format::{encoded_len, RecordHeader, RecordKind, MAX_KEY_LEN};
+use crate::format::{encode_state, encoded_len, RecordHeader, RecordKind, StateValue, MAX_KEY_LEN};
 use crate::index::{Counters, Entry, Index, Slot, Stripe};
+use crate::lease::{classify, KeyStatus, Memory};
 use crate::log::{Appended, Log, RecordSpec, SegmentTable};
 use crate::maintain::{self, CompactionReport, MaintConfig, Maintenance};
 use crate::options::{Durability, Options};
@@ -53,17 +55,63 @@ impl Claim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Seen {
-    /// When the key was claimed (the clock's time at that claim).
+    /// When the key was claimed, or when its first attempt began (the clock's time).
     pub first_seen: SystemTime,
-    /// When the claim expires and the key may be claimed anew.
+    /// When the key may be claimed anew: the claim's or the outcome's expiry, or, while
+    /// the key is in flight, its lease's deadline.
     pub expires_at: SystemTime,
+    /// The outcome stored by [`Store::complete`], if any (an empty outcome reads as
+    /// `None`, as does a key done by [`Store::claim`]).
+    pub outcome: Option<Bytes>,
+    /// The attempt that claimed, holds or completed the key: 1 for a key done by `claim`,
+    /// and for a first attempt; one more for each earlier attempt whose lease ran out or
+    /// was abandoned.
+    pub attempt: u32,
+    /// Whether the key is done or still being worked on.
+    pub state: KeyState,
+}
+
+/// Where a key [`Seen`] by the store stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyState {
+    /// Done by [`Store::claim`].
+    Claimed,
+    /// Held by an attempt of [`Store::begin`] whose lease has not run out.
+    InFlight,
+    /// Done by [`Store::complete`], with its outcome.
+    Completed,
 }
 
 impl Seen {
-    fn from_header(h: &RecordHeader) -> Seen {
+    /// What a key's newest record says, if it still holds the key (`until > now`).
+    pub(crate) fn from_record(h: &RecordHeader, state: Option<&StateValue<'_>>) -> Seen {
+        let (kind, until) = match (h.kind, state) {
+            (RecordKind::Lease, Some(s)) => (KeyState::InFlight, s.until),
+            // A done record without token was written by `claim` (of a key with past
+            // attempts), not by `complete`.
+            (RecordKind::Done, Some(s)) if s.token == 0 => (KeyState::Claimed, s.until),
+            (RecordKind::Done, Some(s)) => (KeyState::Completed, s.until),
+            _ => (KeyState::Claimed, h.expires),
+        };
         Seen {
             first_seen: from_millis(h.time),
-            expires_at: from_millis(h.expires),
+            expires_at: from_millis(until),
+            outcome: state
+                .filter(|s| !s.outcome.is_empty())
+                .map(|s| Bytes::copy_from_slice(s.outcome)),
+            attempt: h.attempt.max(1),
+            state: kind,
+        }
+    }
+
+    fn claimed(time: u64, expires: u64) -> Seen {
+        Seen {
+            first_seen: from_millis(time),
+            expires_at: from_millis(expires),
+            outcome: None,
+            attempt: 1,
+            state: KeyState::Claimed,
         }
     }
 }
@@ -88,8 +136,16 @@ pub struct Stats {
     pub duplicates: u64,
     /// `New` claims that replaced an expired entry of the same key.
     pub expired: u64,
-    /// Keys removed by `remove`.
+    /// Keys removed by `remove` (that were held).
     pub removes: u64,
+    /// Leases acquired by `begin`.
+    pub acquired: u64,
+    /// Attempts completed by `complete`.
+    pub completed: u64,
+    /// Attempts abandoned by `abandon`.
+    pub abandoned: u64,
+    /// Leases extended by `extend`.
+    pub extended: u64,
     /// Syncs (fsync-equivalents) of segment data since open.
     pub syncs: u64,
     /// Records replayed when the store opened.
@@ -140,10 +196,25 @@ pub(crate) struct Inner {
     recovery: RecoveryStats,
     pub(crate) maint: Maintenance,
     pub(crate) maint_config: MaintConfig,
+    /// `Options::attempt_memory`, ms.
+    pub(crate) attempt_memory_ms: u64,
+    /// Seed and counter of lease tokens (see `new_token`).
+    token_seed: u64,
+    tokens: std::sync::atomic::AtomicU64,
     /// Test failpoint: the next maintenance run panics.
     #[cfg(test)]
     pub(crate) panic_in_maintenance: std::sync::atomic::AtomicBool,
     _lock: File,
+}
+
+impl Inner {
+    /// A fresh lease token: never 0, and unique among this store's leases with
+    /// overwhelming probability (a random seed per open, mixed with a counter).
+    pub(crate) fn new_token(&self) -> u64 {
+        let n = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let t = xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.token_seed);
+        t.max(1)
+    }
 }
 
 /// A background thread (flusher or maintenance) and the flag that stops it.
@@ -248,6 +319,9 @@ impl Store {
             log,
             recovery,
             maint: Maintenance::default(),
+            attempt_memory_ms: u64::try_from(opts.attempt_memory.as_millis()).unwrap_or(u64::MAX),
+            token_seed: recovery::random_u64(),
+            tokens: std::sync::atomic::AtomicU64::new(0),
             maint_config: MaintConfig {
                 threshold: opts.compaction_threshold,
                 hints: opts.hints,
@@ -342,7 +416,7 @@ impl Store {
         let mut answers: Vec<Option<Claim>> = vec![None; keys.len()];
         // Keys answered New in this batch, to answer their repeats within it.
         let mut fresh: HashTable<usize> = HashTable::new();
-        let mut to_write: Vec<usize> = Vec::new();
+        let mut to_write: Vec<(usize, Option<Memory>)> = Vec::new();
         let table = &inner.log.table;
         for (i, key) in keys.iter().enumerate() {
             let key = key.as_ref();
@@ -355,43 +429,39 @@ impl Store {
             };
             if repeat {
                 stripe.counters.duplicates += 1;
-                answers[i] = Some(Claim::Duplicate(Seen {
-                    first_seen: from_millis(now),
-                    expires_at: from_millis(expires),
-                }));
+                answers[i] = Some(Claim::Duplicate(Seen::claimed(now, expires)));
                 continue;
             }
             match lookup(table, stripe, key, hash, now) {
-                Found::Live(h, lsn_end) => {
+                Found::Live(seen, lsn_end) => {
                     wait = wait.max(lsn_end);
                     stripe.counters.duplicates += 1;
-                    answers[i] = Some(Claim::Duplicate(Seen::from_header(&h)));
+                    answers[i] = Some(Claim::Duplicate(seen));
                 }
-                Found::Expired | Found::Absent => {
+                Found::Free(memory) => {
                     fresh.insert_unique(hash, i, |&j| hashes.get(j).copied().unwrap_or(0));
-                    to_write.push(i);
+                    to_write.push((i, memory));
                 }
             }
         }
+        let mut values: Vec<Vec<u8>> = vec![Vec::new(); to_write.len()];
         let specs: Vec<RecordSpec<'_>> = to_write
             .iter()
-            .filter_map(|&i| keys.get(i))
-            .map(|k| RecordSpec {
-                kind: RecordKind::Claim,
-                key: k.as_ref(),
-                time: now,
-                expires,
+            .zip(values.iter_mut())
+            .filter_map(|(&(i, memory), value)| {
+                let key = keys.get(i)?.as_ref();
+                Some(claim_spec(key, memory, now, expires, value))
             })
             .collect();
         let mut written: Vec<Appended> = Vec::with_capacity(specs.len());
         inner.log.append_all(&specs, |_, a| written.push(a))?;
-        for (&i, a) in to_write.iter().zip(&written) {
-            let key = keys.get(i).map(|k| k.as_ref()).unwrap_or(&[]);
+        for ((&(i, _), a), spec) in to_write.iter().zip(&written).zip(&specs) {
+            let key = spec.key;
             let hash = hashes.get(i).copied().unwrap_or(0);
             let Some(stripe) = guards.get_mut(guard_of(hash)) else {
                 continue;
             };
-            let replaced = install(table, stripe, key, hash, *a, expires);
+            let replaced = install(table, stripe, key, hash, *a, spec);
             let c = &mut stripe.counters;
             c.new += 1;
             c.expired_reclaimed += u64::from(replaced);
@@ -420,16 +490,18 @@ impl Store {
             lookup(&inner.log.table, &mut stripe, key, hash, now)
         };
         match found {
-            Found::Live(h, lsn_end) => {
+            Found::Live(seen, lsn_end) => {
                 self.settle(lsn_end)?;
-                Ok(Some(Seen::from_header(&h)))
+                Ok(Some(seen))
             }
-            Found::Expired | Found::Absent => Ok(None),
+            Found::Free(_) => Ok(None),
         }
     }
 
-    /// Forgets `key` so that it can be claimed again; `true` if it was claimed. The removal
-    /// is durable as the store's [`Durability`] says, and is never undone by a restart.
+    /// Forgets `key` so that it can be claimed again; `true` if it was claimed, completed or
+    /// in flight (a lease's ticket is then stale). The removal is durable as the store's
+    /// [`Durability`] says, and is never undone by a restart. It also forgets the key's past
+    /// attempts.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = key.as_ref();
         check_key(key)?;
@@ -437,12 +509,12 @@ impl Store {
         let now = to_millis(inner.clock.now());
         let hash = (inner.hasher)(key);
         let table = &inner.log.table;
-        let wait = {
+        let (wait, held) = {
             let mut stripe = inner.index.lock(hash);
-            let mut header = None;
-            let slot = stripe.slot(hash, |e| match table.record(e.location()) {
-                Some((h, k)) if k == key => {
-                    header = Some(h);
+            let mut current = None;
+            let slot = stripe.slot(hash, |e| match table.record_with_value(e.location()) {
+                Some((h, k, v)) if k == key => {
+                    current = Some((h, v));
                     true
                 }
                 _ => false,
@@ -450,24 +522,22 @@ impl Store {
             let Slot::Occupied(entry) = slot else {
                 return Ok(false);
             };
-            let claimed_until = header.map_or(0, |h| h.expires);
-            if claimed_until <= now {
+            let Some((h, v)) = current.filter(|(h, _)| h.expires > now) else {
                 // Already expired: recovery would not bring it back either.
                 table.retire(&entry.remove().0);
                 return Ok(false);
-            }
-            let a = inner.log.append(RecordSpec {
-                kind: RecordKind::Remove,
-                key,
-                time: now,
-                expires: claimed_until,
-            })?;
+            };
+            let held = matches!(classify(&h, v, now), KeyStatus::Held(..));
+            // The tombstone hides the record until that record's own `expires`.
+            let a = inner
+                .log
+                .append(RecordSpec::plain(RecordKind::Remove, key, now, h.expires))?;
             table.retire(&entry.remove().0);
-            stripe.counters.removes += 1;
-            a.lsn_end
+            stripe.counters.removes += u64::from(held);
+            (a.lsn_end, held)
         };
         self.settle(wait)?;
-        Ok(true)
+        Ok(held)
     }
 
     /// Makes everything acknowledged so far durable, whatever the store's [`Durability`].
@@ -492,6 +562,10 @@ impl Store {
             c.duplicates += st.counters.duplicates;
             c.expired_reclaimed += st.counters.expired_reclaimed;
             c.removes += st.counters.removes;
+            c.acquired += st.counters.acquired;
+            c.completed += st.counters.completed;
+            c.abandoned += st.counters.abandoned;
+            c.extended += st.counters.extended;
         });
         s.keys = keys;
         s.index_bytes = index_bytes;
@@ -502,6 +576,10 @@ impl Store {
         s.claims = c.new + c.duplicates;
         s.expired = c.expired_reclaimed;
         s.removes = c.removes;
+        s.acquired = c.acquired;
+        s.completed = c.completed;
+        s.abandoned = c.abandoned;
+        s.extended = c.extended;
         s.syncs = inner.log.syncs();
         s.recovered_records = inner.recovery.records;
         s.recovery_truncated_bytes = inner.recovery.truncated_bytes;
@@ -605,8 +683,12 @@ impl Store {
         self.inner.log.sync()
     }
 
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
     /// Now, and the expiry of a claim made now with `ttl`, in ms since the epoch.
-    fn window(&self, ttl: Duration) -> Result<(u64, u64)> {
+    pub(crate) fn window(&self, ttl: Duration) -> Result<(u64, u64)> {
         if ttl.is_zero() {
             return Err(Error::InvalidTtl { ttl });
         }
@@ -621,7 +703,7 @@ impl Store {
     }
 
     /// Waits, under `Sync`, until the log is durable up to `lsn_end`.
-    fn settle(&self, lsn_end: u64) -> Result<()> {
+    pub(crate) fn settle(&self, lsn_end: u64) -> Result<()> {
         match self.inner.durability {
             Durability::Sync if lsn_end > 0 => self.inner.log.wait_durable(lsn_end),
             _ => Ok(()),
@@ -635,7 +717,7 @@ impl Drop for Store {
     }
 }
 
-fn check_key(key: &[u8]) -> Result<()> {
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(Error::InvalidKey {
             len: key.len(),
@@ -646,44 +728,106 @@ fn check_key(key: &[u8]) -> Result<()> {
 }
 
 enum Found {
-    /// Claimed and not expired; the record ends at this lsn.
-    Live(RecordHeader, u64),
-    /// Has an entry whose claim has expired.
-    Expired,
-    Absent,
+    /// Held (claimed, completed or in flight); the record ends at this lsn.
+    Live(Seen, u64),
+    /// Free, remembering past attempts or not.
+    Free(Option<Memory>),
+}
+
+/// The lsn at which the record `e` points at ends.
+pub(crate) fn record_end(table: &SegmentTable, e: &Entry, h: &RecordHeader) -> u64 {
+    let id = table.get(e.slot).map_or(u64::MAX >> 32, |s| s.id);
+    let len = encoded_len(usize::from(h.key_len), h.value_len as usize);
+    crate::log::lsn(id, e.offset as usize + len)
 }
 
 fn lookup(table: &SegmentTable, stripe: &mut Stripe, key: &[u8], hash: u64, now: u64) -> Found {
-    let mut header = None;
-    let found = stripe.find(hash, |e| match table.record(e.location()) {
-        Some((h, k)) if k == key => {
-            header = Some(h);
+    let mut current = None;
+    stripe.find(hash, |e| match table.record_with_value(e.location()) {
+        Some((h, k, v)) if k == key => {
+            current = Some((h, v, record_end(table, e, &h)));
             true
         }
         _ => false,
     });
-    match (found, header) {
-        (Some(e), Some(h)) if h.expires > now => {
-            let id = table.get(e.slot).map_or(u64::MAX >> 32, |s| s.id);
-            let lsn_end = crate::log::lsn(id, e.offset as usize + encoded_len(key.len(), 0));
-            Found::Live(h, lsn_end)
-        }
-        (Some(_), _) => Found::Expired,
-        (None, _) => Found::Absent,
+    let Some((h, v, end)) = current else {
+        return Found::Free(None);
+    };
+    match classify(&h, v, now) {
+        KeyStatus::Held(h, s) => Found::Live(Seen::from_record(&h, s.as_ref()), end),
+        KeyStatus::Free(m) => Found::Free(Some(m)),
+        KeyStatus::Absent => Found::Free(None),
     }
 }
 
-/// Points the key's entry at its new record; `true` if it replaced an (expired) entry.
+/// A claim of a key that is free: a plain claim record, or, if the key remembers past
+/// attempts, a done record that keeps that memory's `expires` (retention is monotone, see
+/// `lease`). `value` holds the done record's value.
+fn claim_spec<'a>(
+    key: &'a [u8],
+    memory: Option<Memory>,
+    now: u64,
+    expires: u64,
+    value: &'a mut Vec<u8>,
+) -> RecordSpec<'a> {
+    let Some(m) = memory else {
+        return RecordSpec::plain(RecordKind::Claim, key, now, expires);
+    };
+    encode_state(
+        value,
+        &StateValue {
+            token: 0,
+            until: expires,
+            fingerprint: &[],
+            outcome: &[],
+        },
+    );
+    RecordSpec {
+        kind: RecordKind::Done,
+        key,
+        value,
+        attempt: m.next_attempt,
+        time: m.first_seen,
+        expires: expires.max(m.keep),
+    }
+}
+
+/// Appends `spec` and points the key's entry (found under its stripe lock as `slot`) at
+/// it; the record the entry pointed at dies. Returns the entry, whether it replaced one,
+/// and the lsn the record ends at. The caller then notes the entry's expiry in the stripe.
+pub(crate) fn write_entry(
+    inner: &Inner,
+    slot: Slot<'_>,
+    hash: u64,
+    spec: &RecordSpec<'_>,
+) -> Result<(Entry, bool, u64)> {
+    let a = inner.log.append(*spec)?;
+    let entry = Entry::new(hash as u32, a.loc, spec.expires, spec.len());
+    let replaced = match slot {
+        Slot::Occupied(mut o) => {
+            inner.log.table.retire(o.get());
+            *o.get_mut() = entry;
+            true
+        }
+        Slot::Vacant(v, _) => {
+            v.insert(entry);
+            false
+        }
+    };
+    Ok((entry, replaced, a.lsn_end))
+}
+
+/// Points the key's entry at its new record; `true` if it replaced an entry.
 fn install(
     table: &SegmentTable,
     stripe: &mut Stripe,
     key: &[u8],
     hash: u64,
     a: Appended,
-    expires: u64,
+    spec: &RecordSpec<'_>,
 ) -> bool {
     let same_key = |e: &Entry| table.record(e.location()).is_some_and(|(_, k)| k == key);
-    let entry = Entry::new(hash as u32, a.loc, expires, encoded_len(key.len(), 0));
+    let entry = Entry::new(hash as u32, a.loc, spec.expires, spec.len());
     let replaced = match stripe.slot(hash, same_key) {
         Slot::Occupied(mut o) => {
             table.retire(o.get());
@@ -710,51 +854,28 @@ fn claim_locked(
     wait: &mut u64,
 ) -> Result<Claim> {
     let table = &inner.log.table;
-    let mut header = None;
-    let slot = stripe.slot(hash, |e| match table.record(e.location()) {
-        Some((h, k)) if k == key => {
-            header = Some(h);
+    let mut current = None;
+    let slot = stripe.slot(hash, |e| match table.record_with_value(e.location()) {
+        Some((h, k, v)) if k == key => {
+            current = Some((h, v, record_end(table, e, &h)));
             true
         }
         _ => false,
     });
-    let spec = RecordSpec {
-        kind: RecordKind::Claim,
-        key,
-        time: now,
-        expires,
-    };
-    let record_len = encoded_len(key.len(), 0);
-    let (replaced, entry) = match slot {
-        Slot::Occupied(mut o) => {
-            let h = header.unwrap_or(RecordHeader {
-                kind: RecordKind::Claim,
-                key_len: 0,
-                value_len: 0,
-                time: 0,
-                expires: 0,
-            });
-            if h.expires > now {
-                let id = table.get(o.get().slot).map_or(u64::MAX >> 32, |s| s.id);
-                *wait = crate::log::lsn(id, o.get().offset as usize + encoded_len(key.len(), 0));
-                stripe.counters.duplicates += 1;
-                return Ok(Claim::Duplicate(Seen::from_header(&h)));
-            }
-            let a = inner.log.append(spec)?;
-            let entry = Entry::new(hash as u32, a.loc, expires, record_len);
-            table.retire(o.get());
-            *o.get_mut() = entry;
-            *wait = a.lsn_end;
-            (true, entry)
+    let status = current.map_or(KeyStatus::Absent, |(h, v, _)| classify(&h, v, now));
+    let memory = match status {
+        KeyStatus::Held(h, s) => {
+            *wait = current.map_or(0, |c| c.2);
+            stripe.counters.duplicates += 1;
+            return Ok(Claim::Duplicate(Seen::from_record(&h, s.as_ref())));
         }
-        Slot::Vacant(v, h) => {
-            let a = inner.log.append(spec)?;
-            let entry = Entry::new(h, a.loc, expires, record_len);
-            v.insert(entry);
-            *wait = a.lsn_end;
-            (false, entry)
-        }
+        KeyStatus::Free(m) => Some(m),
+        KeyStatus::Absent => None,
     };
+    let mut value = Vec::new();
+    let spec = claim_spec(key, memory, now, expires, &mut value);
+    let (entry, replaced, lsn_end) = write_entry(inner, slot, hash, &spec)?;
+    *wait = lsn_end;
     stripe.note_expiry(&entry);
     stripe.counters.new += 1;
     stripe.counters.expired_reclaimed += u64::from(replaced);

@@ -21,7 +21,7 @@
 //! of the segment, in increasing offset order
 //!      0     8  hash         xxh3_64 of the record's key
 //!      8     4  offset       the record's offset in the segment
-//!     12     1  kind         1 = claim, 2 = remove (the record's kind byte)
+//!     12     1  kind         1 = claim, 2 = remove, 4 = lease, 5 = done (the record's kind byte)
 //!     13     1  reserved     0
 //!     14     2  len8         the record's length (padding included) divided by 8
 //!     16     8  expires      the record's expires field, ms since the epoch
@@ -103,7 +103,7 @@ pub struct HintEntry {
     pub hash: u64,
     /// The record's offset in the segment.
     pub offset: u32,
-    /// `RecordKind::Claim` or `RecordKind::Remove`; a hint has no seal entries.
+    /// The record's kind: anything but `RecordKind::Seal` (a hint has no seal entries).
     pub kind: RecordKind,
     /// The record's length in bytes, padding included (a multiple of 8).
     pub len: u32,
@@ -174,7 +174,7 @@ impl HintWriter {
 
     /// Appends one entry.
     pub fn push(&mut self, entry: &HintEntry) {
-        debug_assert!(matches!(entry.kind, RecordKind::Claim | RecordKind::Remove));
+        debug_assert!(entry.kind != RecordKind::Seal);
         debug_assert!(
             entry.len.is_multiple_of(LEN_UNIT) && entry.len / LEN_UNIT <= u32::from(u16::MAX)
         );
@@ -241,7 +241,7 @@ pub fn encode_hint(out: &mut Vec<u8>, header: &HintHeader, entries: &[HintEntry]
 /// the version (a newer one is `Version`, trusted only once the CRC holds); `header_len`,
 /// `entry_len` and the reserved fields; `data_end` (8-aligned, at least
 /// `SEGMENT_HEADER_LEN`, at most `u32::MAX`); the exact file length for `entries`; the
-/// trailer CRC; then every entry: kind claim or remove, reserved 0, offset 8-aligned and not
+/// trailer CRC; then every entry: kind not seal, reserved 0, offset 8-aligned and not
 /// inside the header or the previous entry's record (so offsets strictly increase), length
 /// from the shortest claim record to `MAX_RECORD_LEN`, and the record ending by `data_end`.
 pub fn decode_hint(bytes: &[u8]) -> Result<(HintHeader, HintEntries<'_>), HintError> {
@@ -337,11 +337,11 @@ impl Iterator for HintEntries<'_> {
 
 impl ExactSizeIterator for HintEntries<'_> {}
 
-/// Reads one entry: `None` if its kind is not claim or remove or its reserved byte is set.
+/// Reads one entry: `None` if its kind is unknown or seal, or its reserved byte is set.
 fn read_entry(chunk: &[u8]) -> Option<HintEntry> {
     let kind = match RecordKind::from_byte(*chunk.get(ENTRY_KIND_AT)?)? {
-        kind @ (RecordKind::Claim | RecordKind::Remove) => kind,
         RecordKind::Seal => return None,
+        kind => kind,
     };
     if *chunk.get(ENTRY_RESERVED_AT)? != 0 {
         return None;
@@ -614,7 +614,7 @@ mod tests {
         for (at, value) in [
             (ENTRY_KIND_AT, &[0u8][..]),
             (ENTRY_KIND_AT, &[3]),
-            (ENTRY_KIND_AT, &[4]),
+            (ENTRY_KIND_AT, &[6]),
             (ENTRY_RESERVED_AT, &[1]),
             (ENTRY_LEN8_AT, &[0, 0]),
         ] {

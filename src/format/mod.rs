@@ -15,17 +15,21 @@ pub use hint::{
     HINT_ENTRY_LEN, HINT_HEADER_LEN, HINT_MAGIC, HINT_TRAILER_LEN, HINT_VERSION,
 };
 pub use record::{
-    decode_record, encoded_len, DecodeError, Decoded, RecordHeader, RecordKind, SealInfo,
-    RECORD_ALIGN, RECORD_HEADER_LEN,
+    decode_record, decode_state, encoded_len, DecodeError, Decoded, RecordHeader, RecordKind,
+    SealInfo, StateValue, MAX_FINGERPRINT_LEN, RECORD_ALIGN, RECORD_HEADER_LEN, STATE_PREFIX_LEN,
 };
-pub(crate) use record::{encode_record, encode_seal, peek_trusted, SEAL_LEN};
+pub(crate) use record::{encode_record, encode_seal, encode_state, peek_trusted, SEAL_LEN};
 pub use segment::{HeaderError, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN, SEGMENT_MAGIC};
 
 /// The largest key, in bytes.
 pub const MAX_KEY_LEN: usize = 4096;
 
-/// The largest record payload, in bytes (room for stored outcomes later).
+/// The largest record payload, in bytes.
 pub const MAX_VALUE_LEN: usize = 32 * 1024;
+
+/// The largest outcome `complete` stores, in bytes.
+pub const MAX_OUTCOME_LEN: usize = 16 * 1024;
+const _: () = assert!(STATE_PREFIX_LEN + MAX_FINGERPRINT_LEN + MAX_OUTCOME_LEN <= MAX_VALUE_LEN);
 
 /// The largest possible record, padding included.
 pub const MAX_RECORD_LEN: usize = align_up(RECORD_HEADER_LEN + MAX_KEY_LEN + MAX_VALUE_LEN);

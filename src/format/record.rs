@@ -3,18 +3,33 @@
 //! ```text
 //! offset  size  field
 //!      0     4  crc       masked CRC-32 (IEEE) of bytes [4, len): header rest, key, value, padding
-//!      4     1  kind      1 = claim, 2 = remove, 3 = seal
-//!      5     1  flags     0 in format version 1
-//!      6     2  key_len   1..=4096 for claim and remove, 0 for seal
-//!      8     4  value_len 0 for claim and remove, 16 for seal
-//!     12     4  reserved  0 in format version 1
-//!     16     8  time      claim: first seen; remove: removed at; seal: sealed at (ms since epoch)
-//!     24     8  expires   claim: expires at; remove: expiry of the removed claim; seal: latest
-//!                         expiry of any claim in the segment (ms since epoch)
+//!      4     1  kind      1 = claim, 2 = remove, 3 = seal, 4 = lease, 5 = done
+//!      5     1  flags     0
+//!      6     2  key_len   1..=4096, 0 for seal
+//!      8     4  value_len 0 for claim and remove, 16 for seal, >= 24 for lease and done
+//!     12     4  attempt   lease and done: the attempt number (>= 1); 0 for the others
+//!     16     8  time      claim: first seen; lease, done: first seen (the chain's first
+//!                         attempt); remove: removed at; seal: sealed at (ms since epoch)
+//!     24     8  expires   how long the record matters (ms since epoch). claim: its expiry;
+//!                         lease, done: until when the record is kept (>= `until` below);
+//!                         remove: the `expires` of the record it hides; seal: the latest
+//!                         `expires` of any record in the segment
 //!     32     -  key, then value, then zero padding up to a multiple of 8 bytes
 //! ```
 //!
-//! All integers are little-endian.
+//! The value of a lease or done record (a key's two-phase state):
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  token     the attempt's fencing token (0: the attempt was abandoned)
+//!      8     8  until     lease: the lease's deadline; done: when the outcome expires (ms)
+//!     16     1  fp_len    0..=64: bytes of payload fingerprint
+//!     17     7  zero
+//!     24     -  fingerprint (fp_len bytes), then (done only) the outcome
+//! ```
+//!
+//! All integers are little-endian. Kinds 4 and 5 were added after the first release of
+//! format version 1; directories written before them contain none and read unchanged.
 
 use super::{align_up, le_u16, le_u32, le_u64, mask_crc, MAX_KEY_LEN, MAX_VALUE_LEN};
 
@@ -28,8 +43,8 @@ const KIND_AT: usize = CRC_AT + 4;
 const FLAGS_AT: usize = KIND_AT + 1;
 const KEY_LEN_AT: usize = FLAGS_AT + 1;
 const VALUE_LEN_AT: usize = KEY_LEN_AT + 2;
-const RESERVED_AT: usize = VALUE_LEN_AT + 4;
-const TIME_AT: usize = RESERVED_AT + 4;
+const ATTEMPT_AT: usize = VALUE_LEN_AT + 4;
+const TIME_AT: usize = ATTEMPT_AT + 4;
 const EXPIRES_AT: usize = TIME_AT + 8;
 const _: () = assert!(EXPIRES_AT + 8 == RECORD_HEADER_LEN);
 
@@ -47,6 +62,12 @@ pub enum RecordKind {
     Remove,
     /// Closes a segment; nothing valid follows it.
     Seal,
+    /// The key is held by an attempt until the lease's deadline (`begin`, `extend`,
+    /// `abandon`); after the deadline it is free, and the record only remembers the attempt.
+    Lease,
+    /// The key's work is done, with its outcome, until `until` (`complete`, or `claim` of a
+    /// key that has a lease history).
+    Done,
 }
 
 impl RecordKind {
@@ -56,6 +77,8 @@ impl RecordKind {
             RecordKind::Claim => 1,
             RecordKind::Remove => 2,
             RecordKind::Seal => 3,
+            RecordKind::Lease => 4,
+            RecordKind::Done => 5,
         }
     }
 
@@ -65,8 +88,19 @@ impl RecordKind {
             1 => Some(RecordKind::Claim),
             2 => Some(RecordKind::Remove),
             3 => Some(RecordKind::Seal),
+            4 => Some(RecordKind::Lease),
+            5 => Some(RecordKind::Done),
             _ => None,
         }
+    }
+
+    /// Whether a record of this kind states a key's state (and so can be what the key's
+    /// index entry points at): claim, lease, done. Removes and seals cannot.
+    pub fn is_state(self) -> bool {
+        matches!(
+            self,
+            RecordKind::Claim | RecordKind::Lease | RecordKind::Done
+        )
     }
 }
 
@@ -79,6 +113,8 @@ pub struct RecordHeader {
     pub key_len: u16,
     /// Length of the value in bytes.
     pub value_len: u32,
+    /// Lease and done records: the attempt number; 0 for the other kinds.
+    pub attempt: u32,
     /// First-seen, removal or seal time, ms since the epoch.
     pub time: u64,
     /// Expiry, ms since the epoch.
@@ -149,6 +185,7 @@ pub(crate) fn encode_record(
     kind: RecordKind,
     key: &[u8],
     value: &[u8],
+    attempt: u32,
     time: u64,
     expires: u64,
 ) {
@@ -158,6 +195,7 @@ pub(crate) fn encode_record(
     put(out, KIND_AT, &[kind.to_byte()]);
     put(out, KEY_LEN_AT, &(key.len() as u16).to_le_bytes());
     put(out, VALUE_LEN_AT, &(value.len() as u32).to_le_bytes());
+    put(out, ATTEMPT_AT, &attempt.to_le_bytes());
     put(out, TIME_AT, &time.to_le_bytes());
     put(out, EXPIRES_AT, &expires.to_le_bytes());
     put(out, RECORD_HEADER_LEN, key);
@@ -176,6 +214,7 @@ pub(crate) fn encode_seal(out: &mut [u8; SEAL_LEN], info: SealInfo, sealed_at: u
         RecordKind::Seal,
         &[],
         &value,
+        0,
         sealed_at,
         info.max_expires,
     );
@@ -216,29 +255,38 @@ pub fn decode_record(buf: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     let kind = RecordKind::from_byte(head.get(KIND_AT).copied().unwrap_or(0))
         .ok_or(DecodeError::Malformed)?;
     let flags = head.get(FLAGS_AT).copied().unwrap_or(0);
-    let reserved = le_u32(head, RESERVED_AT);
-    let lengths_ok = match kind {
-        RecordKind::Claim | RecordKind::Remove => key_len > 0 && value_len == 0,
-        RecordKind::Seal => key_len == 0 && value_len as usize == SEAL_VALUE_LEN,
-    };
+    let attempt = le_u32(head, ATTEMPT_AT);
     let data_end = RECORD_HEADER_LEN + usize::from(key_len) + value_len as usize;
-    let padding_zero = rec
-        .get(data_end..)
-        .is_some_and(|p| p.iter().all(|&b| b == 0));
-    if flags != 0 || reserved != 0 || !lengths_ok || !padding_zero {
-        return Err(DecodeError::Malformed);
-    }
     let key = rec
         .get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + usize::from(key_len))
         .ok_or(DecodeError::Malformed)?;
     let value = rec
         .get(RECORD_HEADER_LEN + usize::from(key_len)..data_end)
         .ok_or(DecodeError::Malformed)?;
+    let fields_ok = match kind {
+        RecordKind::Claim | RecordKind::Remove => key_len > 0 && value_len == 0 && attempt == 0,
+        RecordKind::Seal => key_len == 0 && value_len as usize == SEAL_VALUE_LEN && attempt == 0,
+        RecordKind::Lease | RecordKind::Done => {
+            let expires = le_u64(head, EXPIRES_AT);
+            key_len > 0
+                && attempt > 0
+                && decode_state(value).is_some_and(|s| {
+                    s.until <= expires && (kind == RecordKind::Done || s.outcome.is_empty())
+                })
+        }
+    };
+    let padding_zero = rec
+        .get(data_end..)
+        .is_some_and(|p| p.iter().all(|&b| b == 0));
+    if flags != 0 || !fields_ok || !padding_zero {
+        return Err(DecodeError::Malformed);
+    }
     Ok(Decoded {
         header: RecordHeader {
             kind,
             key_len,
             value_len,
+            attempt,
             time: le_u64(head, TIME_AT),
             expires: le_u64(head, EXPIRES_AT),
         },
@@ -249,22 +297,81 @@ pub fn decode_record(buf: &[u8]) -> Result<Decoded<'_>, DecodeError> {
 }
 
 /// Reads the fields of a record this process wrote itself (already validated), without
-/// recomputing its checksum: the hot path of duplicate detection.
-pub(crate) fn peek_trusted(buf: &[u8]) -> Option<(RecordHeader, &[u8])> {
+/// recomputing its checksum: the hot path of duplicate detection. `buf` holds at least the
+/// header and key; the value, if `buf` holds it too, is returned (empty otherwise).
+pub(crate) fn peek_trusted(buf: &[u8]) -> Option<(RecordHeader, &[u8], &[u8])> {
     let head = buf.get(..RECORD_HEADER_LEN)?;
     let kind = RecordKind::from_byte(*head.get(KIND_AT)?)?;
     let key_len = le_u16(head, KEY_LEN_AT);
-    let key = buf.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + usize::from(key_len))?;
+    let value_len = le_u32(head, VALUE_LEN_AT);
+    let key_end = RECORD_HEADER_LEN + usize::from(key_len);
+    let key = buf.get(RECORD_HEADER_LEN..key_end)?;
+    let value = buf
+        .get(key_end..key_end + value_len as usize)
+        .unwrap_or(&[]);
     Some((
         RecordHeader {
             kind,
             key_len,
-            value_len: le_u32(head, VALUE_LEN_AT),
+            value_len,
+            attempt: le_u32(head, ATTEMPT_AT),
             time: le_u64(head, TIME_AT),
             expires: le_u64(head, EXPIRES_AT),
         },
         key,
+        value,
     ))
+}
+
+/// Bytes before the fingerprint in a lease or done record's value.
+pub const STATE_PREFIX_LEN: usize = 24;
+
+/// The largest payload fingerprint, in bytes (a SHA-256 or SHA-512 digest fits).
+pub const MAX_FINGERPRINT_LEN: usize = 64;
+
+/// The value of a lease or done record, decoded in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateValue<'a> {
+    /// The attempt's fencing token; 0 once the attempt was abandoned.
+    pub token: u64,
+    /// Lease: its deadline; done: when the outcome expires (ms since the epoch).
+    pub until: u64,
+    /// The payload fingerprint given to `begin`, if any (empty if none).
+    pub fingerprint: &'a [u8],
+    /// The stored outcome (done records; empty for leases).
+    pub outcome: &'a [u8],
+}
+
+/// Decodes the value of a lease or done record; `None` if it is malformed.
+pub fn decode_state(value: &[u8]) -> Option<StateValue<'_>> {
+    let prefix = value.get(..STATE_PREFIX_LEN)?;
+    let fp_len = usize::from(*prefix.get(16)?);
+    if fp_len > MAX_FINGERPRINT_LEN || prefix.get(17..).is_some_and(|z| z.iter().any(|&b| b != 0)) {
+        return None;
+    }
+    let fingerprint = value.get(STATE_PREFIX_LEN..STATE_PREFIX_LEN + fp_len)?;
+    let outcome = value.get(STATE_PREFIX_LEN + fp_len..)?;
+    Some(StateValue {
+        token: le_u64(prefix, 0),
+        until: le_u64(prefix, 8),
+        fingerprint,
+        outcome,
+    })
+}
+
+/// Appends the encoded value of a lease or done record to `out`. The caller checked the
+/// fingerprint's length (at most `MAX_FINGERPRINT_LEN`; longer ones are cut).
+pub(crate) fn encode_state(out: &mut Vec<u8>, s: &StateValue<'_>) {
+    let fp = s
+        .fingerprint
+        .get(..s.fingerprint.len().min(MAX_FINGERPRINT_LEN))
+        .unwrap_or(&[]);
+    out.extend_from_slice(&s.token.to_le_bytes());
+    out.extend_from_slice(&s.until.to_le_bytes());
+    out.push(fp.len() as u8);
+    out.extend_from_slice(&[0u8; 7]);
+    out.extend_from_slice(fp);
+    out.extend_from_slice(s.outcome);
 }
 
 #[cfg(test)]
@@ -273,8 +380,82 @@ mod tests {
 
     fn encode(kind: RecordKind, key: &[u8], time: u64, expires: u64) -> Vec<u8> {
         let mut out = vec![0u8; encoded_len(key.len(), 0)];
-        encode_record(&mut out, kind, key, &[], time, expires);
+        encode_record(&mut out, kind, key, &[], 0, time, expires);
         out
+    }
+
+    fn encode_state_record(kind: RecordKind, s: &StateValue<'_>, expires: u64) -> Vec<u8> {
+        let mut value = Vec::new();
+        encode_state(&mut value, s);
+        let mut out = vec![0u8; encoded_len(3, value.len())];
+        encode_record(&mut out, kind, b"key", &value, 2, 10, expires);
+        out
+    }
+
+    #[test]
+    fn state_records_round_trip() {
+        let s = StateValue {
+            token: 0xfeed,
+            until: 500,
+            fingerprint: b"fp",
+            outcome: b"shipped",
+        };
+        let bytes = encode_state_record(RecordKind::Done, &s, 900);
+        let d = decode_record(&bytes).expect("decodes");
+        assert_eq!(d.header.kind, RecordKind::Done);
+        assert_eq!(
+            (d.header.attempt, d.header.time, d.header.expires),
+            (2, 10, 900)
+        );
+        assert_eq!(decode_state(d.value), Some(s));
+        let (h, k, v) = peek_trusted(&bytes).expect("peeks");
+        assert_eq!((h, k, v), (d.header, d.key, d.value));
+        for bit in 0..8 * bytes.len() {
+            let mut b = bytes.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_record(&b).is_err(), "flip of bit {bit} accepted");
+        }
+    }
+
+    #[test]
+    fn impossible_state_records_are_malformed_even_with_a_good_crc() {
+        let lease =
+            |s: &StateValue<'_>, expires| encode_state_record(RecordKind::Lease, s, expires);
+        let ok = StateValue {
+            token: 1,
+            until: 500,
+            fingerprint: b"",
+            outcome: b"",
+        };
+        assert!(decode_record(&lease(&ok, 500)).is_ok());
+        // Kept for less time than the state lasts.
+        assert_eq!(decode_record(&lease(&ok, 499)), Err(DecodeError::Malformed));
+        // A lease with an outcome.
+        let with_outcome = StateValue {
+            outcome: b"x",
+            ..ok
+        };
+        assert_eq!(
+            decode_record(&lease(&with_outcome, 500)),
+            Err(DecodeError::Malformed)
+        );
+        // Attempt 0, and a claim with an attempt.
+        let mut value = Vec::new();
+        encode_state(&mut value, &ok);
+        let mut out = vec![0u8; encoded_len(1, value.len())];
+        encode_record(&mut out, RecordKind::Lease, b"k", &value, 0, 1, 600);
+        assert_eq!(decode_record(&out), Err(DecodeError::Malformed));
+        let mut out = vec![0u8; encoded_len(1, 0)];
+        encode_record(&mut out, RecordKind::Claim, b"k", &[], 3, 1, 600);
+        assert_eq!(decode_record(&out), Err(DecodeError::Malformed));
+        // A value too short for its prefix, or a fingerprint length past the value.
+        assert_eq!(decode_state(&[0u8; 23]), None);
+        let mut v = vec![0u8; 24];
+        v[16] = 1;
+        assert_eq!(decode_state(&v), None);
+        v[16] = 65;
+        v.resize(24 + 65, 0);
+        assert_eq!(decode_state(&v), None);
     }
 
     #[test]
@@ -286,8 +467,8 @@ mod tests {
         assert_eq!(d.key, b"evt_1");
         assert_eq!((d.header.time, d.header.expires), (10, 20));
         assert_eq!(d.len, 40);
-        let (h, k) = peek_trusted(&bytes).expect("peeks");
-        assert_eq!((h, k), (d.header, d.key));
+        let (h, k, v) = peek_trusted(&bytes).expect("peeks");
+        assert_eq!((h, k, v), (d.header, d.key, d.value));
     }
 
     #[test]

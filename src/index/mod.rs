@@ -97,6 +97,10 @@ pub(crate) struct Counters {
     pub(crate) duplicates: u64,
     pub(crate) expired_reclaimed: u64,
     pub(crate) removes: u64,
+    pub(crate) acquired: u64,
+    pub(crate) completed: u64,
+    pub(crate) abandoned: u64,
+    pub(crate) extended: u64,
 }
 
 /// One lock's worth of the index.

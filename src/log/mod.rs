@@ -356,6 +356,15 @@ impl SegmentTable {
 
     /// Reads the header and key of the record at `loc`.
     pub(crate) fn record(&self, loc: Location) -> Option<(RecordHeader, &[u8])> {
+        self.read(loc, false).map(|(h, k, _)| (h, k))
+    }
+
+    /// Reads the header, key and value of the record at `loc`.
+    pub(crate) fn record_with_value(&self, loc: Location) -> Option<(RecordHeader, &[u8], &[u8])> {
+        self.read(loc, true)
+    }
+
+    fn read(&self, loc: Location, value: bool) -> Option<(RecordHeader, &[u8], &[u8])> {
         let seg = self.get(loc.slot)?;
         let offset = loc.offset as usize;
         // SAFETY: locations come from index entries, which only point at records whose
@@ -363,8 +372,16 @@ impl SegmentTable {
         // inserted; records are never rewritten in place. See `SegmentMap::published`.
         let head = unsafe { seg.map.published(offset, RECORD_HEADER_LEN) }?;
         let key_len = usize::from(u16::from_le_bytes([*head.get(6)?, *head.get(7)?]));
-        // SAFETY: as above; the key follows the header within the same record.
-        let rec = unsafe { seg.map.published(offset, RECORD_HEADER_LEN + key_len) }?;
+        let value_len = if value {
+            u32::from_le_bytes(head.get(8..12)?.try_into().ok()?) as usize
+        } else {
+            0
+        };
+        // SAFETY: as above; the key and value follow the header within the same record.
+        let rec = unsafe {
+            seg.map
+                .published(offset, RECORD_HEADER_LEN + key_len + value_len)
+        }?;
         peek_trusted(rec)
     }
 
@@ -446,8 +463,30 @@ const OVERLAP_MAX_WAITING: usize = 2;
 pub(crate) struct RecordSpec<'a> {
     pub(crate) kind: RecordKind,
     pub(crate) key: &'a [u8],
+    /// Empty for claims and removes; the encoded `StateValue` for leases and done records.
+    pub(crate) value: &'a [u8],
+    pub(crate) attempt: u32,
     pub(crate) time: u64,
     pub(crate) expires: u64,
+}
+
+impl<'a> RecordSpec<'a> {
+    /// A record without value or attempt (claim or remove).
+    pub(crate) fn plain(kind: RecordKind, key: &'a [u8], time: u64, expires: u64) -> Self {
+        RecordSpec {
+            kind,
+            key,
+            value: &[],
+            attempt: 0,
+            time,
+            expires,
+        }
+    }
+
+    /// Bytes the record takes in a segment.
+    pub(crate) fn len(&self) -> usize {
+        encoded_len(self.key.len(), self.value.len())
+    }
 }
 
 /// A segment created under its temporary name, with its appender and that name.
@@ -538,10 +577,18 @@ impl Log {
     pub(crate) fn append(&self, rec: RecordSpec<'_>) -> Result<Appended> {
         // Small records (every claim of a key up to ~200 bytes) are encoded and checksummed
         // before the writer lock is taken, so the lock covers little more than a copy.
-        let len = encoded_len(rec.key.len(), 0);
+        let len = rec.len();
         let mut buf = [0u8; PRE_ENCODED_MAX];
         let pre = buf.get_mut(..len).map(|b| {
-            encode_record(b, rec.kind, rec.key, &[], rec.time, rec.expires);
+            encode_record(
+                b,
+                rec.kind,
+                rec.key,
+                rec.value,
+                rec.attempt,
+                rec.time,
+                rec.expires,
+            );
             &*b
         });
         let mut out = None;
@@ -575,7 +622,7 @@ impl Log {
         let mut room = w.appender.remaining().saturating_sub(SEAL_LEN);
         let mut needed = 0usize;
         for rec in recs {
-            let len = encoded_len(rec.key.len(), 0);
+            let len = rec.len();
             if len > room {
                 needed += 1;
                 room = usable;
@@ -609,7 +656,7 @@ impl Log {
         }
         let mut spares = spares.into_iter();
         for (i, rec) in recs.iter().enumerate() {
-            let len = encoded_len(rec.key.len(), 0);
+            let len = rec.len();
             if w.appender.remaining() < len + SEAL_LEN {
                 let Some(spare) = spares.next() else {
                     return Err(self.poison("segment plan fell short".to_string()));
@@ -620,7 +667,15 @@ impl Log {
                 .appender
                 .append(len, |buf| match pre {
                     Some(bytes) if bytes.len() == buf.len() => buf.copy_from_slice(bytes),
-                    _ => encode_record(buf, rec.kind, rec.key, &[], rec.time, rec.expires),
+                    _ => encode_record(
+                        buf,
+                        rec.kind,
+                        rec.key,
+                        rec.value,
+                        rec.attempt,
+                        rec.time,
+                        rec.expires,
+                    ),
                 })
                 .ok_or_else(|| self.poison("record does not fit a fresh segment".to_string()))?;
             w.totals.add(rec.kind, len, rec.expires);

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use oncelog::{Claim, Durability, Options, Store, MAX_KEY_LEN};
+use oncelog::{fingerprint, Begin, Claim, Durability, KeyState, Options, Seen, Store, MAX_KEY_LEN};
 
 const USAGE: &str = "\
 oncelog — a persistent dedupe store
@@ -18,6 +18,7 @@ USAGE:
     oncelog claim  --dir DIR --ttl TTL [--durability MODE] KEY...
     oncelog filter --dir DIR --ttl TTL [--durability MODE] [--batch N]
     oncelog get    --dir DIR KEY...
+    oncelog begin  --dir DIR --lease TTL [--fingerprint TEXT] [--hold] KEY
     oncelog remove --dir DIR [--durability MODE] KEY...
     oncelog stats  --dir DIR
     oncelog compact --dir DIR
@@ -33,8 +34,14 @@ COMMANDS:
              (within TTL), in input order. A persistent `sort -u` for streams. Empty
              lines are skipped. Ids are claimed in batches of up to N (default 1024),
              one durable write per batch; output is flushed after each batch.
-    get      Show whether each KEY is claimed, without claiming it. Exit code 0 if all
-             are claimed, 1 otherwise.
+    get      Show each KEY's state without changing it: `claimed`, `completed` (with its
+             attempt and outcome), `in-flight` (with its attempt and lease deadline), or
+             `absent`. Exit code 0 if all are claimed, completed or in flight, 1 otherwise.
+    begin    Begin KEY for --lease: prints `acquired KEY attempt=N deadline=...`, or
+             `in-flight`, `done` or `mismatch` (--fingerprint: the payload's text, hashed)
+             as `get` would. Exit code 0 if acquired, 1 otherwise. The lease is left to
+             run out, as if the holder had crashed; with --hold the tool keeps it until
+             stdin is closed, then abandons it.
     remove   Forget each KEY so it can be claimed again.
     stats    Print the store's counters and sizes.
     compact  Run maintenance now: sweep expired keys out of the index, delete segments
@@ -60,6 +67,7 @@ COMMANDS:
 OPTIONS:
     --dir DIR           The store directory (created if missing).
     --ttl TTL           How long a claim lasts: e.g. 500ms, 90s, 15m, 72h, 3d, 1w, 1h30m.
+    --lease TTL         begin: how long the lease lasts.
     --durability MODE   sync (default), buffered, or periodic:INTERVAL (e.g. periodic:100ms).
     --batch N           filter: most ids per batch (default 1024); bench: keys per
                         claim_many call (default 1: plain claim).
@@ -93,6 +101,9 @@ struct Args {
     expire: bool,
     hints_before_reopen: bool,
     no_hints: bool,
+    lease: Option<Duration>,
+    fingerprint: Option<String>,
+    hold: bool,
     rest: Vec<String>,
 }
 
@@ -113,6 +124,9 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         expire: false,
         hints_before_reopen: false,
         no_hints: false,
+        lease: None,
+        fingerprint: None,
+        hold: false,
         rest: Vec::new(),
     };
     let mut it = args.iter();
@@ -152,6 +166,9 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--expire" => out.expire = true,
             "--hints-before-reopen" => out.hints_before_reopen = true,
             "--no-hints" => out.no_hints = true,
+            "--lease" => out.lease = Some(parse_duration(&value("--lease")?)?),
+            "--fingerprint" => out.fingerprint = Some(value("--fingerprint")?),
+            "--hold" => out.hold = true,
             "--" => out.rest.extend(it.by_ref().cloned()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n\n{USAGE}")),
             _ => out.rest.push(a.clone()),
@@ -182,6 +199,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "claim" => cmd_claim(&a),
         "filter" => cmd_filter(&a),
         "get" => cmd_get(&a),
+        "begin" => cmd_begin(&a),
         "remove" => cmd_remove(&a),
         "stats" => cmd_stats(&a),
         "compact" => cmd_compact(&a),
@@ -333,11 +351,7 @@ fn cmd_get(a: &Args) -> Result<ExitCode, String> {
     let mut all = true;
     for key in &a.rest {
         match store.get(key).map_err(|e| error_chain(&e))? {
-            Some(seen) => println!(
-                "claimed {key} first_seen={} expires_at={}",
-                rfc3339(seen.first_seen),
-                rfc3339(seen.expires_at)
-            ),
+            Some(seen) => println!("{}", describe(key, &seen)),
             None => {
                 all = false;
                 println!("absent {key}");
@@ -346,6 +360,80 @@ fn cmd_get(a: &Args) -> Result<ExitCode, String> {
     }
     store.close().map_err(|e| error_chain(&e))?;
     Ok(if all {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// One line for a key the store has seen: its state, attempt, times and outcome.
+fn describe(key: &str, seen: &Seen) -> String {
+    let times = format!(
+        "attempt={} first_seen={}",
+        seen.attempt,
+        rfc3339(seen.first_seen)
+    );
+    match seen.state {
+        KeyState::InFlight => format!(
+            "in-flight {key} {times} deadline={}",
+            rfc3339(seen.expires_at)
+        ),
+        KeyState::Completed => format!(
+            "completed {key} {times} expires_at={} outcome=\"{}\"",
+            rfc3339(seen.expires_at),
+            seen.outcome.as_deref().unwrap_or(&[]).escape_ascii()
+        ),
+        _ => format!(
+            "claimed {key} {times} expires_at={}",
+            rfc3339(seen.expires_at)
+        ),
+    }
+}
+
+fn cmd_begin(a: &Args) -> Result<ExitCode, String> {
+    let [key] = a.rest.as_slice() else {
+        return Err("begin: give exactly one KEY".into());
+    };
+    let lease = a
+        .lease
+        .ok_or_else(|| "--lease is required (e.g. --lease 30s)".to_string())?;
+    let store = open(a)?;
+    let answer = match &a.fingerprint {
+        Some(text) => store.begin_with_fingerprint(key, lease, &fingerprint(text.as_bytes())),
+        None => store.begin(key, lease),
+    }
+    .map_err(|e| error_chain(&e))?;
+    let acquired = match answer {
+        Begin::Acquired(ticket) => {
+            println!(
+                "acquired {key} attempt={} deadline={}",
+                ticket.attempt(),
+                rfc3339(ticket.deadline())
+            );
+            if a.hold {
+                // Hold the lease until stdin closes (or the process is killed).
+                io::stdout().flush().map_err(|e| e.to_string())?;
+                io::copy(&mut io::stdin().lock(), &mut io::sink()).map_err(|e| e.to_string())?;
+                store.abandon(&ticket).map_err(|e| error_chain(&e))?;
+                println!("abandoned {key} attempt={}", ticket.attempt());
+            }
+            true
+        }
+        Begin::InFlight { until } => {
+            println!("in-flight {key} deadline={}", rfc3339(until));
+            false
+        }
+        Begin::Done(seen) => {
+            println!("done {}", describe(key, &seen));
+            false
+        }
+        Begin::Mismatch(seen) => {
+            println!("mismatch {}", describe(key, &seen));
+            false
+        }
+    };
+    store.close().map_err(|e| error_chain(&e))?;
+    Ok(if acquired {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

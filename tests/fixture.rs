@@ -1,0 +1,97 @@
+//! Directories written by earlier versions of the format still open and answer correctly.
+//! See `tests/fixtures/README.md` for how each fixture was made.
+
+use std::path::Path;
+use std::time::Duration;
+
+use oncelog::{Begin, Claim, KeyState, Options, RecoveryMode};
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let dst = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.path().join(entry.file_name())).unwrap();
+    }
+    dst
+}
+
+fn is_claimed(store: &oncelog::Store, key: &str) -> bool {
+    store.get(key).unwrap().is_some()
+}
+
+#[test]
+fn a_directory_from_before_leases_opens_and_answers() {
+    for (mode, hinted) in [
+        (RecoveryMode::TolerateTornTail, 2),
+        (RecoveryMode::Strict, 0),
+    ] {
+        let dir = copy_fixture("v1-claims");
+        let store = Options::new()
+            .recovery_mode(mode)
+            .background_maintenance(false)
+            .open(dir.path())
+            .unwrap();
+        let stats = store.stats();
+        assert_eq!(stats.recovery_hinted_segments, hinted, "{mode:?}");
+        assert_eq!(stats.recovery_truncated_bytes, 0, "{mode:?}");
+        for i in 0..2000 {
+            assert!(
+                is_claimed(&store, &format!("live-{i:04}")),
+                "live-{i} {mode:?}"
+            );
+        }
+        for i in 0..100 {
+            assert!(
+                is_claimed(&store, &format!("tail-{i:04}")),
+                "tail-{i} {mode:?}"
+            );
+        }
+        for i in 0..500 {
+            assert!(
+                !is_claimed(&store, &format!("short-{i:04}")),
+                "short-{i} {mode:?}"
+            );
+            assert!(
+                !is_claimed(&store, &format!("removed-{i:04}")),
+                "removed-{i} {mode:?}"
+            );
+        }
+        // The new operations work on the old keys, and write new records next to them.
+        match store.begin("live-0007", LEASE).unwrap() {
+            Begin::Done(seen) => {
+                assert_eq!(seen.state, KeyState::Claimed);
+                assert_eq!((seen.attempt, seen.outcome), (1, None));
+            }
+            other => panic!("{other:?}"),
+        }
+        let Begin::Acquired(t) = store.begin("removed-0001", LEASE).unwrap() else {
+            panic!("a removed key is free")
+        };
+        store
+            .complete(&t, b"ok", Duration::from_secs(3600))
+            .unwrap();
+        assert!(matches!(
+            store.claim("live-0008", LEASE).unwrap(),
+            Claim::Duplicate(_)
+        ));
+        assert!(store.claim("short-0001", LEASE).unwrap().is_new());
+        store.compact().unwrap();
+        store.close().unwrap();
+        let store = Options::new()
+            .recovery_mode(mode)
+            .background_maintenance(false)
+            .open(dir.path())
+            .unwrap();
+        assert!(is_claimed(&store, "live-1999"));
+        assert!(!is_claimed(&store, "removed-0002"));
+        match store.begin("removed-0001", LEASE).unwrap() {
+            Begin::Done(seen) => assert_eq!(seen.outcome.as_deref(), Some(&b"ok"[..])),
+            other => panic!("{other:?}"),
+        }
+    }
+}
