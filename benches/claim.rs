@@ -1,12 +1,13 @@
 //! The store end to end: `claim` of new and duplicate keys at several store sizes,
-//! `claim_many` batches, and the durable (`Sync`) path.
+//! `claim_many` batches, the durable (`Sync`) path, and two-phase claims (`begin` +
+//! `complete`) next to `claim`.
 //!
 //! `cargo bench --bench claim` (sizes up to `ONCELOG_BENCH_MAX_KEYS`, default 10M)
 
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use oncelog::{Claim, Durability, Options, Store};
+use oncelog::{Begin, Claim, Durability, Options, Store};
 
 mod common;
 use common::{key, sizes, Rng};
@@ -113,6 +114,78 @@ fn claim_many(c: &mut Criterion) {
     g.finish();
 }
 
+/// Two-phase claims next to `claim`, in a store of 1M keys (buffered, one thread): a new
+/// key through `claim`, through `begin` + `complete` (two records, the second with a
+/// 32-byte outcome), and a retry of a completed key (`begin` answering `Done` with the
+/// outcome). Keys are made before the clock starts and removed after (untimed).
+fn two_phase(c: &mut Criterion) {
+    let mut g = c.benchmark_group("two_phase");
+    g.throughput(Throughput::Elements(1));
+    let n = sizes(&[1_000_000]).first().copied().unwrap_or(1_000);
+    let (_dir, store) = filled(n, Durability::Buffered);
+    let lease = Duration::from_secs(30);
+    let outcome = [7u8; 32];
+    let mut next = n;
+    let mut fresh = |iters: u64| {
+        let keys: Vec<[u8; 32]> = (next..next + iters).map(key).collect();
+        next += iters;
+        keys
+    };
+    g.bench_function("claim_new", |b| {
+        b.iter_custom(|iters| {
+            let keys = fresh(iters);
+            let start = Instant::now();
+            for k in &keys {
+                assert!(store.claim(k, TTL).expect("claim").is_new());
+            }
+            let took = start.elapsed();
+            for k in &keys {
+                store.remove(k).expect("remove");
+            }
+            took
+        })
+    });
+    g.bench_function("begin_complete_new", |b| {
+        b.iter_custom(|iters| {
+            let keys = fresh(iters);
+            let start = Instant::now();
+            for k in &keys {
+                let Begin::Acquired(t) = store.begin(k, lease).expect("begin") else {
+                    panic!("a new key is acquired")
+                };
+                store.complete(&t, &outcome, TTL).expect("complete");
+            }
+            let took = start.elapsed();
+            for k in &keys {
+                store.remove(k).expect("remove");
+            }
+            took
+        })
+    });
+    let done: Vec<[u8; 32]> = fresh(10_000);
+    for k in &done {
+        let Begin::Acquired(t) = store.begin(k, lease).expect("begin") else {
+            panic!("a new key is acquired")
+        };
+        store.complete(&t, &outcome, TTL).expect("complete");
+    }
+    let mut rng = Rng(7);
+    g.bench_function("begin_done", |b| {
+        b.iter_custom(|iters| {
+            let picks: Vec<&[u8; 32]> = (0..iters)
+                .filter_map(|_| done.get(rng.below(done.len() as u64) as usize))
+                .collect();
+            let start = Instant::now();
+            for k in &picks {
+                let answer = store.begin(k, lease).expect("begin");
+                assert!(matches!(answer, Begin::Done(_)));
+            }
+            start.elapsed()
+        })
+    });
+    g.finish();
+}
+
 /// One thread's `claim` under `Sync`: the latency of one durable acknowledgement (one
 /// sync of the log per claim, since nothing else is waiting to share it).
 fn claim_sync(c: &mut Criterion) {
@@ -135,6 +208,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = claim_new, claim_duplicate, claim_many, claim_sync
+    targets = claim_new, claim_duplicate, claim_many, claim_sync, two_phase
 }
 criterion_main!(benches);

@@ -240,8 +240,12 @@ pub(crate) fn recover(
             }
         }
     };
+    let log = Log::new(config, table, writer);
+    // A directory written by an older format version gets a new active segment, so that
+    // new record kinds never land in a segment whose header promises the old version.
+    log.upgrade_active(now)?;
     stats.duration = started.elapsed();
-    Ok((Log::new(config, table, writer), stats))
+    Ok((log, stats))
 }
 
 /// A segment file whose header has been checked, not yet mapped.

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use oncelog::format::{SegmentHeader, FORMAT_VERSION};
 use oncelog::{Begin, Claim, KeyState, Options, RecoveryMode};
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -82,6 +83,21 @@ fn a_directory_from_before_leases_opens_and_answers() {
         assert!(store.claim("short-0001", LEASE).unwrap().is_new());
         store.compact().unwrap();
         store.close().unwrap();
+        // The old active segment was sealed at open and the new records went into a
+        // segment of the current version: an older build refuses the directory rather
+        // than misreading a kind it does not know.
+        let versions: Vec<u16> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "olog"))
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap();
+                SegmentHeader::decode(&bytes).unwrap().version
+            })
+            .collect();
+        assert!(versions.contains(&1), "{versions:?}");
+        assert_eq!(versions.iter().max(), Some(&FORMAT_VERSION), "{versions:?}");
+        assert_eq!(FORMAT_VERSION, 2);
         let store = Options::new()
             .recovery_mode(mode)
             .background_maintenance(false)

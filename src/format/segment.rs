@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic        b"oncelog\0"
-//!      8     2  version      format version (1)
+//!      8     2  version      format version (1 or 2; 2 may hold lease and done records)
 //!     10     2  header_len   64
 //!     12     4  flags        0 in format version 1
 //!     16     8  segment_id   equals the id in the file name
@@ -21,7 +21,7 @@ use super::{le_u128, le_u16, le_u32, le_u64, mask_crc};
 /// Identifies an oncelog segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"oncelog\0";
 /// The newest format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Bytes before the first record.
 pub const SEGMENT_HEADER_LEN: usize = 64;
 

@@ -50,6 +50,8 @@ pub(crate) struct Segment {
     pub(crate) id: u64,
     /// When the segment was created (its header's `created_at`), ms.
     pub(crate) created_at: u64,
+    /// The format version in its header.
+    pub(crate) version: u16,
     pub(crate) path: PathBuf,
     pub(crate) map: Arc<SegmentMap>,
     /// What the segment holds and how much of it still matters (see `Usage`).
@@ -158,6 +160,7 @@ impl Segment {
         Segment {
             id: header.segment_id,
             created_at: header.created_at,
+            version: header.version,
             path,
             map: Arc::new(map),
             usage: Usage::default(),
@@ -798,6 +801,27 @@ impl Log {
         self.durable
             .fetch_max(lsn(next_id, SEGMENT_HEADER_LEN), Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Seals the active segment and starts a new one if the active one was written by an
+    /// older format version: records of the current version go only into segments whose
+    /// header says so (docs/FORMAT.md §4), so that an older build refuses the directory
+    /// instead of misreading it. Called once by `open`.
+    pub(crate) fn upgrade_active(&self, now: u64) -> Result<()> {
+        let mut w = self.writer.lock();
+        self.check_poison()?;
+        if w.segment.version >= FORMAT_VERSION {
+            return Ok(());
+        }
+        let next_id = w.segment.id + 1;
+        let spare = create_segment(
+            &self.config.dir,
+            next_id,
+            self.config.segment_size,
+            self.config.store_id,
+            now,
+        )?;
+        self.rotate(&mut w, spare, now)
     }
 
     /// Returns once everything up to `lsn_end` is on stable storage, syncing if needed.
