@@ -120,8 +120,8 @@ pub struct OpenProgress {
 
 /// Default pause between background maintenance runs.
 pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
-/// Default for [`Options::attempt_memory`]: a day.
-pub const DEFAULT_ATTEMPT_MEMORY: Duration = Duration::from_secs(24 * 3600);
+/// Default for [`Options::attempt_memory`]: three days, as long as Stripe retries a webhook.
+pub const DEFAULT_ATTEMPT_MEMORY: Duration = Duration::from_secs(72 * 3600);
 /// Default compaction threshold: a sealed segment is rewritten once less than half of it
 /// must be kept.
 pub const DEFAULT_COMPACTION_THRESHOLD: f64 = 0.5;
@@ -229,7 +229,9 @@ impl Options {
     /// How long a lease's attempt is remembered after the lease's deadline (its holder
     /// crashed, or abandoned it), so that the next [`begin`](crate::Store::begin) of the key
     /// reports the next attempt number, and the handler knows an earlier attempt may have
-    /// got half way. Default: [`DEFAULT_ATTEMPT_MEMORY`] (24 hours).
+    /// got half way. Default: [`DEFAULT_ATTEMPT_MEMORY`] (72 hours). Keep it at least as long as
+    /// senders retry: a retry that comes later sees attempt 1 and cannot tell that an earlier
+    /// attempt may have done part of the work.
     ///
     /// The cost: a key that was ever leased stays on disk and in the index for at least
     /// this long after its lease's deadline, even if its outcome's TTL is shorter. Stores
@@ -354,7 +356,7 @@ mod tests {
         assert_eq!(o.compaction_threshold, 0.5);
         assert!(o.hints);
         assert!(o.open_progress.is_none());
-        assert_eq!(o.attempt_memory, Duration::from_secs(24 * 3600));
+        assert_eq!(o.attempt_memory, Duration::from_secs(72 * 3600));
         let d = Options::default();
         assert_eq!(d.durability, o.durability);
         assert_eq!(d.segment_size, o.segment_size);

@@ -388,7 +388,7 @@ fn a_segment_of_another_store_or_another_version_is_refused() {
             found,
             supported,
         }) => {
-            assert_eq!((path, found, supported), (first, 7, 1));
+            assert_eq!((path, found, supported), (first, 7, 2));
         }
         other => panic!("{other:?}"),
     }
