@@ -162,10 +162,10 @@ pub(crate) fn classify<'a>(h: &RecordHeader, value: &'a [u8], now: u64) -> KeySt
 }
 
 /// The key's newest record and the lsn its bytes end at, read under the stripe lock.
-type Current<'t> = Option<(RecordHeader, &'t [u8], u64)>;
+pub(crate) type Current<'t> = Option<(RecordHeader, &'t [u8], u64)>;
 
 /// Finds `key`'s entry and reads its record (header and value).
-fn find_current<'s, 't>(
+pub(crate) fn find_current<'s, 't>(
     inner: &'t Inner,
     stripe: &'s mut Stripe,
     key: &[u8],

@@ -28,7 +28,7 @@ use crate::clock::{from_millis, to_millis, Clock};
 use crate::error::{Error, Result};
 use crate::format::{encode_state, encoded_len, RecordHeader, RecordKind, StateValue, MAX_KEY_LEN};
 use crate::index::{Counters, Entry, Index, Slot, Stripe};
-use crate::lease::{classify, KeyStatus, Memory};
+use crate::lease::{classify, find_current, KeyStatus, Memory};
 use crate::log::{Appended, Log, RecordSpec, SegmentTable};
 use crate::maintain::{self, CompactionReport, MaintConfig, Maintenance};
 use crate::options::{Durability, Options};
@@ -853,15 +853,7 @@ fn claim_locked(
     expires: u64,
     wait: &mut u64,
 ) -> Result<Claim> {
-    let table = &inner.log.table;
-    let mut current = None;
-    let slot = stripe.slot(hash, |e| match table.record_with_value(e.location()) {
-        Some((h, k, v)) if k == key => {
-            current = Some((h, v, record_end(table, e, &h)));
-            true
-        }
-        _ => false,
-    });
+    let (slot, current) = find_current(inner, stripe, key, hash);
     let status = current.map_or(KeyStatus::Absent, |(h, v, _)| classify(&h, v, now));
     let memory = match status {
         KeyStatus::Held(h, s) => {

@@ -459,6 +459,21 @@ fn attempts_are_forgotten_after_the_attempt_memory() {
     assert_eq!(acquire(&store, "k").attempt(), 1);
 }
 
+/// `threads` threads begin `key` at once (released together by a barrier).
+fn begin_together(store: &Arc<Store>, key: &str, threads: usize) -> Vec<Begin> {
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (store, barrier, key) = (Arc::clone(store), Arc::clone(&barrier), key.to_owned());
+            std::thread::spawn(move || {
+                barrier.wait();
+                store.begin(&key, LEASE).unwrap()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 #[test]
 fn many_threads_begin_one_key_exactly_one_acquires() {
     let dir = tempfile::tempdir().unwrap();
@@ -466,19 +481,7 @@ fn many_threads_begin_one_key_exactly_one_acquires() {
     let threads = 8;
     for round in 0..20 {
         let key = format!("key-{round}");
-        let barrier = Arc::new(Barrier::new(threads));
-        let answers: Vec<Begin> = (0..threads)
-            .map(|_| {
-                let (store, barrier, key) = (Arc::clone(&store), Arc::clone(&barrier), key.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    store.begin(&key, LEASE).unwrap()
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .collect();
+        let answers = begin_together(&store, &key, threads);
         let acquired: Vec<&Ticket> = answers
             .iter()
             .filter_map(|a| match a {
@@ -492,19 +495,7 @@ fn many_threads_begin_one_key_exactly_one_acquires() {
             .all(|a| matches!(a, Begin::Acquired(_) | Begin::InFlight { .. })));
         // After an abandon, exactly one more.
         store.abandon(acquired[0]).unwrap();
-        let barrier = Arc::new(Barrier::new(threads));
-        let again: Vec<Begin> = (0..threads)
-            .map(|_| {
-                let (store, barrier, key) = (Arc::clone(&store), Arc::clone(&barrier), key.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    store.begin(&key, LEASE).unwrap()
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .collect();
+        let again = begin_together(&store, &key, threads);
         let winners: Vec<u32> = again
             .iter()
             .filter_map(|a| match a {

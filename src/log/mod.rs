@@ -490,6 +490,12 @@ impl<'a> RecordSpec<'a> {
     pub(crate) fn len(&self) -> usize {
         encoded_len(self.key.len(), self.value.len())
     }
+
+    /// Encodes the record into `out`, which is `len()` bytes long.
+    fn encode(&self, out: &mut [u8]) {
+        let (k, v) = (self.key, self.value);
+        encode_record(out, self.kind, k, v, self.attempt, self.time, self.expires);
+    }
 }
 
 /// A segment created under its temporary name, with its appender and that name.
@@ -583,15 +589,7 @@ impl Log {
         let len = rec.len();
         let mut buf = [0u8; PRE_ENCODED_MAX];
         let pre = buf.get_mut(..len).map(|b| {
-            encode_record(
-                b,
-                rec.kind,
-                rec.key,
-                rec.value,
-                rec.attempt,
-                rec.time,
-                rec.expires,
-            );
+            rec.encode(b);
             &*b
         });
         let mut out = None;
@@ -670,15 +668,7 @@ impl Log {
                 .appender
                 .append(len, |buf| match pre {
                     Some(bytes) if bytes.len() == buf.len() => buf.copy_from_slice(bytes),
-                    _ => encode_record(
-                        buf,
-                        rec.kind,
-                        rec.key,
-                        rec.value,
-                        rec.attempt,
-                        rec.time,
-                        rec.expires,
-                    ),
+                    _ => rec.encode(buf),
                 })
                 .ok_or_else(|| self.poison("record does not fit a fresh segment".to_string()))?;
             w.totals.add(rec.kind, len, rec.expires);
