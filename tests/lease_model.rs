@@ -164,6 +164,18 @@ fn fp_bytes(f: u8) -> [u8; 4] {
     [f; 4]
 }
 
+/// The model says the ticket is stale: the store must have refused with `StaleTicket`.
+fn stale(got: &oncelog::Result<()>, step: usize, op: &Op) -> Result<(), TestCaseError> {
+    prop_assert!(
+        matches!(got, Err(Error::StaleTicket { .. })),
+        "step {}: {:?}: {:?}",
+        step,
+        op,
+        got
+    );
+    Ok(())
+}
+
 fn open(dir: &std::path::Path, clock: &ManualClock) -> Store {
     opts(clock)
         .attempt_memory(Duration::from_millis(MEMORY_MS))
@@ -259,13 +271,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                             },
                         );
                     }
-                    Err(()) => prop_assert!(
-                        matches!(got, Err(Error::StaleTicket { .. })),
-                        "step {}: {:?}: {:?}",
-                        step,
-                        op,
-                        got
-                    ),
+                    Err(()) => stale(&got, step, op)?,
                 }
             }
             Op::Abandon(t) | Op::Extend(t, _) => {
@@ -295,13 +301,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                         };
                         model.keys.insert(ticket.key().to_vec(), next);
                     }
-                    Err(()) => prop_assert!(
-                        matches!(got, Err(Error::StaleTicket { .. })),
-                        "step {}: {:?}: {:?}",
-                        step,
-                        op,
-                        got
-                    ),
+                    Err(()) => stale(&got, step, op)?,
                 }
             }
             Op::Claim(k, ttl) => {
