@@ -1,4 +1,5 @@
-//! Components on their own: record encoding and decoding, the index, log appends.
+//! Components on their own: record encoding and decoding, the index, log appends, sweep
+//! slices.
 //!
 //! `cargo bench --bench components`
 
@@ -97,12 +98,33 @@ fn append(c: &mut Criterion) {
     g.finish();
 }
 
+/// The longest a sweep holds a stripe lock: one slice, whatever the stripe's size, against
+/// the whole-stripe pass a sweep took per lock hold before slices (`budget` unbounded).
+/// One stripe of `n` entries, none expired, so nothing changes between iterations.
+fn sweep(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sweep_lock_hold");
+    for n in sizes(&[100_000, 1_000_000]) {
+        let hash = |i: u64| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+        let index = oncelog::bench::Index::new(1);
+        for i in 0..n {
+            index.insert(hash(i), i as u32);
+        }
+        g.bench_function(BenchmarkId::new("slice", n), |b| {
+            b.iter(|| index.sweep_slice(0, 1000, oncelog::bench::SWEEP_SLICE))
+        });
+        g.bench_function(BenchmarkId::new("whole_stripe", n), |b| {
+            b.iter(|| assert!(index.sweep_slice(0, 1000, usize::MAX)))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = record, index, append
+    targets = record, index, append, sweep
 }
 criterion_main!(benches);

@@ -14,6 +14,9 @@ use crate::index::{Entry, Slot};
 use crate::log::{Location, RecordSpec};
 use crate::options::Options;
 
+/// Buckets one sweep slice visits per stripe-lock hold in maintenance.
+pub const SWEEP_SLICE: usize = crate::index::SWEEP_SLICE;
+
 /// Encodes a claim record into `out` (exactly `encoded_len(key.len(), 0)` bytes).
 pub fn encode_claim(out: &mut [u8], key: &[u8], time: u64, expires: u64) {
     encode_record(out, RecordKind::Claim, key, &[], 0, time, expires);
@@ -58,6 +61,16 @@ impl Index {
     /// Whether `id` is present under `hash`.
     pub fn contains(&self, hash: u64, id: u32) -> bool {
         self.0.lock(hash).find(hash, |e| e.offset == id).is_some()
+    }
+
+    /// One sweep slice of at most `budget` buckets of stripe `stripe` at `now_ms`, as a
+    /// maintenance run takes under one lock hold (entries inserted here never expire, so
+    /// this times the visit). `true` when the slice finished the stripe's pass.
+    pub fn sweep_slice(&self, stripe: usize, now_ms: u64, budget: usize) -> bool {
+        self.0
+            .lock_stripe(stripe)
+            .sweep_slice(now_ms, budget, |_| false, |_| {})
+            .done
     }
 
     /// Heap bytes of all stripes' tables.

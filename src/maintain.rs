@@ -21,6 +21,8 @@
 //!   after every entry pointing into it was dropped or repointed (each under its stripe
 //!   lock), and after every stripe lock was taken once more, so that no reader still holds
 //!   a reference into it.
+//! - **No pause grows with the store.** The sweep takes a stripe lock for one slice of
+//!   `SWEEP_SLICE` table buckets at a time, however many keys the stripe holds.
 //!
 //! [`Store::compact`]: crate::Store::compact
 
@@ -40,6 +42,7 @@ use crate::format::{
     SealInfo, SegmentHeader, FORMAT_VERSION, SEAL_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::fs;
+use crate::index::SWEEP_SLICE;
 use crate::log::{Segment, SegmentMap, Totals, MAX_SEGMENTS};
 use crate::store::Inner;
 
@@ -216,22 +219,29 @@ fn delete_unneeded(
     let table = &inner.log.table;
     let any_doomed = !doomed.is_empty();
     for i in 0..inner.index.stripes() {
-        let mut stripe = inner.index.lock_stripe(i);
-        if !any_doomed && !stripe.may_have_expired(now) {
-            continue;
+        // One slice per lock hold: claims on this stripe wait for one slice at most.
+        loop {
+            let mut stripe = inner.index.lock_stripe(i);
+            if !any_doomed && !stripe.may_have_expired(now) && !stripe.sweeping() {
+                break;
+            }
+            let slice = stripe.sweep_slice(
+                now,
+                SWEEP_SLICE,
+                |e| {
+                    if doomed.contains(e.slot) {
+                        debug_assert!(false, "live entry in a segment thought unneeded");
+                        spared.insert(e.slot);
+                    }
+                    false
+                },
+                |e| table.retire(e),
+            );
+            report.entries_swept += slice.dropped as u64;
+            if slice.done {
+                break;
+            }
         }
-        let swept = stripe.sweep(
-            now,
-            |e| {
-                if doomed.contains(e.slot) {
-                    debug_assert!(false, "live entry in a segment thought unneeded");
-                    spared.insert(e.slot);
-                }
-                false
-            },
-            |e| table.retire(e),
-        );
-        report.entries_swept += swept as u64;
     }
     let mut gone = SlotSet::new();
     for (slot, seg) in segments {

@@ -209,7 +209,8 @@ impl Options {
 
     /// Pause between background maintenance runs. Default: 1 s
     /// ([`DEFAULT_MAINTENANCE_INTERVAL`]); must be non-zero. A run sweeps each index stripe
-    /// that may hold expired entries (one stripe lock at a time), then deletes and compacts
+    /// that may hold expired entries (in slices of 1024 buckets, one stripe-lock hold per
+    /// slice, so claims never wait long behind it), then deletes and compacts
     /// segments; expired entries therefore leave memory within about one interval.
     pub fn maintenance_interval(mut self, every: Duration) -> Options {
         self.maintenance_interval = every;
