@@ -50,6 +50,7 @@ mod log;
 mod maintain;
 mod options;
 mod recovery;
+mod salvage;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -62,6 +63,7 @@ pub use options::{
     DEFAULT_COMPACTION_THRESHOLD, DEFAULT_MAINTENANCE_INTERVAL, DEFAULT_SEGMENT_SIZE,
     DEFAULT_STRIPES, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
+pub use salvage::MAX_SALVAGED_PLACES;
 pub use store::{Claim, KeyState, Seen, Stats, Store};
 
 /// The README's examples, compiled and run as doctests so that they stay true.

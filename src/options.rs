@@ -31,8 +31,11 @@ pub enum Durability {
     Buffered,
 }
 
-/// What `open` does when a segment does not decode.
+/// What `open` does when a segment does not decode: damage is cut as a torn tail (the
+/// newest segment, by default), reported with its file and offset (`Strict`, and the
+/// default anywhere else), or dropped with a count (`Salvage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum RecoveryMode {
     /// The default. The newest segment may end in a torn write left by a crash: from its first
     /// record that fails to decode, the rest is cut (zeroed), and the number of bytes cut is
@@ -53,6 +56,49 @@ pub enum RecoveryMode {
     /// deleted no file; one that succeeds goes on as usual. For inspecting a directory
     /// after a crash before letting the default mode cut anything.
     Strict,
+    /// Keep everything that can still be read, and drop the rest with a count: the
+    /// operator's explicit choice for a directory that the other modes refuse.
+    ///
+    /// Before the index is rebuilt, every segment that `Strict` would refuse is rewritten
+    /// (under a temporary name, synced, renamed over the original; its hint file deleted):
+    /// a header that does not decode is rebuilt, records that do not decode are skipped —
+    /// the scan resynchronises at the next 8-aligned offset where a record decodes — and a
+    /// missing seal is written. What was dropped is reported in
+    /// [`Stats::recovery_salvaged_bytes`](crate::Stats),
+    /// [`recovery_salvaged_places`](crate::Stats) and
+    /// [`recovery_salvaged_segments`](crate::Stats), and the first few places (file and
+    /// offset in the original file) by [`Store::salvaged`]. After a salvage open the
+    /// directory is clean: any mode opens it, with the same answers. A torn tail of the
+    /// newest segment (nothing that decodes after it) is cut as in the default mode. Every
+    /// segment is read in full, hints or not. A segment of another store or of a newer
+    /// format version, or a file over 1 GiB, still fails `open`: that is not damage.
+    ///
+    /// **What salvage costs.** A dropped record is lost, and with it what it said about its
+    /// key. Every key none of whose records was damaged answers exactly as before. A key
+    /// that lost a record answers from its other records, which can break the invariants
+    /// for that key:
+    ///
+    /// - a lost claim, lease or done record lets the key be claimed (or begun) anew, so its
+    ///   work may be done twice (exactly once);
+    /// - a lost remove record lets the claim it hid come back, until that claim's own
+    ///   expiry (no resurrection);
+    /// - a lost done record after a lease brings back the lease, and its attempt history.
+    ///
+    /// Resynchronisation trusts any bytes that form a record with a valid checksum. Inside
+    /// a damaged region that is random data with odds of 2⁻³² per offset tried — but a key
+    /// or outcome can itself contain the bytes of a whole record, and if the header of the
+    /// record that carries it is damaged, salvage replays that embedded record as if it were
+    /// real. Where keys or outcomes come from parties who may craft them, that is a claim
+    /// (no false duplicates) or a remove (no resurrection) of any key they choose; such a
+    /// directory is better restored from a backup than salvaged. In the newest segment,
+    /// records that a power cut left beyond a torn write are kept too; they were never
+    /// acknowledged, like the tail of a partial `claim_many` batch.
+    ///
+    /// Copy the directory first if the damaged bytes may be wanted later: the rewrite
+    /// replaces them.
+    ///
+    /// [`Store::salvaged`]: crate::Store::salvaged
+    Salvage,
 }
 
 /// Smallest accepted segment size.

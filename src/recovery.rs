@@ -7,7 +7,9 @@
 //! - Every record's checksum is verified before it is applied.
 //! - Only the newest segment may end in a torn write; with
 //!   [`RecoveryMode::TolerateTornTail`] it is cut and zeroed (and counted), anywhere else
-//!   damage fails `open` with the file and offset.
+//!   damage fails `open` with the file and offset. [`RecoveryMode::Salvage`] first
+//!   rewrites damaged segments without their damage (`crate::salvage`), then goes on as
+//!   the default mode.
 //! - A claim that expired before `now` is not brought back; a remove record deletes the
 //!   key's entry.
 
@@ -29,9 +31,10 @@ use crate::log::{
     Totals, Writer, MAX_SEGMENTS,
 };
 use crate::options::{OpenProgress, Options, RecoveryMode, MAX_SEGMENT_SIZE};
+use crate::salvage::{self, Salvaged};
 
 /// What recovery found; reported through [`Stats`](crate::Stats).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct RecoveryStats {
     pub(crate) segments: u64,
     pub(crate) records: u64,
@@ -41,6 +44,8 @@ pub(crate) struct RecoveryStats {
     pub(crate) synced: bool,
     /// Segments replayed from their hint file.
     pub(crate) hinted_segments: u64,
+    /// What `RecoveryMode::Salvage` dropped.
+    pub(crate) salvaged: Salvaged,
 }
 
 /// Scans `dir`, fills `index`, and returns the log ready for appends.
@@ -60,7 +65,7 @@ pub(crate) fn recover(
 ) -> Result<(Log, RecoveryStats)> {
     let started = Instant::now();
     let mut stats = RecoveryStats::default();
-    let listing = fs::list_dir(dir)?;
+    let mut listing = fs::list_dir(dir)?;
     let table = Arc::new(SegmentTable::new());
     let strict = opts.recovery == RecoveryMode::Strict;
     let count = listing.segments.len();
@@ -70,6 +75,12 @@ pub(crate) fn recover(
         return Err(Error::Poisoned {
             reason: format!("{count} segments in one directory; at most {MAX_SEGMENTS} fit"),
         });
+    }
+    if opts.recovery == RecoveryMode::Salvage {
+        // Damaged segments are rewritten clean (hints of rewritten ones deleted); what
+        // follows is the default mode's recovery of a directory with nothing to salvage.
+        stats.salvaged = salvage::repair(&listing, now, new_store_id)?;
+        listing = fs::list_dir(dir)?;
     }
 
     // 1. Open and check every header before replaying anything: a foreign or newer-version
@@ -434,7 +445,7 @@ fn scan_segment(
         sealed: false,
         sealed_at: 0,
     };
-    let tolerate = is_last && opts.recovery == RecoveryMode::TolerateTornTail;
+    let tolerate = is_last && opts.recovery != RecoveryMode::Strict;
     loop {
         let rest = bytes.get(pos..).unwrap_or(&[]);
         let rec = match decode_record(rest) {

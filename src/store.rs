@@ -157,6 +157,17 @@ pub struct Stats {
     pub recovery_time: Duration,
     /// Segments that `open` rebuilt from their hint files instead of reading them.
     pub recovery_hinted_segments: u64,
+    /// Bytes that a [`RecoveryMode::Salvage`](crate::RecoveryMode::Salvage) open dropped
+    /// because they did not decode: damaged segment headers, damaged records and the bytes
+    /// around them up to the next record that decodes, garbage after a seal. 0 in the other
+    /// modes, and when there was nothing to drop.
+    pub recovery_salvaged_bytes: u64,
+    /// Damaged places that a `Salvage` open skipped or mended: damaged headers, damaged
+    /// regions, missing seals, garbage after a seal, sealed segments cut short. The first
+    /// few are listed by [`Store::salvaged`].
+    pub recovery_salvaged_places: u64,
+    /// Segments that a `Salvage` open rewrote without their damage.
+    pub recovery_salvaged_segments: u64,
     /// The store refuses writes after a failed sync, or after its maintenance thread
     /// panicked; reopen it.
     pub poisoned: bool,
@@ -597,6 +608,9 @@ impl Store {
         s.recovery_truncated_bytes = inner.recovery.truncated_bytes;
         s.recovery_time = inner.recovery.duration;
         s.recovery_hinted_segments = inner.recovery.hinted_segments;
+        s.recovery_salvaged_bytes = inner.recovery.salvaged.bytes;
+        s.recovery_salvaged_places = inner.recovery.salvaged.places;
+        s.recovery_salvaged_segments = inner.recovery.salvaged.segments;
         s.poisoned = inner.log.is_poisoned();
         s.expired_unswept = expired;
         s.live_keys = keys.saturating_sub(expired);
@@ -661,6 +675,18 @@ impl Store {
     /// ```
     pub fn compact(&self) -> Result<CompactionReport> {
         maintain::run(&self.inner)
+    }
+
+    /// Where a [`RecoveryMode::Salvage`](crate::RecoveryMode::Salvage) open found damage,
+    /// in the order it was found: the first [`MAX_SALVAGED_PLACES`](crate::MAX_SALVAGED_PLACES)
+    /// places, each with the segment file, the offset in that file as it was before the
+    /// rewrite, and what was wrong there ([`CorruptionKind::Unsealed`](crate::CorruptionKind)
+    /// for a missing seal, written anew; `Truncated` for a sealed segment cut short; the
+    /// decoding error of the first bytes of a damaged region otherwise). Empty in the
+    /// other modes and for an undamaged directory. All places are counted in
+    /// [`Stats::recovery_salvaged_places`].
+    pub fn salvaged(&self) -> &[crate::Corruption] {
+        &self.inner.recovery.salvaged.first
     }
 
     /// The directory this store owns.
