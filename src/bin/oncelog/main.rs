@@ -9,7 +9,10 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use oncelog::{fingerprint, Begin, Claim, Durability, KeyState, Options, Seen, Store, MAX_KEY_LEN};
+use oncelog::{
+    fingerprint, Begin, Claim, Durability, KeyState, Options, RecoveryMode, Seen, Store,
+    MAX_KEY_LEN,
+};
 
 const USAGE: &str = "\
 oncelog — a persistent dedupe store
@@ -69,6 +72,13 @@ OPTIONS:
     --ttl TTL           How long a claim lasts: e.g. 500ms, 90s, 15m, 72h, 3d, 1w, 1h30m.
     --lease TTL         begin: how long the lease lasts.
     --durability MODE   sync (default), buffered, or periodic:INTERVAL (e.g. periodic:100ms).
+    --recovery MODE     What opening the store tolerates (every command but bench):
+                        tolerate (default: cut a torn tail of the newest segment, refuse
+                        damage elsewhere), strict (refuse any damage, change nothing), or
+                        salvage (rewrite damaged segments without what does not decode;
+                        what was dropped is printed to stderr, and `stats` counts it).
+                        Salvage loses the damaged records: a lost remove brings back the
+                        claim it hid. Copy the directory first.
     --batch N           filter: most ids per batch (default 1024); bench: keys per
                         claim_many call (default 1: plain claim).
 
@@ -104,6 +114,7 @@ struct Args {
     lease: Option<Duration>,
     fingerprint: Option<String>,
     hold: bool,
+    recovery: Option<RecoveryMode>,
     rest: Vec<String>,
 }
 
@@ -127,6 +138,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         lease: None,
         fingerprint: None,
         hold: false,
+        recovery: None,
         rest: Vec::new(),
     };
     let mut it = args.iter();
@@ -169,6 +181,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--lease" => out.lease = Some(parse_duration(&value("--lease")?)?),
             "--fingerprint" => out.fingerprint = Some(value("--fingerprint")?),
             "--hold" => out.hold = true,
+            "--recovery" => out.recovery = Some(parse_recovery(&value("--recovery")?)?),
             "--" => out.rest.extend(it.by_ref().cloned()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n\n{USAGE}")),
             _ => out.rest.push(a.clone()),
@@ -211,11 +224,32 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
 fn open(a: &Args) -> Result<Store, String> {
     let dir = a.dir.as_ref().ok_or("--dir is required")?;
     // One-shot commands: maintenance runs only when asked for (`compact`).
-    Options::new()
+    let store = Options::new()
         .durability(a.durability.unwrap_or(Durability::Sync))
         .background_maintenance(false)
+        .recovery_mode(a.recovery.unwrap_or_default())
         .open(dir)
-        .map_err(|e| error_chain(&e))
+        .map_err(|e| error_chain(&e))?;
+    let s = store.stats();
+    if s.recovery_salvaged_places > 0 {
+        eprintln!(
+            "oncelog: salvaged {}: dropped {} bytes at {} damaged places, rewrote {} segments",
+            dir.display(),
+            s.recovery_salvaged_bytes,
+            s.recovery_salvaged_places,
+            s.recovery_salvaged_segments
+        );
+        for p in store.salvaged() {
+            eprintln!("oncelog:   {p}");
+        }
+        if s.recovery_salvaged_places > store.salvaged().len() as u64 {
+            eprintln!(
+                "oncelog:   (the first {} places are listed)",
+                store.salvaged().len()
+            );
+        }
+    }
+    Ok(store)
 }
 
 fn need_ttl(a: &Args) -> Result<Duration, String> {
@@ -457,7 +491,7 @@ fn cmd_stats(a: &Args) -> Result<ExitCode, String> {
     let store = open(a)?;
     let s = store.stats();
     let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1e3);
-    let rows: [(&str, String); 15] = [
+    let rows: [(&str, String); 18] = [
         ("dir", store.path().display().to_string()),
         ("keys", s.keys.to_string()),
         ("live_keys", s.live_keys.to_string()),
@@ -476,12 +510,24 @@ fn cmd_stats(a: &Args) -> Result<ExitCode, String> {
             s.recovery_truncated_bytes.to_string(),
         ),
         ("recovery_time_ms", ms(s.recovery_time)),
+        (
+            "recovery_salvaged_bytes",
+            s.recovery_salvaged_bytes.to_string(),
+        ),
+        (
+            "recovery_salvaged_places",
+            s.recovery_salvaged_places.to_string(),
+        ),
+        (
+            "recovery_salvaged_segments",
+            s.recovery_salvaged_segments.to_string(),
+        ),
         ("compactions", s.compactions.to_string()),
         ("segments_deleted", s.segments_deleted.to_string()),
         ("bytes_reclaimed", s.bytes_reclaimed.to_string()),
     ];
     for (name, value) in rows {
-        println!("{name:<26}{value}");
+        println!("{name:<28}{value}");
     }
     println!("(compactions, segments_deleted and bytes_reclaimed count since this open)");
     store.close().map_err(|e| error_chain(&e))?;
@@ -534,6 +580,17 @@ fn cmd_bench(a: &Args) -> Result<ExitCode, String> {
         no_hints: a.no_hints,
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_recovery(s: &str) -> Result<RecoveryMode, String> {
+    match s {
+        "tolerate" => Ok(RecoveryMode::TolerateTornTail),
+        "strict" => Ok(RecoveryMode::Strict),
+        "salvage" => Ok(RecoveryMode::Salvage),
+        _ => Err(format!(
+            "--recovery: expected tolerate, strict or salvage, got {s:?}"
+        )),
+    }
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -634,6 +691,20 @@ mod tests {
             Ok(Durability::Periodic(Duration::from_millis(100)))
         );
         assert!(parse_durability("fast").is_err());
+    }
+
+    #[test]
+    fn recovery_mode_names() {
+        assert_eq!(
+            parse_recovery("tolerate"),
+            Ok(RecoveryMode::TolerateTornTail)
+        );
+        assert_eq!(parse_recovery("strict"), Ok(RecoveryMode::Strict));
+        assert_eq!(parse_recovery("salvage"), Ok(RecoveryMode::Salvage));
+        assert!(parse_recovery("Salvage").is_err());
+        let a = parse_args(&["--recovery".into(), "salvage".into()]).unwrap();
+        assert_eq!(a.recovery, Some(RecoveryMode::Salvage));
+        assert!(parse_args(&["--recovery".into()]).is_err());
     }
 
     #[test]
