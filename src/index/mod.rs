@@ -66,9 +66,12 @@ impl Entry {
     }
 
     /// Whether the claim has certainly expired at `now_ms` (judged on the coarse expiry,
-    /// which is rounded up, so never early).
+    /// which is rounded up, so never early). A saturated coarse expiry — a claim expiring
+    /// after February 2106, which 32-bit seconds cannot hold — says nothing: such an entry
+    /// has never certainly expired, whatever the clock says, and only the exact expiry in
+    /// its record decides (on lookup, and when compaction reads the record).
     pub(crate) fn expired_at(&self, now_ms: u64) -> bool {
-        u64::from(self.expiry_secs) * 1000 <= now_ms
+        self.expiry_secs != u32::MAX && u64::from(self.expiry_secs) * 1000 <= now_ms
     }
 
     pub(crate) fn location(&self) -> Location {
@@ -416,6 +419,23 @@ mod tests {
         assert_eq!(coarse_secs(1000), 1);
         assert_eq!(coarse_secs(1001), 2);
         assert_eq!(coarse_secs(u64::MAX), u32::MAX);
+    }
+
+    /// Regression: with the clock past February 2106, an entry whose coarse expiry had
+    /// saturated counted as expired, and the sweep dropped live claims.
+    #[test]
+    fn a_saturated_coarse_expiry_never_counts_as_expired() {
+        let loc = Location {
+            slot: 0,
+            offset: 64,
+        };
+        let far = Entry::new(1, loc, 253_402_300_799_999, 40);
+        assert_eq!(far.expiry_secs, u32::MAX);
+        assert!(!far.expired_at(u64::MAX));
+        let last = u64::from(u32::MAX - 1) * 1000;
+        let near = Entry::new(1, loc, last, 40);
+        assert!(!near.expired_at(last - 1));
+        assert!(near.expired_at(last));
     }
 
     #[test]
