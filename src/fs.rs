@@ -96,6 +96,11 @@ pub(crate) struct Listing {
 }
 
 /// Lists segment files in id order. Files with other names are left alone.
+///
+/// A segment name on anything but a regular file (or a link to one) fails with
+/// [`Error::Io`]: a directory or a device cannot be a segment, and opening a FIFO to read it
+/// would block `open` for ever. A hint or temporary name on such a thing is left alone:
+/// those files are optional, and only ever ones oncelog wrote.
 pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
     let mut segments = Vec::new();
     let mut hints = Vec::new();
@@ -106,7 +111,13 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(id) = parse_segment_name(name) {
+            if !is_regular(&entry) {
+                let e = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+                return Err(Error::io("open segment", entry.path(), e));
+            }
             segments.push((id, entry.path()));
+        } else if !is_regular(&entry) {
+            continue;
         } else if let Some(id) = parse_hint_name(name) {
             hints.push((id, entry.path()));
         } else if name
@@ -123,6 +134,15 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
         hints,
         temporaries,
     })
+}
+
+/// Whether `entry` is a regular file, or a symbolic link to one.
+fn is_regular(entry: &fs::DirEntry) -> bool {
+    match entry.file_type() {
+        Ok(t) if t.is_symlink() => fs::metadata(entry.path()).is_ok_and(|m| m.is_file()),
+        Ok(t) => t.is_file(),
+        Err(_) => false,
+    }
 }
 
 /// Removes a file, treating "already gone" as success.
