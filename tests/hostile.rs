@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
@@ -64,12 +65,20 @@ fn has_all(store: &Store) {
 }
 
 /// Makes a FIFO at `path`.
+///
+/// By `mkfifo(3)`, not the `mkfifo` command: a child process forked while another test's
+/// store is open holds that store's `LOCK` until it execs, and a reopen in that window
+/// would be refused as `Locked`.
 fn mkfifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that lives across the call.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {path:?}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Runs `f` (which may open the FIFO at `fifo` for reading) in a thread, and opens the
