@@ -18,6 +18,12 @@ use parking_lot::Mutex;
 /// (at a reopen, or when expired entries are swept). Every other answer is exact. The store
 /// does not make time monotonic on purpose: one bogus reading far in the future would then
 /// expire every key until real time caught up.
+///
+/// Times are kept as milliseconds since the Unix epoch, so a time before the epoch reads as
+/// the epoch itself. No expiry past the end of year 9999 can be stored: while the clock
+/// reads later than that, every `claim`, `claim_many`, `begin`, `complete` and `extend`
+/// fails with [`Error::InvalidTtl`](crate::Error::InvalidTtl), whatever the TTL; `get`,
+/// `remove`, maintenance and reopening go on working.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> SystemTime;

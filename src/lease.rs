@@ -358,7 +358,8 @@ impl Store {
     /// A ticket whose lease ran out may still complete, as long as no other attempt has
     /// acquired the key since. Fails with [`Error::StaleTicket`] (and changes nothing) if
     /// the ticket no longer holds the key, with [`Error::OutcomeTooLarge`] if the outcome is
-    /// too long (the lease is kept).
+    /// too long (the lease is kept), and with [`Error::InvalidTtl`] (the lease is kept too) if
+    /// `ttl` breaks the rules of a claim's TTL.
     pub fn complete(&self, ticket: &Ticket, outcome: &[u8], ttl: Duration) -> Result<()> {
         if outcome.len() > MAX_OUTCOME_LEN {
             return Err(Error::OutcomeTooLarge {
@@ -382,7 +383,8 @@ impl Store {
     /// Heartbeat for long work: the ticket's lease now runs out `lease` from now (which may
     /// be earlier than before). A ticket whose lease ran out may extend it as long as no
     /// other attempt has acquired the key since. Fails with [`Error::StaleTicket`] (and
-    /// changes nothing) if the ticket no longer holds the key.
+    /// changes nothing) if the ticket no longer holds the key, and with
+    /// [`Error::InvalidTtl`] (ditto) if `lease` breaks the rules of a claim's TTL.
     pub fn extend(&self, ticket: &Ticket, lease: Duration) -> Result<()> {
         let (now, deadline) = self.window(lease)?;
         self.act(ticket, now, Act::Extend { deadline })

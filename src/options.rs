@@ -282,7 +282,8 @@ impl Options {
     ///
     /// The cost: a key that was ever leased stays on disk and in the index for at least
     /// this long after its lease's deadline, even if its outcome's TTL is shorter. Stores
-    /// that only use [`claim`](crate::Store::claim) are not affected.
+    /// that only use [`claim`](crate::Store::claim) are not affected. Any duration is
+    /// accepted: one that reaches past the end of year 9999 means for ever.
     pub fn attempt_memory(mut self, d: Duration) -> Options {
         self.attempt_memory = d;
         self
