@@ -50,8 +50,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::copy_dir;
 use oncelog::format::{decode_record, RecordKind, SEGMENT_HEADER_LEN};
 use oncelog::{
-    Begin, Claim, Durability, Error, ManualClock, Options, RecoveryMode, Seen, Store,
-    MIN_SEGMENT_SIZE,
+    Begin, Claim, CorruptionKind, Durability, Error, ManualClock, Options, RecoveryMode, Seen,
+    Store, MIN_SEGMENT_SIZE,
 };
 use tempfile::TempDir;
 
@@ -459,12 +459,22 @@ fn check_case(
                 if mode == RecoveryMode::TolerateTornTail && file.kind == FileKind::Newest {
                     assert!(b < SEGMENT_HEADER_LEN, "{what}: a torn tail refused: {c:?}");
                 }
+                let (kinds, at) = expected_refusal(file, damage, mode);
+                assert!(
+                    kinds.contains(&c.kind) && c.offset as usize == at,
+                    "{mode:?}, {what}: {c:?}, expected one of {kinds:?} at {at}"
+                );
                 continue;
             }
             Err(other) => panic!("{mode:?}, {what}: {other:?}"),
             Ok(store) => store,
         };
         counts.0 += 1;
+        // Strict reads every byte it relies on: only a damaged hint, which it never reads,
+        // goes unnoticed.
+        if mode == RecoveryMode::Strict {
+            assert_eq!(file.kind, FileKind::Hint, "{what}: Strict opened it");
+        }
         // This open may have changed files: the next mode gets a fresh copy.
         let dir = copy.take().unwrap();
         if mode == RecoveryMode::Salvage {
@@ -557,6 +567,13 @@ fn check_salvage(
             "{what}: salvaged undamaged bytes: {places:?}"
         ),
     }
+    if file.kind != FileKind::Hint && st.recovery_salvaged_segments > 0 {
+        let hint = dir.join(&file.name).with_extension("hint");
+        assert!(
+            !hint.exists(),
+            "{what}: the hint of a rewritten segment was kept"
+        );
+    }
     let store = opts(&fx.clock)
         .recovery_mode(RecoveryMode::Strict)
         .open(dir)
@@ -571,6 +588,42 @@ fn check_salvage(
         if !damaged_keys.contains(&i) {
             assert_eq!(g, w, "Salvage, {what}: key {name:?}");
         }
+    }
+}
+
+/// What a refusal of `damage` to `file` must say: the kinds that fit, and the offset.
+fn expected_refusal(
+    file: &File,
+    damage: Damage,
+    mode: RecoveryMode,
+) -> (Vec<CorruptionKind>, usize) {
+    use CorruptionKind::*;
+    let b = damage.first_byte();
+    if b < SEGMENT_HEADER_LEN {
+        return (vec![BadSegmentHeader], 0);
+    }
+    let strict = mode == RecoveryMode::Strict;
+    match damage {
+        // The first record that does not decode is the damaged one.
+        Damage::Flip { at, .. } => {
+            match file.records.iter().find(|s| s.start <= at && at < s.end) {
+                Some(r) => (vec![Checksum, MalformedRecord, Truncated], r.start),
+                // Past the data: within the header-sized slot after it, a record that does
+                // not decode; beyond, a stray byte after the end (Strict).
+                None if at < file.data_end + 32 => {
+                    (vec![Checksum, MalformedRecord, Truncated], file.data_end)
+                }
+                None => (vec![TrailingGarbage], at),
+            }
+        }
+        // Strict refuses a segment shorter than its capacity before reading it.
+        Damage::Cut { len } if strict => (vec![Truncated], len),
+        // The default mode reads up to the cut: the record it runs into is truncated, or,
+        // cut at a record's start, the seal is missing.
+        Damage::Cut { len } => match file.records.iter().find(|s| s.end > len) {
+            Some(r) if r.start < len => (vec![Truncated], r.start),
+            _ => (vec![Unsealed], len),
+        },
     }
 }
 

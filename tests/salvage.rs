@@ -455,6 +455,40 @@ fn a_record_hidden_in_a_damaged_key_is_replayed() {
     );
 }
 
+#[test]
+fn a_seal_hidden_in_a_damaged_key_does_not_end_the_segment() {
+    // A seal ends the data only where it says the data ends: one inside a key (which names
+    // some other offset) is skipped like any other damage, and the records after it kept.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let mut hidden = vec![0u8; 48];
+    hidden[4] = 3;
+    hidden[8..12].copy_from_slice(&16u32.to_le_bytes());
+    hidden[32..40].copy_from_slice(&1u64.to_le_bytes());
+    hidden[40..48].copy_from_slice(&64u64.to_le_bytes());
+    let crc = mask(crc32(&hidden[4..]));
+    hidden[..4].copy_from_slice(&crc.to_le_bytes());
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert!(store.claim("before", TTL).unwrap().is_new());
+    assert!(store.claim(&hidden, TTL).unwrap().is_new());
+    for i in 0..10 {
+        assert!(store.claim(key(i), TTL).unwrap().is_new());
+    }
+    store.close().unwrap();
+    let seg = segments(dir.path()).pop().unwrap();
+    let carrier = records(&seg).into_iter().find(|r| r.key == hidden).unwrap();
+    flip(&seg, carrier.offset + 1);
+    let store = salvage(&clock).open(dir.path()).unwrap();
+    assert!(store.get("before").unwrap().is_some());
+    for i in 0..10 {
+        assert!(
+            store.get(key(i)).unwrap().is_some(),
+            "key {i} after the hidden seal"
+        );
+    }
+    assert_eq!(store.stats().recovery_salvaged_places, 1);
+}
+
 /// A claim record as docs/FORMAT.md §3 lays it out, built independently of the crate.
 fn encode_claim(key: &[u8], time: u64, expires: u64) -> Vec<u8> {
     let len = (32 + key.len()).div_ceil(8) * 8;
