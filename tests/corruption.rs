@@ -637,13 +637,18 @@ fn key_name(k: &[u8]) -> String {
 }
 
 fn report(what: &str, tally: &Tally, started: Instant) {
-    let mut total = 0;
+    let mut outcomes = 0;
     eprintln!("{what}: file kind, damage, mode: opened / refused");
     for ((kind, damage, mode), (opened, refused)) in tally {
         eprintln!("  {kind:?} {damage} {mode}: {opened} / {refused}");
-        total += opened + refused;
+        outcomes += opened + refused;
     }
-    eprintln!("{what}: {total} opens in {:?}", started.elapsed());
+    let cases = outcomes / MODES.len() as u64;
+    eprintln!(
+        "{what}: {cases} damaged copies, each opened in {} modes, in {:?}",
+        MODES.len(),
+        started.elapsed()
+    );
 }
 
 #[test]
