@@ -141,8 +141,8 @@ impl IoOp<'_> {
 ///         }
 ///         Ok(())
 ///     }
-///     fn after(&self, op: &IoOp<'_>) {
-///         if op.is_sync() {
+///     fn after(&self, op: &IoOp<'_>, outcome: Result<(), &std::io::Error>) {
+///         if op.is_sync() && outcome.is_ok() {
 ///             self.syncs.fetch_add(1, Ordering::Relaxed);
 ///         }
 ///     }
@@ -172,9 +172,9 @@ pub trait IoHook: Send + Sync {
         Ok(())
     }
 
-    /// Called after `op` succeeded.
-    fn after(&self, op: &IoOp<'_>) {
-        let _ = op;
+    /// Called after `op` ran (it was not run if `before` failed it), with its outcome.
+    fn after(&self, op: &IoOp<'_>, outcome: Result<(), &io::Error>) {
+        let _ = (op, outcome);
     }
 }
 
@@ -205,9 +205,9 @@ impl Io {
             None => f(),
             Some(hook) => {
                 hook.before(&op)?;
-                let out = f()?;
-                hook.after(&op);
-                Ok(out)
+                let out = f();
+                hook.after(&op, out.as_ref().map(|_| ()));
+                out
             }
         }
     }

@@ -243,6 +243,13 @@ fn delete_unneeded(
         }
     }
     let mut gone = SlotSet::new();
+    // As in compaction: what made these segments' records dead must be durable first.
+    if segments
+        .iter()
+        .any(|(slot, _)| doomed.contains(*slot) && !spared.contains(*slot))
+    {
+        inner.log.sync()?;
+    }
     for (slot, seg) in segments {
         if !doomed.contains(*slot) || spared.contains(*slot) {
             continue;
@@ -375,6 +382,13 @@ fn compact_segment(
         }
         pos += len;
     }
+
+    // Every record that made one of this segment's records dead (a newer record of its
+    // key, a remove) must be durable before the dead one is gone for good: else a power cut
+    // could take the newer record and leave the key with neither, and a claim or lease the
+    // store had made durable would be lost. Under `Sync` most are already; under
+    // `Periodic` or `Buffered` this is a sync of the log.
+    inner.log.sync()?;
 
     if kept.is_empty() {
         // Nothing left: delete the segment instead of writing an empty copy.
