@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::iohook::{Io, IoOp};
 
 /// Name of the lock file; held with an exclusive advisory lock while a store is open.
 pub(crate) const LOCK_FILE: &str = "LOCK";
@@ -20,7 +21,7 @@ pub(crate) const TMP_SUFFIX: &str = ".tmp";
 /// into its parent, or a power cut could take the whole store with it after claims in it
 /// were acknowledged. The immediate parent is fsynced on every open, not only the one that
 /// created the directory: that open may have crashed before its fsync.
-pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
+pub(crate) fn lock_dir(io: &Io, dir: &Path) -> Result<File> {
     let mut created = Vec::new();
     let mut probe = Some(dir);
     while let Some(p) = probe.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
@@ -32,10 +33,10 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
         Some(q) if !q.as_os_str().is_empty() => q.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    sync_dir(&parent_of(dir))?;
+    sync_dir(io, &parent_of(dir))?;
     // Each fsync makes one entry durable; their order does not matter.
     for p in created.iter().skip(1) {
-        sync_dir(&parent_of(p))?;
+        sync_dir(io, &parent_of(p))?;
     }
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
@@ -55,10 +56,48 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
 }
 
 /// Makes the directory's entries (created, renamed, removed files) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync directory", dir, e))
+pub(crate) fn sync_dir(io: &Io, dir: &Path) -> Result<()> {
+    io.run(IoOp::SyncDir { path: dir }, || {
+        File::open(dir).and_then(|d| d.sync_all())
+    })
+    .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Renames `from` to `to`, replacing `to`.
+pub(crate) fn rename(io: &Io, from: &Path, to: &Path) -> io::Result<()> {
+    io.run(IoOp::Rename { from, to }, || fs::rename(from, to))
+}
+
+/// Creates (or truncates) `path` for reading and writing.
+pub(crate) fn create(io: &Io, path: &Path) -> io::Result<File> {
+    io.run(IoOp::Create { path }, || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+    })
+}
+
+/// Makes `file`'s content and length durable.
+pub(crate) fn sync_file(io: &Io, file: &File, path: &Path) -> io::Result<()> {
+    io.run(IoOp::SyncFile { path }, || file.sync_all())
+}
+
+/// Writes all of `bytes` at `offset` of `file`.
+pub(crate) fn write_at(
+    io: &Io,
+    file: &File,
+    path: &Path,
+    offset: u64,
+    bytes: &[u8],
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = bytes.len() as u64;
+    io.run(IoOp::Write { path, offset, len }, || {
+        file.write_all_at(bytes, offset)
+    })
 }
 
 /// The file name of segment `id`: `seg-` then 16 hex digits, so names sort by id.
@@ -146,8 +185,8 @@ fn is_regular(entry: &fs::DirEntry) -> bool {
 }
 
 /// Removes a file, treating "already gone" as success.
-pub(crate) fn remove_file(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
+pub(crate) fn remove_file(io: &Io, path: &Path) -> Result<()> {
+    match io.run(IoOp::Remove { path }, || fs::remove_file(path)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("remove file", path, e)),

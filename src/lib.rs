@@ -45,6 +45,7 @@ mod failpoint;
 pub mod format;
 mod fs;
 mod index;
+mod iohook;
 mod lease;
 mod log;
 mod maintain;
@@ -56,6 +57,7 @@ mod store;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Corruption, CorruptionKind, Error, Result};
 pub use format::{MAX_FINGERPRINT_LEN, MAX_KEY_LEN, MAX_OUTCOME_LEN, MAX_VALUE_LEN};
+pub use iohook::{IoHook, IoOp};
 pub use lease::{fingerprint, Begin, Ticket};
 pub use maintain::CompactionReport;
 pub use options::{

@@ -26,8 +26,6 @@
 //!
 //! [`Store::compact`]: crate::Store::compact
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +41,7 @@ use crate::format::{
 };
 use crate::fs;
 use crate::index::SWEEP_SLICE;
+use crate::iohook::Io;
 use crate::log::{Segment, SegmentMap, Totals, MAX_SEGMENTS};
 use crate::store::Inner;
 
@@ -180,7 +179,7 @@ fn run_locked(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
         if wrote {
             // Not needed for correctness (a lost hint means a scan), but it keeps the
             // next open fast after a power cut.
-            fs::sync_dir(&inner.dir)?;
+            fs::sync_dir(inner.log.io(), &inner.dir)?;
         }
     }
     Ok(())
@@ -244,6 +243,13 @@ fn delete_unneeded(
         }
     }
     let mut gone = SlotSet::new();
+    // As in compaction: what made these segments' records dead must be durable first.
+    if segments
+        .iter()
+        .any(|(slot, _)| doomed.contains(*slot) && !spared.contains(*slot))
+    {
+        inner.log.sync()?;
+    }
     for (slot, seg) in segments {
         if !doomed.contains(*slot) || spared.contains(*slot) {
             continue;
@@ -252,7 +258,7 @@ fn delete_unneeded(
         gone.insert(*slot);
     }
     if !gone.is_empty() {
-        fs::sync_dir(&inner.dir)?;
+        fs::sync_dir(inner.log.io(), &inner.dir)?;
     }
     Ok(gone)
 }
@@ -265,9 +271,9 @@ fn delete_segment(
     report: &mut CompactionReport,
 ) -> Result<()> {
     crate::failpoint::crash_point("delete-before-unlink");
-    fs::remove_file(&seg.path)?;
+    fs::remove_file(inner.log.io(), &seg.path)?;
     crate::failpoint::crash_point("delete-after-unlink");
-    fs::remove_file(&hint_path(inner, seg.id))?;
+    fs::remove_file(inner.log.io(), &hint_path(inner, seg.id))?;
     inner.log.table.uninstall(slot);
     report.segments_deleted += 1;
     report.bytes_reclaimed += seg.disk_len();
@@ -377,11 +383,18 @@ fn compact_segment(
         pos += len;
     }
 
+    // Every record that made one of this segment's records dead (a newer record of its
+    // key, a remove) must be durable before the dead one is gone for good: else a power cut
+    // could take the newer record and leave the key with neither, and a claim or lease the
+    // store had made durable would be lost. Under `Sync` most are already; under
+    // `Periodic` or `Buffered` this is a sync of the log.
+    inner.log.sync()?;
+
     if kept.is_empty() {
         // Nothing left: delete the segment instead of writing an empty copy.
         inner.index.quiesce();
         delete_segment(inner, slot, seg, report)?;
-        return fs::sync_dir(&inner.dir);
+        return fs::sync_dir(inner.log.io(), &inner.dir);
     }
 
     // Pass 2: write the copy under a temporary name, sync it, rename it over the original.
@@ -411,17 +424,17 @@ fn compact_segment(
         h.copy_from_slice(&header.encode());
     }
     let tmp = tmp_path(&seg.path);
-    let file = write_synced(&tmp, &out)?;
+    let file = write_synced(inner.log.io(), &tmp, &out)?;
     crate::failpoint::crash_point("compact-before-rename");
-    if let Err(e) = std::fs::rename(&tmp, &seg.path) {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = fs::rename(inner.log.io(), &tmp, &seg.path) {
+        let _ = fs::remove_file(inner.log.io(), &tmp);
         return Err(Error::io("rename compacted segment", &seg.path, e));
     }
     crate::failpoint::crash_point("compact-after-rename");
     // The old hint describes the old copy; its fingerprint would not match, but do not
     // leave it to be read.
-    let _ = fs::remove_file(&hint_path(inner, seg.id));
-    fs::sync_dir(&inner.dir)?;
+    let _ = fs::remove_file(inner.log.io(), &hint_path(inner, seg.id));
+    fs::sync_dir(inner.log.io(), &inner.dir)?;
     crate::failpoint::crash_point("compact-after-sync");
 
     // Pass 3: install the copy and move the entries over, each under its stripe lock. An
@@ -499,10 +512,10 @@ fn write_hint(inner: &Inner, seg: &Segment) -> Result<()> {
     debug_assert!(decode_hint(&buf).is_ok());
     let path = hint_path(inner, seg.id);
     let tmp = tmp_path(&path);
-    drop(write_synced(&tmp, &buf)?);
+    drop(write_synced(inner.log.io(), &tmp, &buf)?);
     crate::failpoint::crash_point("hint-before-rename");
-    if let Err(e) = std::fs::rename(&tmp, &path) {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = fs::rename(inner.log.io(), &tmp, &path) {
+        let _ = fs::remove_file(inner.log.io(), &tmp);
         return Err(Error::io("rename hint", &path, e));
     }
     seg.usage.set_hinted();
@@ -520,20 +533,15 @@ fn tmp_path(path: &std::path::Path) -> PathBuf {
 }
 
 /// Creates `path` with `bytes`, fsynced (data and length). Deletes it on failure.
-fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<std::fs::File> {
+fn write_synced(io: &Io, path: &std::path::Path, bytes: &[u8]) -> Result<std::fs::File> {
     let made = (|| {
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let f = fs::create(io, path)?;
+        fs::write_at(io, &f, path, 0, bytes)?;
+        fs::sync_file(io, &f, path)?;
         Ok(f)
     })();
     made.map_err(|e| {
-        let _ = fs::remove_file(path);
+        let _ = fs::remove_file(io, path);
         Error::io("write file", path, e)
     })
 }

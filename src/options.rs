@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::format::{MAX_RECORD_LEN, SEAL_LEN, SEGMENT_HEADER_LEN};
+use crate::iohook::{Io, IoHook};
 use crate::store::Store;
 
 /// When a claim counts as acknowledged, and so which crashes it survives.
@@ -144,6 +145,7 @@ pub struct Options {
     pub(crate) hints: bool,
     pub(crate) open_progress: Option<ProgressFn>,
     pub(crate) attempt_memory: Duration,
+    pub(crate) io: Io,
 }
 
 /// The callback of [`Options::open_progress`].
@@ -195,6 +197,7 @@ impl Options {
             hints: true,
             open_progress: None,
             attempt_memory: DEFAULT_ATTEMPT_MEMORY,
+            io: Io::default(),
         }
     }
 
@@ -208,6 +211,13 @@ impl Options {
     /// Tests pass a [`ManualClock`](crate::ManualClock) to move time without sleeping.
     pub fn clock(mut self, c: impl Clock + 'static) -> Options {
         self.clock = Arc::new(c);
+        self
+    }
+
+    /// A hook that sees, and may fail, every file-system change the store makes (see
+    /// [`IoHook`]): for fault-injection and power-loss tests. Default: none.
+    pub fn io_hook(mut self, hook: Arc<dyn IoHook>) -> Options {
+        self.io = Io::new(Some(hook));
         self
     }
 
@@ -380,6 +390,7 @@ impl fmt::Debug for Options {
             .field("compaction_threshold", &self.compaction_threshold)
             .field("hints", &self.hints)
             .field("attempt_memory", &self.attempt_memory)
+            .field("io", &self.io)
             .finish_non_exhaustive()
     }
 }

@@ -26,6 +26,7 @@ use crate::format::{
 };
 use crate::fs;
 use crate::index::{Entry, Index, Slot, Stripe};
+use crate::iohook::Io;
 use crate::log::{
     create_segment, preallocate, Location, Log, LogConfig, Segment, SegmentMap, SegmentTable,
     Totals, Writer, MAX_SEGMENTS,
@@ -79,7 +80,7 @@ pub(crate) fn recover(
     if opts.recovery == RecoveryMode::Salvage {
         // Damaged segments are rewritten clean (hints of rewritten ones deleted); what
         // follows is the default mode's recovery of a directory with nothing to salvage.
-        stats.salvaged = salvage::repair(&listing, now, new_store_id)?;
+        stats.salvaged = salvage::repair(&opts.io, &listing, now, new_store_id)?;
         listing = fs::list_dir(dir)?;
     }
 
@@ -107,7 +108,7 @@ pub(crate) fn recover(
         let is_last = i + 1 == count;
         let id = c.header.segment_id;
         let store = c.header.store_id;
-        let segment = Arc::new(map_segment(c, is_last, strict)?);
+        let segment = Arc::new(map_segment(&opts.io, c, is_last, strict)?);
         let slot = table.install(Arc::clone(&segment))?;
         let mut replay = Replay {
             index,
@@ -158,8 +159,10 @@ pub(crate) fn recover(
 
     // 3. The writer's segment: the unsealed newest one, its torn tail cut; or a new one.
     let store_id = store_id.unwrap_or_else(new_store_id);
+    let io = &opts.io;
     let config = LogConfig {
         dir: dir.to_path_buf(),
+        io: io.clone(),
         segment_size: opts.segment_size,
         store_id,
     };
@@ -198,9 +201,9 @@ pub(crate) fn recover(
         .collect();
     if !listing.temporaries.is_empty() || !stray_hints.is_empty() {
         for tmp in listing.temporaries.iter().chain(stray_hints) {
-            fs::remove_file(tmp)?;
+            fs::remove_file(io, tmp)?;
         }
-        fs::sync_dir(dir)?;
+        fs::sync_dir(io, dir)?;
     }
     if let (Some((segment, _, scan)), Some(appender)) = (&active, &mut appender) {
         let dirty = appender
@@ -217,11 +220,9 @@ pub(crate) fn recover(
         // So is the directory: the crashed process may have renamed the newest segment
         // into place without reaching its directory fsync, and appending to a file whose
         // name a power cut can still undo would lose what is appended.
-        segment
-            .file()
-            .sync_all()
+        fs::sync_file(io, segment.file(), &segment.path)
             .map_err(|e| Error::io("sync segment", &segment.path, e))?;
-        fs::sync_dir(dir)?;
+        fs::sync_dir(io, dir)?;
         stats.synced = true;
     }
     let writer = match (active, appender) {
@@ -234,10 +235,10 @@ pub(crate) fn recover(
         },
         _ => {
             let (segment, appender, tmp) =
-                create_segment(dir, last_id + 1, opts.segment_size, store_id, now)?;
-            std::fs::rename(&tmp, &segment.path)
+                create_segment(io, dir, last_id + 1, opts.segment_size, store_id, now)?;
+            fs::rename(io, &tmp, &segment.path)
                 .map_err(|e| Error::io("rename new segment", &segment.path, e))?;
-            fs::sync_dir(dir)?;
+            fs::sync_dir(io, dir)?;
             // create_segment synced the new file; the directory now holds its name.
             stats.synced = true;
             let segment = Arc::new(segment);
@@ -310,7 +311,7 @@ fn check_segment(
 }
 
 /// Maps a checked segment: read-only, or writable for the newest one.
-fn map_segment(c: Checked, writable: bool, strict: bool) -> Result<Segment> {
+fn map_segment(io: &Io, c: Checked, writable: bool, strict: bool) -> Result<Segment> {
     let Checked {
         path,
         file,
@@ -325,7 +326,7 @@ fn map_segment(c: Checked, writable: bool, strict: bool) -> Result<Segment> {
             if strict {
                 return Err(Error::corruption(&path, len, CorruptionKind::Truncated));
             }
-            preallocate(&file, header.capacity)
+            preallocate(io, &file, &path, header.capacity)
                 .map_err(|e| Error::io("allocate segment", &path, e))?;
         }
         SegmentMap::writable(&file).map_err(|e| Error::io("map segment", &path, e))?

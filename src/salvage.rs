@@ -24,11 +24,12 @@
 //!   not followed by any record that decodes are a torn tail, and are left to the usual cut
 //!   (`Stats::recovery_truncated_bytes`), exactly as in the default mode.
 //!
-//! Nothing is written before every segment has been examined, so an `open` that fails
-//! (foreign segment, newer version, I/O error while reading) has changed nothing.
+//! Every file change (create, write, sync, rename, remove) goes through the store's
+//! `IoHook`, as everywhere else. Nothing is written before every segment has been
+//! examined, so an `open` that fails (foreign segment, newer version, I/O error while
+//! reading) has changed nothing.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Corruption, CorruptionKind, Error, Result};
@@ -37,6 +38,7 @@ use crate::format::{
     FORMAT_VERSION, MAX_RECORD_LEN, RECORD_ALIGN, SEAL_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::fs::{self, Listing};
+use crate::iohook::Io;
 use crate::log::SegmentMap;
 use crate::options::MAX_SEGMENT_SIZE;
 
@@ -83,6 +85,7 @@ struct Examined {
 /// Rewrites every segment of `listing` that a `Strict` open would refuse (see the module
 /// docs) and reports what it dropped. `now` is the store clock's time, ms.
 pub(crate) fn repair(
+    io: &Io,
     listing: &Listing,
     now: u64,
     new_store_id: impl FnOnce() -> u128,
@@ -175,14 +178,14 @@ pub(crate) fn repair(
     let store_id = store_id.unwrap_or_else(new_store_id);
     let mut rewrote = false;
     for e in examined.iter().filter(|e| e.rewrite) {
-        rewrite(e, store_id, now)?;
-        fs::remove_file(&e.path.with_file_name(fs::hint_file_name(e.id)))?;
+        rewrite(io, e, store_id, now)?;
+        fs::remove_file(io, &e.path.with_file_name(fs::hint_file_name(e.id)))?;
         report.segments += 1;
         rewrote = true;
     }
     if rewrote {
         if let Some(dir) = examined.first().and_then(|e| e.path.parent()) {
-            fs::sync_dir(dir)?;
+            fs::sync_dir(io, dir)?;
         }
     }
     Ok(report)
@@ -200,8 +203,11 @@ fn open(path: &Path) -> Result<(File, u64)> {
     Ok((file, len))
 }
 
+/// Bytes of the clean copy written per call (each write goes through the `IoHook`).
+const WRITE_CHUNK: usize = 1 << 20;
+
 /// Writes the clean copy of `e` and renames it over the original.
-fn rewrite(e: &Examined, store_id: u128, now: u64) -> Result<()> {
+fn rewrite(io: &Io, e: &Examined, store_id: u128, now: u64) -> Result<()> {
     let (file, _) = open(&e.path)?;
     let map = SegmentMap::read_only(&file).map_err(|err| Error::io("map segment", &e.path, err))?;
     let bytes = map.scan_bytes();
@@ -227,25 +233,33 @@ fn rewrite(e: &Examined, store_id: u128, now: u64) -> Result<()> {
     tmp.push(fs::TMP_SUFFIX);
     let tmp = PathBuf::from(tmp);
     let written = (|| -> std::io::Result<()> {
-        let out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        let mut w = BufWriter::new(&out);
-        w.write_all(&header.encode())?;
-        scan(bytes, |_, record| w.write_all(record))?;
-        w.write_all(&seal)?;
-        w.flush()?;
-        drop(w);
-        out.sync_all()
+        let out = fs::create(io, &tmp)?;
+        let mut buf = Vec::with_capacity(WRITE_CHUNK);
+        let mut at = 0u64;
+        let mut flush = |buf: &mut Vec<u8>| {
+            fs::write_at(io, &out, &tmp, at, buf)?;
+            at += buf.len() as u64;
+            buf.clear();
+            Ok::<(), std::io::Error>(())
+        };
+        buf.extend_from_slice(&header.encode());
+        scan(bytes, |_, record| {
+            buf.extend_from_slice(record);
+            if buf.len() >= WRITE_CHUNK {
+                flush(&mut buf)?;
+            }
+            Ok::<(), std::io::Error>(())
+        })?;
+        buf.extend_from_slice(&seal);
+        flush(&mut buf)?;
+        fs::sync_file(io, &out, &tmp)
     })();
     if let Err(err) = written {
-        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(io, &tmp);
         return Err(Error::io("write salvaged segment", &tmp, err));
     }
-    std::fs::rename(&tmp, &e.path).map_err(|err| {
-        let _ = fs::remove_file(&tmp);
+    fs::rename(io, &tmp, &e.path).map_err(|err| {
+        let _ = fs::remove_file(io, &tmp);
         Error::io("rename salvaged segment", &e.path, err)
     })
 }

@@ -316,7 +316,7 @@ impl Store {
     }
 
     pub(crate) fn open_with(opts: Options, dir: &Path) -> Result<Store> {
-        let lock = crate::fs::lock_dir(dir)?;
+        let lock = crate::fs::lock_dir(&opts.io, dir)?;
         let index = Index::new(opts.stripes);
         let now = to_millis(opts.clock.now());
         let (log, recovery) = recovery::recover(dir, &opts, &index, now)?;

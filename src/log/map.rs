@@ -16,10 +16,13 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
+
+use crate::iohook::{Io, IoOp};
 
 enum Inner {
     /// A zero-length file (mmap cannot map zero bytes).
@@ -347,7 +350,11 @@ fn data_regions(file: &File, from: usize, to: usize) -> io::Result<Vec<(usize, u
 
 /// Reserves disk blocks for the whole file so that writes through a mapping cannot hit a
 /// full disk (see the module docs).
-pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+pub(crate) fn preallocate(io: &Io, file: &File, path: &Path, len: u64) -> io::Result<()> {
+    io.run(IoOp::Allocate { path, len }, || allocate(file, len))
+}
+
+fn allocate(file: &File, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
     // SAFETY: plain syscall wrapper on a valid, open file descriptor.

@@ -16,7 +16,7 @@
 
 mod map;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,7 @@ use crate::format::{
     SegmentHeader, FORMAT_VERSION, RECORD_HEADER_LEN, SEAL_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::fs;
+use crate::iohook::{Io, IoOp};
 
 pub(crate) use map::{preallocate, Appender, SegmentMap};
 
@@ -183,6 +184,23 @@ impl Segment {
     /// The open segment file.
     pub(crate) fn file(&self) -> &File {
         &self._file
+    }
+
+    /// Makes `[from, from + len)` of the mapping durable; `path` is the file's name now
+    /// (its temporary name while it is being created).
+    pub(crate) fn sync_range(
+        &self,
+        io: &Io,
+        path: &Path,
+        from: usize,
+        len: usize,
+    ) -> std::io::Result<()> {
+        let op = IoOp::SyncRange {
+            path,
+            offset: from as u64,
+            len: len as u64,
+        };
+        io.run(op, || self.map.sync_range(from, len))
     }
 
     /// Bytes the file takes on disk.
@@ -504,6 +522,7 @@ pub(crate) type Spare = (Segment, Appender, PathBuf);
 /// Configuration the log needs.
 pub(crate) struct LogConfig {
     pub(crate) dir: PathBuf,
+    pub(crate) io: Io,
     pub(crate) segment_size: u64,
     pub(crate) store_id: u128,
 }
@@ -640,6 +659,7 @@ impl Log {
                 }
             }
             match create_segment(
+                &self.config.io,
                 &self.config.dir,
                 next_id,
                 self.config.segment_size,
@@ -649,7 +669,7 @@ impl Log {
                 Ok(s) => spares.push(s),
                 Err(e) => {
                     for (_, _, tmp) in &spares {
-                        let _ = fs::remove_file(tmp);
+                        let _ = fs::remove_file(&self.config.io, tmp);
                     }
                     return Err(e);
                 }
@@ -684,7 +704,7 @@ impl Log {
             );
         }
         for (_, _, tmp) in spares {
-            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&self.config.io, &tmp);
         }
         if !w.next_prepared && w.appender.remaining() < usable / 2 {
             w.next_prepared = true;
@@ -703,13 +723,13 @@ impl Log {
         let mut prep = self.prep.lock();
         if let Some(old) = prep.take() {
             if let Some((_, _, tmp)) = old.finish() {
-                let _ = fs::remove_file(&tmp);
+                let _ = fs::remove_file(&self.config.io, &tmp);
             }
         }
-        let dir = self.config.dir.clone();
+        let (dir, io) = (self.config.dir.clone(), self.config.io.clone());
         let (size, store_id) = (self.config.segment_size, self.config.store_id);
         *prep = Prep::spawn(move |stop| {
-            let spare = create_segment(&dir, id, size, store_id, now).ok()?;
+            let spare = create_segment(&io, &dir, id, size, store_id, now).ok()?;
             spare.0.map.populate(SEGMENT_HEADER_LEN, stop);
             Some(spare)
         });
@@ -721,7 +741,7 @@ impl Log {
         match job.finish() {
             Some(spare) if spare.0.id == id => Some(spare),
             Some((_, _, tmp)) => {
-                let _ = fs::remove_file(&tmp);
+                let _ = fs::remove_file(&self.config.io, &tmp);
                 None
             }
             None => None,
@@ -757,21 +777,21 @@ impl Log {
         {
             // Cannot happen: appends always leave SEAL_LEN free. Refuse rather than write an
             // unsealed segment followed by a newer one.
-            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&self.config.io, &tmp);
             return Err(self.poison("no room left for the seal record".to_string()));
         }
         let sealed_end = w.appender.tail();
-        if let Err(e) = self.sync_range(&w.segment.map, 0, sealed_end) {
-            let _ = fs::remove_file(&tmp);
+        if let Err(e) = self.sync_range(&w.segment, 0, sealed_end) {
+            let _ = fs::remove_file(&self.config.io, &tmp);
             return Err(self.poison_io("sync sealed segment", &w.segment.path, e));
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
         w.segment.usage.seal(w.totals, data_end, now);
-        if let Err(e) = std::fs::rename(&tmp, &segment.path) {
-            let _ = fs::remove_file(&tmp);
+        if let Err(e) = fs::rename(&self.config.io, &tmp, &segment.path) {
+            let _ = fs::remove_file(&self.config.io, &tmp);
             return Err(self.poison_io("rename new segment", &segment.path, e));
         }
-        if let Err(e) = fs::sync_dir(&self.config.dir) {
+        if let Err(e) = fs::sync_dir(&self.config.io, &self.config.dir) {
             return Err(self.poison(e.to_string()));
         }
         let segment = Arc::new(segment);
@@ -805,6 +825,7 @@ impl Log {
         }
         let next_id = w.segment.id + 1;
         let spare = create_segment(
+            &self.config.io,
             &self.config.dir,
             next_id,
             self.config.segment_size,
@@ -906,7 +927,7 @@ impl Log {
             // one's name became visible.
             0
         };
-        if let Err(e) = self.sync_range(&segment.map, from, tail - from.min(tail)) {
+        if let Err(e) = self.sync_range(&segment, from, tail - from.min(tail)) {
             return Err(self.poison_io("sync segment", &segment.path, e));
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
@@ -915,12 +936,12 @@ impl Log {
     }
 
     /// Every data sync of the running log goes through here.
-    fn sync_range(&self, map: &SegmentMap, from: usize, len: usize) -> std::io::Result<()> {
+    fn sync_range(&self, segment: &Segment, from: usize, len: usize) -> std::io::Result<()> {
         #[cfg(test)]
         if self.fail_syncs.load(Ordering::Relaxed) {
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
-        map.sync_range(from, len)
+        segment.sync_range(&self.config.io, &segment.path, from, len)
     }
 
     /// Fails if an earlier sync failed.
@@ -968,6 +989,11 @@ impl Log {
         lsn(w.segment.id, w.appender.tail())
     }
 
+    /// The hook every file-system change goes through.
+    pub(crate) fn io(&self) -> &Io {
+        &self.config.io
+    }
+
     pub(crate) fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
     }
@@ -979,7 +1005,7 @@ impl Drop for Log {
     fn drop(&mut self) {
         if let Some(job) = self.prep.get_mut().take() {
             if let Some((_, _, tmp)) = job.finish() {
-                let _ = fs::remove_file(&tmp);
+                let _ = fs::remove_file(&self.config.io, &tmp);
             }
         }
     }
@@ -1017,6 +1043,7 @@ const PRE_ENCODED_MAX: usize = 256;
 /// Creates segment `id` under its temporary name: allocated, header written and synced.
 /// The caller renames it into place (and fsyncs the directory) when the time is right.
 pub(crate) fn create_segment(
+    io: &Io,
     dir: &Path,
     id: u64,
     capacity: u64,
@@ -1025,15 +1052,10 @@ pub(crate) fn create_segment(
 ) -> Result<Spare> {
     let path = dir.join(fs::segment_name(id));
     let tmp = dir.join(format!("{}{}", fs::segment_name(id), fs::TMP_SUFFIX));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("create segment", &tmp, e))?;
+    let file = fs::create(io, &tmp).map_err(|e| Error::io("create segment", &tmp, e))?;
     let made = (|| {
-        preallocate(&file, capacity).map_err(|e| Error::io("allocate segment", &tmp, e))?;
+        preallocate(io, &file, &tmp, capacity)
+            .map_err(|e| Error::io("allocate segment", &tmp, e))?;
         let map = SegmentMap::writable(&file).map_err(|e| Error::io("map segment", &tmp, e))?;
         let header = SegmentHeader {
             version: FORMAT_VERSION,
@@ -1050,19 +1072,15 @@ pub(crate) fn create_segment(
         let bytes = header.encode();
         appender.append(SEGMENT_HEADER_LEN, |b| b.copy_from_slice(&bytes));
         segment
-            .map
-            .sync_range(0, SEGMENT_HEADER_LEN)
+            .sync_range(io, &tmp, 0, SEGMENT_HEADER_LEN)
             .map_err(|e| Error::io("sync segment header", &tmp, e))?;
-        segment
-            ._file
-            .sync_all()
-            .map_err(|e| Error::io("sync segment", &tmp, e))?;
+        fs::sync_file(io, &segment._file, &tmp).map_err(|e| Error::io("sync segment", &tmp, e))?;
         Ok((segment, appender))
     })();
     match made {
         Ok((segment, appender)) => Ok((segment, appender, tmp)),
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(io, &tmp);
             Err(e)
         }
     }

@@ -2,6 +2,8 @@
 //! records of a segment file (through the crate's public decoder).
 #![allow(dead_code)]
 
+pub mod powercut;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
