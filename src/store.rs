@@ -1165,6 +1165,58 @@ mod tests {
         }
     }
 
+    /// Found by tests/torture.rs: with one descriptor per segment, a store of ~20k segments
+    /// ran out of them (EMFILE) while syncing the directory during a rotation, and the error
+    /// said only "fsync directory <dir>": the cause was lost on the way to the poison reason.
+    #[test]
+    fn a_failed_directory_sync_during_rotation_reports_its_cause() {
+        struct FailDirSyncs(std::sync::atomic::AtomicBool);
+        impl crate::IoHook for FailDirSyncs {
+            fn before(&self, op: &crate::IoOp<'_>) -> std::io::Result<()> {
+                if matches!(op, crate::IoOp::SyncDir { .. }) && self.0.load(Ordering::SeqCst) {
+                    return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+                }
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let hook = Arc::new(FailDirSyncs(std::sync::atomic::AtomicBool::new(false)));
+        let store = Options::new()
+            .durability(Durability::Buffered)
+            .segment_size(crate::MIN_SEGMENT_SIZE)
+            .background_maintenance(false)
+            .io_hook(hook.clone())
+            .open(dir.path())
+            .unwrap();
+        hook.0.store(true, Ordering::SeqCst);
+        let ttl = Duration::from_secs(60);
+        // Buffered claims touch no directory until one needs a new segment.
+        let (i, e) = (0..10_000)
+            .find_map(|i| {
+                store
+                    .claim(format!("key-{i:05}"), ttl)
+                    .err()
+                    .map(|e| (i, e))
+            })
+            .expect("no rotation happened");
+        assert!(i > 100, "failed at claim {i}, before the segment was full");
+        match &e {
+            Error::Io { op, source, .. } => {
+                assert_eq!(*op, "fsync directory");
+                assert_eq!(source.raw_os_error(), Some(libc::EMFILE));
+            }
+            other => panic!("the claim that rotated: {other:?}"),
+        }
+        let cause = std::io::Error::from_raw_os_error(libc::EMFILE).to_string();
+        match store.claim("next", ttl) {
+            Err(Error::Poisoned { reason }) => {
+                assert!(reason.contains("fsync directory"), "{reason}");
+                assert!(reason.contains(&cause), "{reason}");
+            }
+            other => panic!("the claim after: {other:?}"),
+        }
+    }
+
     #[test]
     fn open_syncs_the_newest_segment_and_the_directory() {
         let dir = tempfile::tempdir().unwrap();

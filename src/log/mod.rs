@@ -792,7 +792,13 @@ impl Log {
             return Err(self.poison_io("rename new segment", &segment.path, e));
         }
         if let Err(e) = fs::sync_dir(&self.config.io, &self.config.dir) {
-            return Err(self.poison(e.to_string()));
+            // As for the steps above: the caller gets the I/O error, and the poison reason
+            // keeps its cause (an `Error`'s message leaves its source out).
+            self.poison(match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            });
+            return Err(e);
         }
         let segment = Arc::new(segment);
         let slot = match self.table.install(Arc::clone(&segment)) {
