@@ -441,7 +441,8 @@ fn compact_segment(
     // entry that changed meanwhile (removed, or replaced after expiry) is left alone, and
     // its copied record is dead from the start.
     let map = SegmentMap::read_only(&file).map_err(|e| Error::io("map segment", &seg.path, e))?;
-    let fresh = Arc::new(Segment::new(seg.path.clone(), header, map, file));
+    drop(file);
+    let fresh = Arc::new(Segment::new(seg.path.clone(), header, map));
     fresh.usage.seal(totals, new_end, sealed_at);
     let new_slot = table.install(Arc::clone(&fresh))?;
     for k in kept.iter().filter(|k| k.claim) {

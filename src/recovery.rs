@@ -102,13 +102,14 @@ pub(crate) fn recover(
     //    reading the segment.
     let use_hints = !strict && opts.default_hasher;
     let mut active: Option<(Arc<Segment>, u16, Scan)> = None;
-    let mut newest: Option<Arc<Segment>> = None;
+    let mut newest: Option<(Arc<Segment>, File)> = None;
     let mut last_id = 0u64;
     for (i, c) in checked.into_iter().enumerate() {
         let is_last = i + 1 == count;
         let id = c.header.segment_id;
         let store = c.header.store_id;
-        let segment = Arc::new(map_segment(&opts.io, c, is_last, strict)?);
+        let (segment, file) = map_segment(&opts.io, c, strict)?;
+        let segment = Arc::new(segment);
         let slot = table.install(Arc::clone(&segment))?;
         let mut replay = Replay {
             index,
@@ -148,8 +149,8 @@ pub(crate) fn recover(
             });
         }
         last_id = id;
-        if is_last {
-            newest = Some(Arc::clone(&segment));
+        if let Some(file) = file {
+            newest = Some((Arc::clone(&segment), file));
         }
         if !scan.sealed {
             // Only the newest segment may be unsealed (scan_segment checked).
@@ -172,10 +173,14 @@ pub(crate) fn recover(
         })?),
         None => None,
     };
-    if let (Some((segment, _, _)), Some(appender)) = (&active, &mut appender) {
+    // The active segment, if any, is the newest one: its file is open.
+    let active_file = newest.as_ref().map(|(_, file)| file);
+    if let (Some((segment, _, _)), Some(appender), Some(file)) =
+        (&active, &mut appender, active_file)
+    {
         if strict {
             let dirty = appender
-                .dirty_rest(segment.file(), false)
+                .dirty_rest(file, false)
                 .map_err(|e| Error::io("read segment tail", &segment.path, e))?;
             if let Some((first, _)) = dirty {
                 return Err(Error::corruption(
@@ -205,22 +210,24 @@ pub(crate) fn recover(
         }
         fs::sync_dir(io, dir)?;
     }
-    if let (Some((segment, _, scan)), Some(appender)) = (&active, &mut appender) {
+    if let (Some((segment, _, scan)), Some(appender), Some(file)) =
+        (&active, &mut appender, active_file)
+    {
         let dirty = appender
-            .dirty_rest(segment.file(), true)
+            .dirty_rest(file, true)
             .map_err(|e| Error::io("clear cut tail", &segment.path, e))?;
         if let Some((_, last)) = dirty {
             stats.truncated_bytes = (last - scan.end) as u64;
         }
     }
-    if let Some(segment) = &newest {
+    if let Some((segment, file)) = &newest {
         // Records a crashed process wrote but never synced, the zeroed tail and a
         // re-extended length: all durable before the first new acknowledgement, and before
         // a successor of a sealed newest segment becomes visible.
         // So is the directory: the crashed process may have renamed the newest segment
         // into place without reaching its directory fsync, and appending to a file whose
         // name a power cut can still undo would lose what is appended.
-        fs::sync_file(io, segment.file(), &segment.path)
+        fs::sync_file(io, file, &segment.path)
             .map_err(|e| Error::io("sync segment", &segment.path, e))?;
         fs::sync_dir(io, dir)?;
         stats.synced = true;
@@ -260,12 +267,21 @@ pub(crate) fn recover(
     Ok((log, stats))
 }
 
-/// A segment file whose header has been checked, not yet mapped.
+/// A segment file whose header has been checked.
 struct Checked {
     path: PathBuf,
-    file: File,
+    opened: Opened,
     header: SegmentHeader,
     len: u64,
+}
+
+/// How a checked segment is held until recovery replays it. Only the newest segment keeps
+/// its file open (recovery may extend, zero and fsync it); the others are mapped read-only
+/// at once and their files closed, so that opening a directory of many segments needs no
+/// more than a few file descriptors.
+enum Opened {
+    Mapped(SegmentMap),
+    Newest(File),
 }
 
 /// Opens a segment file (read-write if it is the newest) and checks its header against its
@@ -302,38 +318,45 @@ fn check_segment(
     if len > MAX_SEGMENT_SIZE {
         return Err(Error::corruption(path, 0, CorruptionKind::BadSegmentHeader));
     }
+    let opened = if writable {
+        Opened::Newest(file)
+    } else {
+        // Mapping a file read-only changes nothing; the file closes here.
+        Opened::Mapped(SegmentMap::read_only(&file).map_err(|e| Error::io("map segment", path, e))?)
+    };
     Ok(Checked {
         path: path.to_path_buf(),
-        file,
+        opened,
         header,
         len,
     })
 }
 
-/// Maps a checked segment: read-only, or writable for the newest one.
-fn map_segment(io: &Io, c: Checked, writable: bool, strict: bool) -> Result<Segment> {
+/// Maps a checked segment: read-only, or writable for the newest one, whose file is
+/// returned too.
+fn map_segment(io: &Io, c: Checked, strict: bool) -> Result<(Segment, Option<File>)> {
     let Checked {
         path,
-        file,
+        opened,
         header,
         len,
     } = c;
-    let map = if writable {
-        if len < header.capacity {
-            // The newest segment lost its tail (a torn truncation, or a copy cut short).
-            // Segments are created at full length, so this is damage: `Strict` reports it;
-            // otherwise the file gets its allocation back and the zeros read as the end.
-            if strict {
-                return Err(Error::corruption(&path, len, CorruptionKind::Truncated));
-            }
-            preallocate(io, &file, &path, header.capacity)
-                .map_err(|e| Error::io("allocate segment", &path, e))?;
-        }
-        SegmentMap::writable(&file).map_err(|e| Error::io("map segment", &path, e))?
-    } else {
-        SegmentMap::read_only(&file).map_err(|e| Error::io("map segment", &path, e))?
+    let file = match opened {
+        Opened::Mapped(map) => return Ok((Segment::new(path, header, map), None)),
+        Opened::Newest(file) => file,
     };
-    Ok(Segment::new(path, header, map, file))
+    if len < header.capacity {
+        // The newest segment lost its tail (a torn truncation, or a copy cut short).
+        // Segments are created at full length, so this is damage: `Strict` reports it;
+        // otherwise the file gets its allocation back and the zeros read as the end.
+        if strict {
+            return Err(Error::corruption(&path, len, CorruptionKind::Truncated));
+        }
+        preallocate(io, &file, &path, header.capacity)
+            .map_err(|e| Error::io("allocate segment", &path, e))?;
+    }
+    let map = SegmentMap::writable(&file).map_err(|e| Error::io("map segment", &path, e))?;
+    Ok((Segment::new(path, header, map), Some(file)))
 }
 
 fn read_header(file: &File, path: &Path) -> Result<SegmentHeader> {

@@ -596,3 +596,65 @@ fn strict_mode_reports_a_sealed_segment_cut_short() {
         assert!(store.get(big(i)).unwrap().is_some(), "key {i}");
     }
 }
+
+/// The files of this process open under `dir` (from /proc/self/fd; other tests running
+/// in this process open files elsewhere).
+fn open_files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(&dir))
+        .collect()
+}
+
+/// How many memory mappings of this process map files under `dir`.
+fn mappings_under(dir: &Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    let dir = dir.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(5)
+                .is_some_and(|p| p.starts_with(dir))
+        })
+        .count()
+}
+
+/// Found by tests/torture.rs: every mapped segment kept its file open, so a directory of
+/// ~20k segments hit the open-file limit (EMFILE) long before `MAX_SEGMENTS`. A mapping
+/// stays valid after its file is closed; the store now keeps open only its `LOCK` file.
+#[test]
+fn segments_stay_mapped_without_an_open_file_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 20_000;
+    let clock = fill(dir.path(), n);
+    let count = segments(dir.path()).len();
+    assert!(count > 20, "want many segments, got {count}");
+    let store = opts(&clock).open(dir.path()).unwrap();
+    let lock = dir.path().canonicalize().unwrap().join("LOCK");
+    assert_eq!(open_files_under(dir.path()), vec![lock.clone()]);
+    // What bounds the segment count instead: one memory mapping each (Linux caps a
+    // process's mappings at `vm.max_map_count`, 65 530 by default).
+    assert_eq!(mappings_under(dir.path()), count);
+    check_filled(&store, n);
+    // Writes that rotate into new segments, and compaction writing fresh copies, do not
+    // leave files open either.
+    for i in n..n + 2_000 {
+        assert!(store.claim(key(i), TTL).unwrap().is_new());
+    }
+    for i in (0..n).filter(|i| i % 3 != 0) {
+        store.remove(key(i)).unwrap();
+    }
+    let report = store.compact().unwrap();
+    assert!(report.segments_written > 0, "{report:?}");
+    assert_eq!(open_files_under(dir.path()), vec![lock]);
+    for i in 0..n {
+        let claimed = store.get(key(i)).unwrap().is_some();
+        assert_eq!(claimed, i % 10 != 0 && i % 3 == 0, "key {i}");
+    }
+    store.close().unwrap();
+    assert!(open_files_under(dir.path()).is_empty());
+}

@@ -16,7 +16,6 @@
 
 mod map;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -57,8 +56,8 @@ pub(crate) struct Segment {
     pub(crate) map: Arc<SegmentMap>,
     /// What the segment holds and how much of it still matters (see `Usage`).
     pub(crate) usage: Usage,
-    /// Kept open for the lifetime of the mapping.
-    _file: File,
+    // No file descriptor is kept: a mapping stays valid after its file is closed, and a
+    // descriptor per segment would cap the segment count at the process's open-file limit.
 }
 
 /// Byte accounting of one segment, which maintenance uses to decide what to delete and
@@ -157,7 +156,7 @@ impl Usage {
 }
 
 impl Segment {
-    pub(crate) fn new(path: PathBuf, header: SegmentHeader, map: SegmentMap, file: File) -> Self {
+    pub(crate) fn new(path: PathBuf, header: SegmentHeader, map: SegmentMap) -> Self {
         Segment {
             id: header.segment_id,
             created_at: header.created_at,
@@ -165,7 +164,6 @@ impl Segment {
             path,
             map: Arc::new(map),
             usage: Usage::default(),
-            _file: file,
         }
     }
 
@@ -179,11 +177,6 @@ impl Segment {
         // SAFETY: the Acquire load in `is_sealed` pairs with the Release store in
         // `Usage::seal`, made after the seal was written; nothing is written after it.
         Some(unsafe { self.map.sealed_bytes(end) })
-    }
-
-    /// The open segment file.
-    pub(crate) fn file(&self) -> &File {
-        &self._file
     }
 
     /// Makes `[from, from + len)` of the mapping durable; `path` is the file's name now
@@ -1070,7 +1063,7 @@ pub(crate) fn create_segment(
             capacity,
             store_id,
         };
-        let segment = Segment::new(path.clone(), header, map, file);
+        let segment = Segment::new(path.clone(), header, map);
         let mut appender = segment
             .map
             .appender(0)
@@ -1080,7 +1073,8 @@ pub(crate) fn create_segment(
         segment
             .sync_range(io, &tmp, 0, SEGMENT_HEADER_LEN)
             .map_err(|e| Error::io("sync segment header", &tmp, e))?;
-        fs::sync_file(io, &segment._file, &tmp).map_err(|e| Error::io("sync segment", &tmp, e))?;
+        fs::sync_file(io, &file, &tmp).map_err(|e| Error::io("sync segment", &tmp, e))?;
+        // The file closes here; the mapping lives on in `segment`.
         Ok((segment, appender))
     })();
     match made {
