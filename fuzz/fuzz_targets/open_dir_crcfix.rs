@@ -46,17 +46,17 @@ fn fix_crcs(buf: &mut [u8]) {
 fuzz_target!(|data: &[u8]| {
     let mut seg = data.to_vec();
     fix_crcs(&mut seg);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = scratch_dir();
     std::fs::write(dir.path().join("seg-0000000000000001.olog"), &seg).expect("write segment");
     let ttl = Duration::from_secs(3600);
-    let Ok(store) = oncelog::Store::open(dir.path()) else {
+    let Ok(store) = options().open(dir.path()) else {
         return;
     };
     let _ = store.get("evt_fuzz");
     let claimed = matches!(store.claim("evt_fuzz", ttl), Ok(oncelog::Claim::New));
     let closed = store.close().is_ok();
     if claimed && closed {
-        let store = oncelog::Store::open(dir.path()).expect("reopen after a clean close");
+        let store = options().open(dir.path()).expect("reopen after a clean close");
         assert!(
             store.get("evt_fuzz").expect("get").is_some(),
             "a key claimed New before a clean close is not claimed after reopening"
@@ -64,3 +64,21 @@ fuzz_target!(|data: &[u8]| {
         let _ = store.close();
     }
 });
+
+/// A fresh directory, in memory when the machine has `/dev/shm`: opening fsyncs, and on a
+/// disk that would be most of each execution.
+fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("tempdir")
+}
+
+/// Small segments and few stripes: a new segment is allocated in full and the index's
+/// stripes up front, and each execution opens a fresh store. What is decoded does not
+/// depend on either.
+fn options() -> oncelog::Options {
+    oncelog::Options::new()
+        .segment_size(oncelog::MIN_SEGMENT_SIZE)
+        .stripes(4)
+        .background_maintenance(false)
+}

@@ -2,6 +2,7 @@
 //! records of a segment file (through the crate's public decoder).
 #![allow(dead_code)]
 
+pub mod opseq;
 pub mod powercut;
 
 use std::path::{Path, PathBuf};

@@ -125,6 +125,32 @@ impl PowerSim {
         })
     }
 
+    /// A simulator for the store directory `dir` as it is now, every file in it taken as
+    /// durable (as after a reboot): for going on with the directory a cut left.
+    pub fn adopt(dir: &Path) -> Arc<PowerSim> {
+        let sim = PowerSim::new(dir);
+        {
+            let mut st = sim.state.lock().unwrap();
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .expect("read dir")
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n != "LOCK")
+                .collect();
+            names.sort();
+            for name in names {
+                let durable = sim.read(&name);
+                st.inodes.push(Inode {
+                    durable,
+                    orphaned: None,
+                });
+                let ino = st.inodes.len() - 1;
+                st.volatile.insert(name.clone(), ino);
+                st.durable.insert(name, ino);
+            }
+        }
+        sim
+    }
+
     pub fn events(&self) -> u64 {
         self.state.lock().unwrap().events
     }
