@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+use common::{options, scratch_dir};
+
 fuzz_target!(|data: &[u8]| {
     let dir = scratch_dir();
     std::fs::write(dir.path().join("seg-0000000000000001.olog"), data).expect("write segment");
@@ -17,21 +20,3 @@ fuzz_target!(|data: &[u8]| {
         let _ = store.close();
     }
 });
-
-/// A fresh directory, in memory when the machine has `/dev/shm`: opening fsyncs, and on a
-/// disk that would be most of each execution.
-fn scratch_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .expect("tempdir")
-}
-
-/// Small segments and few stripes: a new segment is allocated in full and the index's
-/// stripes up front, and each execution opens a fresh store. What is decoded does not
-/// depend on either.
-fn options() -> oncelog::Options {
-    oncelog::Options::new()
-        .segment_size(oncelog::MIN_SEGMENT_SIZE)
-        .stripes(4)
-        .background_maintenance(false)
-}
