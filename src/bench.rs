@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::format::{encode_record, RecordKind};
-use crate::index::{Entry, Slot};
+use crate::index::Entry;
 use crate::log::{Location, RecordSpec};
 use crate::options::Options;
 
@@ -41,21 +41,16 @@ impl Index {
     /// Inserts `id` under `hash` unless present; `true` if inserted.
     pub fn insert(&self, hash: u64, id: u32) -> bool {
         let mut s = self.0.lock(hash);
-        match s.slot(hash, |e| e.offset == id) {
-            Slot::Occupied(_) => false,
-            Slot::Vacant(v, h) => {
-                v.insert(Entry::new(
-                    h,
-                    Location {
-                        slot: 0,
-                        offset: id,
-                    },
-                    u64::MAX,
-                    64,
-                ));
-                true
-            }
+        let place = s.place(hash, |e| e.offset == id);
+        if place.entry().is_some() {
+            return false;
         }
+        let at = Location {
+            slot: 0,
+            offset: id,
+        };
+        place.put(Entry::new(hash as u32, at, u64::MAX, 64));
+        true
     }
 
     /// Whether `id` is present under `hash`.
@@ -84,7 +79,6 @@ impl Index {
 /// The segment log on its own: appends claim records (no index, no stripe locks).
 pub struct Log {
     log: crate::log::Log,
-    _index: crate::index::Index,
 }
 
 impl std::fmt::Debug for Log {
@@ -96,9 +90,8 @@ impl std::fmt::Debug for Log {
 impl Log {
     /// Opens (recovering) the log in `dir` with `opts`; the directory should be empty.
     pub fn open(dir: &Path, opts: &Options) -> Result<Log> {
-        let index = crate::index::Index::new(opts.stripes);
-        let (log, _) = crate::recovery::recover(dir, opts, &index, 0)?;
-        Ok(Log { log, _index: index })
+        let (_, log, _) = crate::recovery::recover(dir, opts, 0)?;
+        Ok(Log { log })
     }
 
     /// Appends one claim record, as `Store::claim` does once it knows the key is new.

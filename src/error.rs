@@ -107,6 +107,19 @@ pub enum Error {
         /// Why the ticket is stale.
         reason: String,
     },
+    /// The store would need more segment files than it can address at once
+    /// ([`MAX_SEGMENTS`](crate::MAX_SEGMENTS)). Nothing was written.
+    ///
+    /// Not a failure of the disk: the store keeps working for keys that need no new
+    /// segment. Let maintenance delete expired segments ([`Store::compact`](crate::Store::compact)),
+    /// use a larger [`Options::segment_size`](crate::Options::segment_size), or split the
+    /// keys over more stores.
+    TooManySegments {
+        /// Segments the store would have needed.
+        needed: usize,
+        /// The most one store can hold.
+        max: usize,
+    },
     /// An operating-system I/O error.
     Io {
         /// What oncelog was doing.
@@ -213,6 +226,9 @@ impl fmt::Display for Error {
             ),
             Error::StaleTicket { attempt, reason } => {
                 write!(f, "ticket of attempt {attempt} is stale: {reason}")
+            }
+            Error::TooManySegments { needed, max } => {
+                write!(f, "{needed} segments needed; one store holds at most {max}")
             }
             Error::Io { op, path, .. } => write!(f, "{op} {}", path.display()),
         }

@@ -12,8 +12,16 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 const SEGMENT_PREFIX: &str = "seg-";
 const SEGMENT_SUFFIX: &str = ".olog";
 const HINT_SUFFIX: &str = ".hint";
-/// Suffix of a segment being created; such files are deleted on open.
-pub(crate) const TMP_SUFFIX: &str = ".tmp";
+/// Suffix of a file being written under its temporary name; such files are deleted on open.
+const TMP_SUFFIX: &str = ".tmp";
+
+/// The temporary name a file is written under before it is renamed to `path`: the same name
+/// with `.tmp` appended. A crash leaves at most such a file behind, which `open` deletes.
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(TMP_SUFFIX);
+    PathBuf::from(s)
+}
 
 /// Creates the directory if needed and takes its lock.
 ///
@@ -184,6 +192,21 @@ fn is_regular(entry: &fs::DirEntry) -> bool {
     }
 }
 
+/// Creates `path` holding `bytes`, its data and length fsynced, and returns it open. Deletes
+/// it on failure.
+pub(crate) fn write_new(io: &Io, path: &Path, bytes: &[u8]) -> Result<File> {
+    let made = (|| {
+        let f = create(io, path)?;
+        write_at(io, &f, path, 0, bytes)?;
+        sync_file(io, &f, path)?;
+        Ok(f)
+    })();
+    made.map_err(|e| {
+        let _ = remove_file(io, path);
+        Error::io("write file", path, e)
+    })
+}
+
 /// Removes a file, treating "already gone" as success.
 pub(crate) fn remove_file(io: &Io, path: &Path) -> Result<()> {
     match io.run(IoOp::Remove { path }, || fs::remove_file(path)) {
@@ -212,5 +235,18 @@ mod tests {
         assert_eq!(parse_hint_name(&hint_file_name(77)), Some(77));
         assert_eq!(parse_hint_name(&segment_name(77)), None);
         assert_eq!(parse_hint_name("seg-1.hint"), None);
+    }
+
+    #[test]
+    fn temporary_names_are_recognised_as_such() {
+        let tmp = tmp_path(Path::new("/d").join(segment_name(3)).as_path());
+        assert_eq!(tmp, Path::new("/d/seg-0000000000000003.olog.tmp"));
+        let name = tmp.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        assert!(name
+            .strip_suffix(TMP_SUFFIX)
+            .and_then(parse_segment_name)
+            .is_some());
+        let hint_tmp = tmp_path(Path::new(&hint_file_name(3)));
+        assert_eq!(hint_tmp, Path::new("seg-0000000000000003.hint.tmp"));
     }
 }

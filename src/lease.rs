@@ -1,14 +1,8 @@
 //! Two-phase claims: `begin` takes a lease on a key, `complete` stores the outcome,
-//! `abandon` frees the key, `extend` moves the deadline. A key's state is its newest record:
-//!
-//! | newest record | `until` vs now | state |
-//! |---|---|---|
-//! | claim | `expires` > now | done (claimed) |
-//! | done | `until` > now | done (completed, with outcome) |
-//! | lease | `until` > now | in flight |
-//! | lease | `until` <= now | free; the attempt is remembered, the next one is `attempt + 1` |
-//! | done | `until` <= now | free; the next attempt is 1 |
-//! | any | `expires` <= now | absent (as if there were no record) |
+//! `abandon` frees the key, `extend` moves the deadline. A door onto the engine, beside
+//! `store.rs`: a key's state is its newest record, read as the table in
+//! `src/engine/key.rs` says (in flight while a lease's deadline has not passed, done while
+//! an outcome has not expired, free otherwise, remembering lapsed attempts).
 //!
 //! Invariants:
 //!
@@ -26,15 +20,16 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::clock::{from_millis, to_millis};
+use crate::clock::from_millis;
+use crate::engine::{check_key, Current, Seen, Status};
 use crate::error::{Error, Result};
 use crate::format::{
     decode_state, encode_state, RecordHeader, RecordKind, StateValue, MAX_FINGERPRINT_LEN,
     MAX_OUTCOME_LEN,
 };
-use crate::index::{Slot, Stripe};
+use crate::index::Place;
 use crate::log::RecordSpec;
-use crate::store::{check_key, record_end, write_entry, Inner, Seen, Store};
+use crate::store::Store;
 
 /// The answer to [`Store::begin`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,81 +103,6 @@ pub fn fingerprint(payload: &[u8]) -> [u8; 16] {
     xxhash_rust::xxh3::xxh3_128(payload).to_le_bytes()
 }
 
-/// What a free key remembers of its past attempts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Memory {
-    /// The attempt number a new attempt gets.
-    pub(crate) next_attempt: u32,
-    /// The first-seen time a new attempt keeps (that of the chain's first attempt).
-    pub(crate) first_seen: u64,
-    /// The `expires` of the record remembered: a record replacing it keeps at least this.
-    pub(crate) keep: u64,
-}
-
-/// A key's state, from its newest record (see the module table).
-pub(crate) enum KeyStatus<'a> {
-    /// No record, or its `expires` has passed.
-    Absent,
-    /// Free; a new attempt continues from `Memory`.
-    Free(Memory),
-    /// Held: claimed, completed (with the state value) or in flight (ditto).
-    Held(RecordHeader, Option<StateValue<'a>>),
-}
-
-/// Classifies the key's newest record `h` with value `value` at `now`.
-pub(crate) fn classify<'a>(h: &RecordHeader, value: &'a [u8], now: u64) -> KeyStatus<'a> {
-    if h.expires <= now {
-        return KeyStatus::Absent;
-    }
-    match h.kind {
-        RecordKind::Claim => KeyStatus::Held(*h, None),
-        RecordKind::Lease | RecordKind::Done => {
-            let Some(s) = decode_state(value) else {
-                // Records the index points at were validated when written or replayed.
-                return KeyStatus::Absent;
-            };
-            if s.until > now {
-                KeyStatus::Held(*h, Some(s))
-            } else if h.kind == RecordKind::Lease {
-                KeyStatus::Free(Memory {
-                    next_attempt: h.attempt.saturating_add(1),
-                    first_seen: h.time,
-                    keep: h.expires,
-                })
-            } else {
-                KeyStatus::Free(Memory {
-                    next_attempt: 1,
-                    first_seen: now,
-                    keep: h.expires,
-                })
-            }
-        }
-        RecordKind::Remove | RecordKind::Seal => KeyStatus::Absent,
-    }
-}
-
-/// The key's newest record and the lsn its bytes end at, read under the stripe lock.
-pub(crate) type Current<'t> = Option<(RecordHeader, &'t [u8], u64)>;
-
-/// Finds `key`'s entry and reads its record (header and value).
-pub(crate) fn find_current<'s, 't>(
-    inner: &'t Inner,
-    stripe: &'s mut Stripe,
-    key: &[u8],
-    hash: u64,
-) -> (Slot<'s>, Current<'t>) {
-    let table = &inner.log.table;
-    let mut current = None;
-    let slot = stripe.slot(hash, |e| match table.record_with_value(e.location()) {
-        Some((h, k, v)) if k == key => {
-            current = Some((h, v, record_end(table, e, &h)));
-            true
-        }
-        _ => false,
-    });
-    (slot, current)
-}
-
 /// Whether an answer about a held key must be `Mismatch`: both sides have a fingerprint and
 /// they differ.
 fn mismatched(stored: Option<&StateValue<'_>>, given: Option<&[u8]>) -> bool {
@@ -206,9 +126,9 @@ fn encode_value(token: u64, until: u64, fingerprint: &[u8], outcome: &[u8]) -> V
     value
 }
 
-/// A ticket's lease, checked to be the key's newest record: its slot, header and value.
-struct Held<'s, 't> {
-    slot: Slot<'s>,
+/// A ticket's own lease, checked to be the key's newest record: its place, header and value.
+struct OwnLease<'s, 't> {
+    place: Place<'s>,
     header: RecordHeader,
     state: StateValue<'t>,
 }
@@ -293,19 +213,18 @@ impl Store {
 
     fn begin_inner(&self, key: &[u8], lease: Duration, fp: Option<&[u8]>) -> Result<Begin> {
         check_key(key)?;
-        let (now, deadline) = self.window(lease)?;
-        let inner = self.inner();
-        let hash = (inner.hasher)(key);
+        let engine = self.engine();
+        let (now, deadline) = engine.window(lease)?;
+        let hash = engine.hash(key);
         let (answer, wait) = {
-            let mut stripe = inner.index.lock(hash);
-            let (slot, current) = find_current(inner, &mut stripe, key, hash);
-            let status = current.map_or(KeyStatus::Absent, |(h, v, _)| classify(&h, v, now));
-            let memory = match status {
-                KeyStatus::Held(h, s) => {
-                    let seen = Seen::from_record(&h, s.as_ref());
-                    let answer = if mismatched(s.as_ref(), fp) {
+            let mut stripe = engine.lock(hash);
+            let (place, current) = engine.find_place(&mut stripe, key, hash);
+            let memory = match Status::of(current, now) {
+                Status::Held { current, state } => {
+                    let seen = current.seen(state.as_ref());
+                    let answer = if mismatched(state.as_ref(), fp) {
                         Begin::Mismatch(seen)
-                    } else if h.kind == RecordKind::Lease {
+                    } else if current.header.kind == RecordKind::Lease {
                         Begin::InFlight {
                             until: seen.expires_at,
                         }
@@ -313,18 +232,17 @@ impl Store {
                         Begin::Done(seen)
                     };
                     drop(stripe);
-                    self.settle(current.map_or(0, |c| c.2))?;
+                    engine.settle(current.end)?;
                     return Ok(answer);
                 }
-                KeyStatus::Free(m) => Some(m),
-                KeyStatus::Absent => None,
+                Status::Free(memory) => memory,
             };
             let attempt = memory.map_or(1, |m| m.next_attempt);
             let first_seen = memory.map_or(now, |m| m.first_seen);
             let keep = deadline
-                .saturating_add(inner.attempt_memory_ms)
+                .saturating_add(engine.attempt_memory_ms())
                 .max(memory.map_or(0, |m| m.keep));
-            let token = inner.new_token();
+            let token = engine.new_token();
             let value = encode_value(token, deadline, fp.unwrap_or(&[]), &[]);
             let spec = RecordSpec {
                 kind: RecordKind::Lease,
@@ -334,8 +252,7 @@ impl Store {
                 time: first_seen,
                 expires: keep,
             };
-            let (entry, _, lsn_end) = write_entry(inner, slot, hash, &spec)?;
-            stripe.note_expiry(&entry);
+            let w = engine.write(place, hash, &spec)?;
             stripe.counters.acquired += 1;
             let ticket = Ticket {
                 key: key.into(),
@@ -344,9 +261,9 @@ impl Store {
                 first_seen,
                 deadline,
             };
-            (Begin::Acquired(ticket), lsn_end)
+            (Begin::Acquired(ticket), w.lsn_end)
         };
-        self.settle(wait)?;
+        engine.settle(wait)?;
         Ok(answer)
     }
 
@@ -367,7 +284,7 @@ impl Store {
                 max: MAX_OUTCOME_LEN,
             });
         }
-        let (now, until) = self.window(ttl)?;
+        let (now, until) = self.engine().window(ttl)?;
         self.act(ticket, now, Act::Complete { until, outcome })
     }
 
@@ -376,7 +293,7 @@ impl Store {
     /// Fails with [`Error::StaleTicket`] (and changes nothing) if the ticket no longer holds
     /// the key.
     pub fn abandon(&self, ticket: &Ticket) -> Result<()> {
-        let now = to_millis(self.inner().clock.now());
+        let now = self.engine().now();
         self.act(ticket, now, Act::Abandon)
     }
 
@@ -386,20 +303,20 @@ impl Store {
     /// changes nothing) if the ticket no longer holds the key, and with
     /// [`Error::InvalidTtl`] (ditto) if `lease` breaks the rules of a claim's TTL.
     pub fn extend(&self, ticket: &Ticket, lease: Duration) -> Result<()> {
-        let (now, deadline) = self.window(lease)?;
+        let (now, deadline) = self.engine().window(lease)?;
         self.act(ticket, now, Act::Extend { deadline })
     }
 
     /// Checks that `ticket` still holds its key and writes the record `act` asks for.
     fn act(&self, ticket: &Ticket, now: u64, act: Act<'_>) -> Result<()> {
-        let inner = self.inner();
+        let engine = self.engine();
         let key: &[u8] = &ticket.key;
         check_key(key)?;
-        let hash = (inner.hasher)(key);
+        let hash = engine.hash(key);
         let wait = {
-            let mut stripe = inner.index.lock(hash);
-            let (slot, current) = find_current(inner, &mut stripe, key, hash);
-            let held = check_ticket(ticket, slot, current, now)?;
+            let mut stripe = engine.lock(hash);
+            let (place, current) = engine.find_place(&mut stripe, key, hash);
+            let held = check_ticket(ticket, place, current, now)?;
             let h = held.header;
             let fp = held.state.fingerprint;
             let (kind, value, expires) = match act {
@@ -413,7 +330,7 @@ impl Store {
                     RecordKind::Lease,
                     encode_value(ticket.token, deadline, fp, &[]),
                     deadline
-                        .saturating_add(inner.attempt_memory_ms)
+                        .saturating_add(engine.attempt_memory_ms())
                         .max(h.expires),
                 ),
             };
@@ -425,17 +342,16 @@ impl Store {
                 time: h.time,
                 expires,
             };
-            let (entry, _, lsn_end) = write_entry(inner, held.slot, hash, &spec)?;
-            stripe.note_expiry(&entry);
+            let w = engine.write(held.place, hash, &spec)?;
             let c = &mut stripe.counters;
             match act {
                 Act::Complete { .. } => c.completed += 1,
                 Act::Abandon => c.abandoned += 1,
                 Act::Extend { .. } => c.extended += 1,
             }
-            lsn_end
+            w.lsn_end
         };
-        self.settle(wait)
+        engine.settle(wait)
     }
 }
 
@@ -450,23 +366,23 @@ enum Act<'a> {
 /// The ticket's lease if it is still the key's newest record; otherwise why not.
 fn check_ticket<'s, 't>(
     ticket: &Ticket,
-    slot: Slot<'s>,
-    current: Current<'t>,
+    place: Place<'s>,
+    current: Option<Current<'t>>,
     now: u64,
-) -> Result<Held<'s, 't>> {
+) -> Result<OwnLease<'s, 't>> {
     let stale = |reason: String| Error::StaleTicket {
         attempt: ticket.attempt,
         reason,
     };
-    let Some((header, value, _)) = current.filter(|c| c.0.expires > now) else {
+    let Some(Current { header, value, .. }) = current.filter(|c| c.header.expires > now) else {
         return Err(stale(
             "the key has no state any more (removed, or forgotten after its lease ran out)".into(),
         ));
     };
     let state = decode_state(value).filter(|_| header.kind != RecordKind::Claim);
     match (header.kind, state) {
-        (RecordKind::Lease, Some(state)) if state.token == ticket.token => Ok(Held {
-            slot,
+        (RecordKind::Lease, Some(state)) if state.token == ticket.token => Ok(OwnLease {
+            place,
             header,
             state,
         }),

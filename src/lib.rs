@@ -40,8 +40,8 @@
 #[doc(hidden)]
 pub mod bench;
 mod clock;
+mod engine;
 mod error;
-mod failpoint;
 pub mod format;
 mod fs;
 mod index;
@@ -52,13 +52,18 @@ mod maintain;
 mod options;
 mod recovery;
 mod salvage;
+mod stats;
 mod store;
+#[cfg(test)]
+mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::{KeyState, Seen};
 pub use error::{Corruption, CorruptionKind, Error, Result};
 pub use format::{MAX_FINGERPRINT_LEN, MAX_KEY_LEN, MAX_OUTCOME_LEN, MAX_VALUE_LEN};
 pub use iohook::{IoHook, IoOp};
 pub use lease::{fingerprint, Begin, Ticket};
+pub use log::MAX_SEGMENTS;
 pub use maintain::CompactionReport;
 pub use options::{
     Durability, OpenProgress, Options, RecoveryMode, DEFAULT_ATTEMPT_MEMORY,
@@ -66,7 +71,8 @@ pub use options::{
     DEFAULT_STRIPES, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
 pub use salvage::MAX_SALVAGED_PLACES;
-pub use store::{Claim, KeyState, Seen, Stats, Store};
+pub use stats::Stats;
+pub use store::{Claim, Store};
 
 /// The README's examples, compiled and run as doctests so that they stay true.
 #[cfg(doctest)]

@@ -1,7 +1,6 @@
 //! Store configuration. Every setter documents its default, and a test checks each one.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,6 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::format::{MAX_RECORD_LEN, SEAL_LEN, SEGMENT_HEADER_LEN};
 use crate::iohook::{Io, IoHook};
-use crate::store::Store;
 
 /// When a claim counts as acknowledged, and so which crashes it survives.
 ///
@@ -28,7 +26,7 @@ pub enum Durability {
     Sync,
     /// Sync in the background every `interval` (must be non-zero).
     Periodic(Duration),
-    /// Never sync on the caller's behalf except in [`Store::sync`] and [`Store::close`].
+    /// Never sync on the caller's behalf except in [`Store::sync`](crate::Store::sync) and [`Store::close`](crate::Store::close).
     Buffered,
 }
 
@@ -116,7 +114,7 @@ const _: () = assert!(
     "the smallest segment must hold the largest record"
 );
 
-/// Builder for opening a [`Store`].
+/// Builder for opening a [`Store`](crate::Store).
 ///
 /// ```
 /// use std::time::Duration;
@@ -255,7 +253,7 @@ impl Options {
 
     /// Whether the store runs maintenance in a background thread: sweeping expired entries
     /// out of the index, deleting segments nothing needs, compacting sparse ones, writing
-    /// hint files. Default: `true`. With `false`, only [`Store::compact`] does that work
+    /// hint files. Default: `true`. With `false`, only [`Store::compact`](crate::Store::compact) does that work
     /// (expired keys are still answered as absent at once, but memory and disk are not
     /// reclaimed until it is called).
     pub fn background_maintenance(mut self, on: bool) -> Options {
@@ -330,13 +328,8 @@ impl Options {
         self
     }
 
-    /// Opens (creating if needed) the store in `dir`.
-    pub fn open(self, dir: impl AsRef<Path>) -> Result<Store> {
-        self.validate()?;
-        Store::open_with(self, dir.as_ref())
-    }
-
-    fn validate(&self) -> Result<()> {
+    /// Checks every option against its documented range (`Options::open` calls it).
+    pub(crate) fn validate(&self) -> Result<()> {
         if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&self.segment_size) {
             return Err(Error::InvalidOption {
                 name: "segment_size",

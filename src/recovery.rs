@@ -25,11 +25,11 @@ use crate::format::{
     FORMAT_VERSION, SEAL_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::fs;
-use crate::index::{Entry, Index, Slot, Stripe};
+use crate::index::{Entry, Index, Stripe};
 use crate::iohook::Io;
 use crate::log::{
-    create_segment, preallocate, Location, Log, LogConfig, Segment, SegmentMap, SegmentTable,
-    Totals, Writer, MAX_SEGMENTS,
+    new_store_id, preallocate, Location, Log, LogConfig, NewSegment, Segment, SegmentMap,
+    SegmentTable, Totals, Writer, MAX_SEGMENTS,
 };
 use crate::options::{OpenProgress, Options, RecoveryMode, MAX_SEGMENT_SIZE};
 use crate::salvage::{self, Salvaged};
@@ -49,7 +49,7 @@ pub(crate) struct RecoveryStats {
     pub(crate) salvaged: Salvaged,
 }
 
-/// Scans `dir`, fills `index`, and returns the log ready for appends.
+/// Scans `dir`, rebuilds the index, and returns it with the log ready for appends.
 ///
 /// Order matters for two promises. *Nothing is changed on disk until every check has
 /// passed*: headers are checked first, older segments are replayed read-only, and only then
@@ -58,13 +58,10 @@ pub(crate) struct RecoveryStats {
 /// *What recovery keeps is durable before anything new is acknowledged*: after a process
 /// crash the page cache may still hold records the dead process never synced, so the
 /// newest segment is synced before it is appended to or given a successor.
-pub(crate) fn recover(
-    dir: &Path,
-    opts: &Options,
-    index: &Index,
-    now: u64,
-) -> Result<(Log, RecoveryStats)> {
+pub(crate) fn recover(dir: &Path, opts: &Options, now: u64) -> Result<(Index, Log, RecoveryStats)> {
     let started = Instant::now();
+    let index_owned = Index::new(opts.stripes);
+    let index = &index_owned;
     let mut stats = RecoveryStats::default();
     let mut listing = fs::list_dir(dir)?;
     let table = Arc::new(SegmentTable::new());
@@ -73,8 +70,9 @@ pub(crate) fn recover(
     // Every segment, and maybe one new one, must fit the table: refuse now rather than
     // after a file has been changed.
     if count + 1 > MAX_SEGMENTS {
-        return Err(Error::Poisoned {
-            reason: format!("{count} segments in one directory; at most {MAX_SEGMENTS} fit"),
+        return Err(Error::TooManySegments {
+            needed: count + 1,
+            max: MAX_SEGMENTS,
         });
     }
     if opts.recovery == RecoveryMode::Salvage {
@@ -233,30 +231,25 @@ pub(crate) fn recover(
         stats.synced = true;
     }
     let writer = match (active, appender) {
-        (Some((segment, slot, scan)), Some(appender)) => Writer {
-            segment,
-            slot,
-            appender,
-            totals: scan.totals,
-            next_prepared: false,
-        },
+        (Some((segment, slot, scan)), Some(appender)) => {
+            Writer::new(segment, slot, appender, scan.totals)
+        }
         _ => {
-            let (segment, appender, tmp) =
-                create_segment(io, dir, last_id + 1, opts.segment_size, store_id, now)?;
-            fs::rename(io, &tmp, &segment.path)
-                .map_err(|e| Error::io("rename new segment", &segment.path, e))?;
+            let made = NewSegment::create(io, dir, last_id + 1, opts.segment_size, store_id, now)?;
+            if let Err(e) = made.rename_into_place(io) {
+                let path = made.segment.path.clone();
+                made.discard(io);
+                return Err(Error::io("rename new segment", &path, e));
+            }
             fs::sync_dir(io, dir)?;
-            // create_segment synced the new file; the directory now holds its name.
+            // `NewSegment::create` synced the new file; the directory now holds its name.
             stats.synced = true;
+            let NewSegment {
+                segment, appender, ..
+            } = made;
             let segment = Arc::new(segment);
             let slot = table.install(Arc::clone(&segment))?;
-            Writer {
-                segment,
-                slot,
-                appender,
-                totals: Totals::default(),
-                next_prepared: false,
-            }
+            Writer::new(segment, slot, appender, Totals::default())
         }
     };
     let log = Log::new(config, table, writer);
@@ -264,7 +257,7 @@ pub(crate) fn recover(
     // new record kinds never land in a segment whose header promises the old version.
     log.upgrade_active(now)?;
     stats.duration = started.elapsed();
-    Ok((log, stats))
+    Ok((index_owned, log, stats))
 }
 
 /// A segment file whose header has been checked.
@@ -623,28 +616,19 @@ impl Replay<'_> {
                 _ => false,
             };
             // Every record that ends up without an entry pointing at it is dead; the
-            // segments' byte accounting starts from here (see `log::Usage`).
+            // segments' byte accounting starts from here (see `Usage` in `src/log/segment.rs`).
             if !op.remove && op.expires > self.now {
                 let entry = Entry::new(op.hash as u32, op.loc, op.expires, op.len as usize);
-                match stripe.slot(op.hash, same_key) {
-                    Slot::Occupied(mut o) => {
-                        table.retire(o.get());
-                        *o.get_mut() = entry;
-                    }
-                    Slot::Vacant(v, _) => {
-                        v.insert(entry);
-                    }
+                if let Some(old) = stripe.place(op.hash, same_key).put(entry) {
+                    table.record_died(old.slot, old.record_len());
                 }
-                stripe.note_expiry(&entry);
             } else {
                 if let Some(old) = stripe.remove(op.hash, same_key) {
-                    table.retire(&old);
+                    table.record_died(old.slot, old.record_len());
                 }
                 if !op.remove {
-                    // An expired claim: never pointed at.
-                    if let Some(seg) = table.get(op.loc.slot) {
-                        seg.usage.died(u64::from(op.len));
-                    }
+                    // An expired state record: never pointed at.
+                    table.record_died(op.loc.slot, u64::from(op.len));
                 }
             }
         }
@@ -653,26 +637,39 @@ impl Replay<'_> {
     }
 }
 
-/// 64 random bits: the process's random hasher keys (seeded by the OS) mixed with the
-/// sources of `new_store_id`.
-pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(new_store_id());
-    h.finish()
-}
+#[cfg(test)]
+mod tests {
+    use crate::error::Error;
+    use crate::log::MAX_SEGMENTS;
+    use crate::options::Options;
 
-/// A directory id that differs between directories with overwhelming probability; not
-/// secret, only there to catch segments copied in from another store.
-fn new_store_id() -> u128 {
-    let mut seed = Vec::with_capacity(64);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    seed.extend_from_slice(&t.to_le_bytes());
-    seed.extend_from_slice(&std::process::id().to_le_bytes());
-    let local = 0u8;
-    seed.extend_from_slice(&(std::ptr::addr_of!(local) as usize).to_le_bytes());
-    seed.extend_from_slice(&(Instant::now().elapsed().as_nanos()).to_le_bytes());
-    xxhash_rust::xxh3::xxh3_128(&seed)
+    /// Too many segments is a limit of the store, not a failure of the disk: it has an
+    /// error of its own, and the directory is left as it was.
+    #[test]
+    fn a_directory_with_more_segments_than_fit_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        for id in 1..=MAX_SEGMENTS as u64 {
+            std::fs::File::create(dir.path().join(crate::fs::segment_name(id))).unwrap();
+        }
+        match Options::new().open(dir.path()) {
+            Err(Error::TooManySegments { needed, max }) => {
+                assert_eq!((needed, max), (MAX_SEGMENTS + 1, MAX_SEGMENTS));
+            }
+            other => panic!("{other:?}"),
+        }
+        let left = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(
+            left,
+            MAX_SEGMENTS + 1,
+            "files changed (the LOCK is the one more)"
+        );
+        let e = Error::TooManySegments {
+            needed: 70_000,
+            max: MAX_SEGMENTS,
+        };
+        assert_eq!(
+            e.to_string(),
+            "70000 segments needed; one store holds at most 65536"
+        );
+    }
 }

@@ -34,12 +34,12 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::format::{
-    decode_record, encode_seal, DecodeError, HeaderError, RecordKind, SealInfo, SegmentHeader,
+    decode_record, DecodeError, HeaderError, RecordHeader, RecordKind, SegmentHeader,
     FORMAT_VERSION, MAX_RECORD_LEN, RECORD_ALIGN, SEAL_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::fs::{self, Listing};
 use crate::iohook::Io;
-use crate::log::SegmentMap;
+use crate::log::{SealedWriter, SegmentMap};
 use crate::options::MAX_SEGMENT_SIZE;
 
 /// How many damaged places `open` remembers ([`Store::salvaged`](crate::Store::salvaged)).
@@ -127,7 +127,7 @@ pub(crate) fn repair(
                 _ => store_id = Some(h.store_id),
             }
         }
-        let scan = scan(bytes, |_, _| Ok::<(), Error>(()))?;
+        let scan = scan(bytes, |_, _, _| Ok::<(), Error>(()))?;
         let short = header.is_some_and(|h| len < h.capacity);
         let rewrite = header.is_none()
             || scan.regions > 0
@@ -203,65 +203,17 @@ fn open(path: &Path) -> Result<(File, u64)> {
     Ok((file, len))
 }
 
-/// Bytes of the clean copy written per call (each write goes through the `IoHook`).
-const WRITE_CHUNK: usize = 1 << 20;
-
 /// Writes the clean copy of `e` and renames it over the original.
 fn rewrite(io: &Io, e: &Examined, store_id: u128, now: u64) -> Result<()> {
     let (file, _) = open(&e.path)?;
     let map = SegmentMap::read_only(&file).map_err(|err| Error::io("map segment", &e.path, err))?;
-    let bytes = map.scan_bytes();
-    let data_end = SEGMENT_HEADER_LEN + e.scan.record_bytes;
-    let header = SegmentHeader {
-        version: FORMAT_VERSION,
-        segment_id: e.id,
-        created_at: e.header.map_or(now, |h| h.created_at),
-        capacity: (data_end + SEAL_LEN) as u64,
-        store_id,
-    };
-    let mut seal = [0u8; SEAL_LEN];
-    encode_seal(
-        &mut seal,
-        SealInfo {
-            records: e.scan.records,
-            data_end: data_end as u64,
-            max_expires: e.scan.max_expires,
-        },
-        e.scan.seal.map_or(now, |(_, time)| time),
-    );
-    let mut tmp = e.path.as_os_str().to_owned();
-    tmp.push(fs::TMP_SUFFIX);
-    let tmp = PathBuf::from(tmp);
-    let written = (|| -> std::io::Result<()> {
-        let out = fs::create(io, &tmp)?;
-        let mut buf = Vec::with_capacity(WRITE_CHUNK);
-        let mut at = 0u64;
-        let mut flush = |buf: &mut Vec<u8>| {
-            fs::write_at(io, &out, &tmp, at, buf)?;
-            at += buf.len() as u64;
-            buf.clear();
-            Ok::<(), std::io::Error>(())
-        };
-        buf.extend_from_slice(&header.encode());
-        scan(bytes, |_, record| {
-            buf.extend_from_slice(record);
-            if buf.len() >= WRITE_CHUNK {
-                flush(&mut buf)?;
-            }
-            Ok::<(), std::io::Error>(())
-        })?;
-        buf.extend_from_slice(&seal);
-        flush(&mut buf)?;
-        fs::sync_file(io, &out, &tmp)
-    })();
-    if let Err(err) = written {
-        let _ = fs::remove_file(io, &tmp);
-        return Err(Error::io("write salvaged segment", &tmp, err));
-    }
-    fs::rename(io, &tmp, &e.path).map_err(|err| {
-        let _ = fs::remove_file(io, &tmp);
-        Error::io("rename salvaged segment", &e.path, err)
-    })
+    let created_at = e.header.map_or(now, |h| h.created_at);
+    let mut copy = SealedWriter::create(io, &e.path, e.id, created_at, store_id)?;
+    scan(map.scan_bytes(), |_, record, header| {
+        copy.push(record, header.kind, header.expires)
+    })?;
+    let copy = copy.finish(e.scan.seal.map_or(now, |(_, time)| time))?;
+    copy.rename_into_place(io)
 }
 
 /// What a resynchronising scan of one segment found.
@@ -287,14 +239,14 @@ struct Scan {
 }
 
 /// Scans a segment's bytes from the end of its header, resynchronising after damage (module
-/// docs), and calls `on_record` with the offset and the bytes of every record that decodes,
-/// in order.
+/// docs), and calls `on_record` with the offset, the bytes and the header of every record
+/// that decodes, in order.
 ///
 /// A file that ends inside a record reads as if it went on with zeros, as a re-extended
 /// newest segment does: a record that lost only its zero padding is whole.
 fn scan<E>(
     bytes: &[u8],
-    mut on_record: impl FnMut(usize, &[u8]) -> Result<(), E>,
+    mut on_record: impl FnMut(usize, &[u8], &RecordHeader) -> Result<(), E>,
 ) -> Result<Scan, E> {
     let mut s = Scan {
         end: SEGMENT_HEADER_LEN,
@@ -339,7 +291,7 @@ fn scan<E>(
             pos += rec.len;
             break;
         }
-        on_record(pos, here.get(..rec.len).unwrap_or(&[]))?;
+        on_record(pos, here.get(..rec.len).unwrap_or(&[]), &rec.header)?;
         s.records += 1;
         s.record_bytes += rec.len;
         s.max_expires = s.max_expires.max(rec.header.expires);

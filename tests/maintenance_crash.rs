@@ -2,19 +2,22 @@
 //!
 //! The directory is prepared through the library with a clock two hours in the past, so
 //! that by the real clock some claims have expired (their segments become sparse or wholly
-//! dead) while others, and the tombstones of removed keys, are still needed. Then
-//! `oncelog compact` runs with `ONCELOG_CRASH_AT=<step>` and aborts at that step (a crash:
-//! no destructors, no syncs). The test checks that it did abort there, reopens, and checks
-//! DESIGN invariants 3 and 4: every acknowledged claim that has not expired is still
-//! claimed, and no removed or expired key came back. Then it lets maintenance finish and
-//! checks again, across one more restart.
+//! dead) while others, and the tombstones of removed keys, are still needed. Then a child
+//! process (this test binary, run again) opens the store with an `IoHook` that aborts the
+//! process at one step of maintenance (a crash: no destructors, no syncs) and runs
+//! `compact`. The test checks that the child did abort there, reopens, and checks
+//! invariants 3 and 4 of docs/DESIGN.md: every acknowledged claim that has not expired is
+//! still claimed, and no removed or expired key came back. Then it lets maintenance finish
+//! and checks again, across one more restart.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use oncelog::{Durability, ManualClock, Options, Store, MIN_SEGMENT_SIZE};
+use oncelog::{Durability, IoHook, IoOp, ManualClock, Options, Store, MIN_SEGMENT_SIZE};
 
 const STEPS: [&str; 6] = [
     "delete-before-unlink",
@@ -85,6 +88,76 @@ fn check(store: &Store, when: &str) {
     }
 }
 
+/// Aborts the process at one step of maintenance, named as in `STEPS` and recognised by the
+/// file-system operation that makes it (docs/FORMAT.md §9 has the crash analysis of each).
+struct CrashAt {
+    step: &'static str,
+    /// A compacted copy has been renamed into place (for "compact-after-sync").
+    renamed: AtomicBool,
+}
+
+fn ends_with(path: &Path, suffix: &str) -> bool {
+    path.to_str().is_some_and(|p| p.ends_with(suffix))
+}
+
+impl IoHook for CrashAt {
+    fn before(&self, op: &IoOp<'_>) -> std::io::Result<()> {
+        let here = match (self.step, op) {
+            ("delete-before-unlink", IoOp::Remove { path }) => ends_with(path, ".olog"),
+            ("compact-before-rename", IoOp::Rename { to, .. }) => ends_with(to, ".olog"),
+            ("hint-before-rename", IoOp::Rename { to, .. }) => ends_with(to, ".hint"),
+            _ => false,
+        };
+        if here {
+            std::process::abort();
+        }
+        Ok(())
+    }
+
+    fn after(&self, op: &IoOp<'_>, outcome: Result<(), &std::io::Error>) {
+        if outcome.is_err() {
+            return;
+        }
+        let here = match (self.step, op) {
+            ("delete-after-unlink", IoOp::Remove { path }) => ends_with(path, ".olog"),
+            ("compact-after-rename", IoOp::Rename { to, .. }) => ends_with(to, ".olog"),
+            ("compact-after-sync", IoOp::Rename { to, .. }) => {
+                self.renamed
+                    .fetch_or(ends_with(to, ".olog"), Ordering::SeqCst);
+                false
+            }
+            ("compact-after-sync", IoOp::SyncDir { .. }) => self.renamed.load(Ordering::SeqCst),
+            _ => false,
+        };
+        if here {
+            std::process::abort();
+        }
+    }
+}
+
+/// Set in the child process: the step to crash at and the directory.
+const CHILD_ENV: &str = "ONCELOG_TEST_MAINTENANCE_CRASH";
+
+/// The child: open, then compact until the hook aborts the process. Exits 3 if it never did.
+fn child(spec: &str) -> ! {
+    let (step, dir) = spec.split_once(':').expect("step:dir");
+    let step = STEPS
+        .into_iter()
+        .find(|s| *s == step)
+        .expect("a known step");
+    let hook = Arc::new(CrashAt {
+        step,
+        renamed: AtomicBool::new(false),
+    });
+    let store = Options::new()
+        .background_maintenance(false)
+        .io_hook(hook)
+        .open(dir)
+        .unwrap();
+    store.compact().unwrap();
+    std::process::exit(3);
+}
+
 fn open(dir: &Path) -> Store {
     Options::new()
         .background_maintenance(false)
@@ -94,13 +167,21 @@ fn open(dir: &Path) -> Store {
 
 #[test]
 fn a_crash_at_any_maintenance_step_loses_nothing_and_resurrects_nothing() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        child(&spec);
+    }
     for step in STEPS {
         let dir = tempfile::tempdir().unwrap();
         prepare(dir.path());
-        let out = Command::new(env!("CARGO_BIN_EXE_oncelog"))
-            .args(["compact", "--dir"])
-            .arg(dir.path())
-            .env("ONCELOG_CRASH_AT", step)
+        let spec = format!("{step}:{}", dir.path().display());
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_crash_at_any_maintenance_step_loses_nothing_and_resurrects_nothing",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, spec)
             .output()
             .unwrap();
         assert_eq!(

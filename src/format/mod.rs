@@ -18,7 +18,9 @@ pub use record::{
     decode_record, decode_state, encoded_len, DecodeError, Decoded, RecordHeader, RecordKind,
     SealInfo, StateValue, MAX_FINGERPRINT_LEN, RECORD_ALIGN, RECORD_HEADER_LEN, STATE_PREFIX_LEN,
 };
-pub(crate) use record::{encode_record, encode_seal, encode_state, peek_trusted, SEAL_LEN};
+pub(crate) use record::{
+    encode_record, encode_seal, encode_state, peek_trusted, trusted_span, SEAL_LEN,
+};
 pub use segment::{HeaderError, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN, SEGMENT_MAGIC};
 
 /// The largest key, in bytes.

@@ -296,6 +296,20 @@ pub fn decode_record(buf: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     })
 }
 
+/// How many bytes from a trusted record's start `peek_trusted` needs to see its header and
+/// key, and its value too if `with_value`: read from the header alone (`head` holds at least
+/// `RECORD_HEADER_LEN` bytes), so that a reader can take exactly that much.
+pub(crate) fn trusted_span(head: &[u8], with_value: bool) -> Option<usize> {
+    let head = head.get(..RECORD_HEADER_LEN)?;
+    let key_len = usize::from(le_u16(head, KEY_LEN_AT));
+    let value_len = if with_value {
+        le_u32(head, VALUE_LEN_AT) as usize
+    } else {
+        0
+    };
+    Some(RECORD_HEADER_LEN + key_len + value_len)
+}
+
 /// Reads the fields of a record this process wrote itself (already validated), without
 /// recomputing its checksum: the hot path of duplicate detection. `buf` holds at least the
 /// header and key; the value, if `buf` holds it too, is returned (empty otherwise).
@@ -390,6 +404,25 @@ mod tests {
         let mut out = vec![0u8; encoded_len(3, value.len())];
         encode_record(&mut out, kind, b"key", &value, 2, 10, expires);
         out
+    }
+
+    #[test]
+    fn a_trusted_span_covers_exactly_what_peek_reads() {
+        let s = StateValue {
+            token: 7,
+            until: 500,
+            fingerprint: b"fp",
+            outcome: b"out",
+        };
+        let bytes = encode_state_record(RecordKind::Done, &s, 900);
+        let key_only = trusted_span(&bytes, false).expect("span");
+        let whole = trusted_span(&bytes, true).expect("span");
+        assert_eq!(key_only, RECORD_HEADER_LEN + 3);
+        let (h, key, value) = peek_trusted(&bytes[..whole]).expect("peeks");
+        assert_eq!((key, h.value_len as usize), (&b"key"[..], value.len()));
+        assert_eq!(whole, key_only + value.len());
+        assert_eq!(decode_state(value), Some(s));
+        assert_eq!(trusted_span(&bytes[..RECORD_HEADER_LEN - 1], true), None);
     }
 
     #[test]

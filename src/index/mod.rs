@@ -106,15 +106,44 @@ pub(crate) struct Counters {
     pub(crate) extended: u64,
 }
 
+impl Counters {
+    /// Adds another stripe's counters to these.
+    pub(crate) fn add(&mut self, o: &Counters) {
+        self.new += o.new;
+        self.duplicates += o.duplicates;
+        self.expired_reclaimed += o.expired_reclaimed;
+        self.removes += o.removes;
+        self.acquired += o.acquired;
+        self.completed += o.completed;
+        self.abandoned += o.abandoned;
+        self.extended += o.extended;
+    }
+}
+
 /// One lock's worth of the index.
 pub(crate) struct Stripe {
     table: HashTable<Entry>,
     pub(crate) counters: Counters,
+    bounds: Bounds,
+}
+
+/// What a stripe knows of its entries' expiry, kept true by every write (`Place::put`).
+#[derive(Debug, Default, Clone, Copy)]
+struct Bounds {
     /// No entry expires before this second (a lower bound: entries replaced or removed since
     /// the last sweep may have held it). Lets a sweep skip stripes with nothing expired.
     min_expiry_secs: u32,
     /// The sweep pass under way, if `pass.cursor > 0`.
     pass: Pass,
+}
+
+impl Bounds {
+    /// Notes the expiry of an entry being inserted or rewritten (keeps `may_have_expired`
+    /// a true lower bound, also across a sweep pass that is under way).
+    fn note(&mut self, e: &Entry) {
+        self.min_expiry_secs = self.min_expiry_secs.min(e.expiry_secs);
+        self.pass.min = self.pass.min.min(e.expiry_secs);
+    }
 }
 
 /// Where a stripe's sweep pass has got to, between slices.
@@ -145,26 +174,68 @@ pub(crate) struct SliceResult {
 /// takes 16k slices per full sweep.
 pub(crate) const SWEEP_SLICE: usize = 1024;
 
-/// A found entry, ready to be read, replaced or removed.
-pub(crate) enum Slot<'a> {
-    /// The key has an entry.
+/// A key's place in its stripe, found by `Stripe::place`: its entry if it has one, or where
+/// one goes (inserting there is one probe). Consumed by `put` or `take`.
+pub(crate) struct Place<'a> {
+    bucket: Bucket<'a>,
+    bounds: &'a mut Bounds,
+}
+
+enum Bucket<'a> {
     Occupied(hashbrown::hash_table::OccupiedEntry<'a, Entry>),
-    /// The key has none; inserting here is one probe.
-    Vacant(hashbrown::hash_table::VacantEntry<'a, Entry>, u32),
+    Vacant(hashbrown::hash_table::VacantEntry<'a, Entry>),
+}
+
+impl Place<'_> {
+    /// The key's entry, if it has one.
+    pub(crate) fn entry(&self) -> Option<&Entry> {
+        match &self.bucket {
+            Bucket::Occupied(o) => Some(o.get()),
+            Bucket::Vacant(_) => None,
+        }
+    }
+
+    /// Makes `entry` the key's entry; returns the one it replaced, if any.
+    pub(crate) fn put(self, entry: Entry) -> Option<Entry> {
+        self.bounds.note(&entry);
+        match self.bucket {
+            Bucket::Occupied(mut o) => Some(std::mem::replace(o.get_mut(), entry)),
+            Bucket::Vacant(v) => {
+                v.insert(entry);
+                None
+            }
+        }
+    }
+
+    /// Removes the key's entry, if it has one, and returns it.
+    pub(crate) fn take(self) -> Option<Entry> {
+        match self.bucket {
+            Bucket::Occupied(o) => Some(o.remove().0),
+            Bucket::Vacant(_) => None,
+        }
+    }
 }
 
 impl Stripe {
     /// Finds the entry of the key whose hash is `hash`; `same_key` compares an entry's key
     /// (read from the log) with the one looked for.
-    pub(crate) fn slot(&mut self, hash: u64, mut same_key: impl FnMut(&Entry) -> bool) -> Slot<'_> {
+    pub(crate) fn place(
+        &mut self,
+        hash: u64,
+        mut same_key: impl FnMut(&Entry) -> bool,
+    ) -> Place<'_> {
         let h = hash as u32;
-        match self.table.entry(
+        let bucket = match self.table.entry(
             table_hash(h),
             |e| e.hash == h && same_key(e),
             |e| table_hash(e.hash),
         ) {
-            TableEntry::Occupied(o) => Slot::Occupied(o),
-            TableEntry::Vacant(v) => Slot::Vacant(v, h),
+            TableEntry::Occupied(o) => Bucket::Occupied(o),
+            TableEntry::Vacant(v) => Bucket::Vacant(v),
+        };
+        Place {
+            bucket,
+            bounds: &mut self.bounds,
         }
     }
 
@@ -195,12 +266,30 @@ impl Stripe {
         }
     }
 
-    /// The entry pointing at `loc`, for the key whose hash is `hash`: found by location, so
-    /// without reading any key.
-    pub(crate) fn at_location(&mut self, hash: u64, loc: Location) -> Option<&mut Entry> {
+    /// Whether the key whose hash is `hash` has an entry pointing at `loc`: found by
+    /// location, so without reading any key.
+    pub(crate) fn points_at(&self, hash: u64, loc: Location) -> bool {
         let h = hash as u32;
         self.table
-            .find_mut(table_hash(h), |e| e.hash == h && e.location() == loc)
+            .find(table_hash(h), |e| e.hash == h && e.location() == loc)
+            .is_some()
+    }
+
+    /// Points the entry that points at `from` at `to` instead (the record moved: its copy
+    /// is at `to`); `false` if no entry of the key whose hash is `hash` points at `from`.
+    pub(crate) fn repoint(&mut self, hash: u64, from: Location, to: Location) -> bool {
+        let h = hash as u32;
+        match self
+            .table
+            .find_mut(table_hash(h), |e| e.hash == h && e.location() == from)
+        {
+            Some(e) => {
+                e.slot = to.slot;
+                e.offset = to.offset;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes the entry pointing at `loc`, if the key whose hash is `hash` has one.
@@ -233,18 +322,18 @@ impl Stripe {
         mut dropped: impl FnMut(&Entry),
     ) -> SliceResult {
         let buckets = self.table.num_buckets();
-        if self.pass.cursor == 0 {
-            self.pass = Pass {
+        if self.bounds.pass.cursor == 0 {
+            self.bounds.pass = Pass {
                 cursor: 0,
                 buckets,
                 min: u32::MAX,
                 disturbed: false,
             };
-        } else if self.pass.buckets != buckets {
-            self.pass.disturbed = true;
-            self.pass.buckets = buckets;
+        } else if self.bounds.pass.buckets != buckets {
+            self.bounds.pass.disturbed = true;
+            self.bounds.pass.buckets = buckets;
         }
-        let start = self.pass.cursor.min(buckets);
+        let start = self.bounds.pass.cursor.min(buckets);
         let end = start.saturating_add(budget.max(1)).min(buckets);
         let mut n = 0;
         for i in start..end {
@@ -258,22 +347,22 @@ impl Stripe {
                     n += 1;
                 }
             } else {
-                self.pass.min = self.pass.min.min(e.expiry_secs);
+                self.bounds.pass.min = self.bounds.pass.min.min(e.expiry_secs);
             }
         }
         if end < buckets {
-            self.pass.cursor = end;
+            self.bounds.pass.cursor = end;
             return SliceResult {
                 dropped: n,
                 done: false,
             };
         }
         // The pass is over. Undisturbed, it saw every entry that was here when it started
-        // and `note_expiry` lowered `pass.min` for every one written since.
-        if !self.pass.disturbed {
-            self.min_expiry_secs = self.pass.min;
+        // and `Place::put` lowered `pass.min` for every one written since.
+        if !self.bounds.pass.disturbed {
+            self.bounds.min_expiry_secs = self.bounds.pass.min;
         }
-        self.pass.cursor = 0;
+        self.bounds.pass.cursor = 0;
         let len = self.table.len();
         // Shrink when three quarters of the room is unused: after mass expiry the memory
         // goes back, and a table that is merely breathing (grow, shrink, grow) is left alone.
@@ -288,19 +377,12 @@ impl Stripe {
 
     /// Whether a sweep pass is under way (started and not finished).
     pub(crate) fn sweeping(&self) -> bool {
-        self.pass.cursor > 0
+        self.bounds.pass.cursor > 0
     }
 
     /// Whether a sweep at `now_ms` could find anything expired here.
     pub(crate) fn may_have_expired(&self, now_ms: u64) -> bool {
-        !self.table.is_empty() && u64::from(self.min_expiry_secs) * 1000 <= now_ms
-    }
-
-    /// Notes the expiry of an entry being inserted or rewritten (keeps `may_have_expired`
-    /// a true lower bound, also across a sweep pass that is under way).
-    pub(crate) fn note_expiry(&mut self, e: &Entry) {
-        self.min_expiry_secs = self.min_expiry_secs.min(e.expiry_secs);
-        self.pass.min = self.pass.min.min(e.expiry_secs);
+        !self.table.is_empty() && u64::from(self.bounds.min_expiry_secs) * 1000 <= now_ms
     }
 
     /// Counts the entries expired at `now_ms` among at most `budget` buckets from `start`;
@@ -355,8 +437,10 @@ impl Index {
                     Padded(Mutex::new(Stripe {
                         table: HashTable::new(),
                         counters: Counters::default(),
-                        min_expiry_secs: u32::MAX,
-                        pass: Pass::default(),
+                        bounds: Bounds {
+                            min_expiry_secs: u32::MAX,
+                            pass: Pass::default(),
+                        },
                     }))
                 })
                 .collect(),
@@ -445,12 +529,9 @@ mod tests {
         let hash = 0xdead_beef_u64;
         let mut s = index.lock(hash);
         for key in [1u32, 2] {
-            match s.slot(hash, |e| e.offset == key) {
-                Slot::Vacant(v, h) => {
-                    v.insert(Entry::new(h, loc(key), 5000, 40));
-                }
-                Slot::Occupied(_) => panic!("key {key} confused with another"),
-            }
+            let place = s.place(hash, |e| e.offset == key);
+            assert!(place.entry().is_none(), "key {key} confused with another");
+            assert_eq!(place.put(Entry::new(hash as u32, loc(key), 5000, 40)), None);
         }
         assert_eq!(s.len(), 2);
         assert!(s.find(hash, |e| e.offset == 2).is_some());
@@ -467,14 +548,9 @@ mod tests {
     fn fill(s: &mut Stripe, first: u64, n: u64, expires_ms: u64) {
         for k in first..first + n {
             let h = key_hash(k);
-            match s.slot(h, |e| e.offset == k as u32) {
-                Slot::Vacant(v, h32) => {
-                    let e = Entry::new(h32, loc(k as u32), expires_ms, 40);
-                    v.insert(e);
-                    s.note_expiry(&e);
-                }
-                Slot::Occupied(_) => panic!("entry {k} inserted twice"),
-            }
+            let e = Entry::new(h as u32, loc(k as u32), expires_ms, 40);
+            let replaced = s.place(h, |e| e.offset == k as u32).put(e);
+            assert!(replaced.is_none(), "entry {k} inserted twice");
         }
     }
 
@@ -624,6 +700,47 @@ mod tests {
     fn single_stripe_index_works() {
         let index = Index::new(1);
         let mut s = index.lock(u64::MAX);
-        assert!(matches!(s.slot(1, |_| true), Slot::Vacant(..)));
+        assert!(s.place(1, |_| true).entry().is_none());
+    }
+
+    #[test]
+    fn a_put_replaces_the_keys_entry_and_lowers_the_expiry_bound() {
+        let index = Index::new(1);
+        let mut s = index.lock(0);
+        let hash = 0x1234_5678_9abc_u64;
+        let first = Entry::new(hash as u32, loc(64), 90_000, 40);
+        assert_eq!(s.place(hash, |_| true).put(first), None);
+        assert!(!s.may_have_expired(80_000));
+        let second = Entry::new(hash as u32, loc(128), 50_000, 48);
+        assert_eq!(s.place(hash, |_| true).put(second), Some(first));
+        assert_eq!(s.len(), 1);
+        assert!(s.may_have_expired(50_000), "the bound missed the rewrite");
+        assert_eq!(s.place(hash, |_| true).entry(), Some(&second));
+        assert_eq!(s.place(hash, |_| true).take(), Some(second));
+        assert_eq!(s.place(hash, |_| true).take(), None);
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn entries_are_found_and_moved_by_location() {
+        let index = Index::new(1);
+        let mut s = index.lock(0);
+        let hash = 77u64;
+        let (a, b) = (
+            loc(64),
+            Location {
+                slot: 3,
+                offset: 64,
+            },
+        );
+        s.place(hash, |_| false)
+            .put(Entry::new(hash as u32, a, 9_000, 40));
+        assert!(s.points_at(hash, a) && !s.points_at(hash, b));
+        assert!(!s.points_at(hash + 1, a), "another key's hash");
+        assert!(s.repoint(hash, a, b));
+        assert!(!s.points_at(hash, a) && s.points_at(hash, b));
+        assert!(!s.repoint(hash, a, b), "nothing points at the old place");
+        assert_eq!(s.remove_at_location(hash, b).map(|e| e.location()), Some(b));
+        assert_eq!(s.len(), 0);
     }
 }

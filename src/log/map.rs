@@ -13,6 +13,8 @@
 //!   tail; readers only read bytes below a tail the appender has published to them through a
 //!   lock (the index stripe lock). So no byte is ever read and written at the same time.
 
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;

@@ -1,0 +1,529 @@
+//! The engine: the index and the log of one store, and the locking protocol that ties them
+//! together. [`Store`](crate::Store) (claims) and the lease operations are thin doors onto
+//! it; maintenance uses its segment-level steps.
+//!
+//! The protocol, which every door follows for a key:
+//!
+//! 1. hash the key and lock its index stripe ([`Engine::lock`]);
+//! 2. find the key's newest record ([`Engine::find`] / [`Engine::find_place`]) and decide
+//!    from its [`Status`];
+//! 3. append the new record and point the key's entry at it ([`Engine::write`]), still
+//!    under the lock;
+//! 4. unlock, then wait until the record the answer rests on is durable
+//!    ([`Engine::settle`]) before answering.
+//!
+//! Invariants (docs/DESIGN.md numbers them):
+//!
+//! 1. Exactly once: a key's lookup, the append of its record and the update of its entry
+//!    happen under the key's stripe lock, so two callers on one key are serialized and the
+//!    second sees the first's entry.
+//! 2. No false duplicates: entries match on hash bits and then on the key bytes in the log
+//!    (`Probe`).
+//! 3. Acknowledged means kept: under `Sync` an answer waits until the record it reports or
+//!    wrote is durable (durable before visible), whether it wrote that record or found it.
+//! 4. No resurrection: a record that makes another dead is appended before the entry
+//!    changes; what it replaces is retired in its segment's accounting, never reused.
+//! 5. Bad input is an error: keys and TTLs are checked before anything is touched.
+
+mod key;
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::MutexGuard;
+
+use crate::clock::{to_millis, Clock};
+use crate::error::{Error, Result};
+use crate::format::{encoded_len, MAX_KEY_LEN};
+use crate::index::{Counters, Entry, Index, Place, SliceResult, Stripe, SWEEP_SLICE};
+use crate::iohook::Io;
+use crate::log::{lsn, Appended, Location, Log, RecordSpec, Segment};
+use crate::options::{Durability, Options};
+
+pub(crate) use key::{Current, Memory, Status};
+pub use key::{KeyState, Seen};
+
+/// Latest expiry accepted: the last millisecond of year 9999.
+const MAX_EXPIRES_MS: u64 = 253_402_300_799_999;
+
+/// The index and log of one open store, with the rules for using them together.
+pub(crate) struct Engine {
+    durability: Durability,
+    clock: Arc<dyn Clock>,
+    hasher: fn(&[u8]) -> u64,
+    /// Hints store hashes of the default hasher; with another one they are neither read
+    /// nor written.
+    default_hasher: bool,
+    index: Index,
+    log: Log,
+    /// `Options::attempt_memory`, ms.
+    attempt_memory_ms: u64,
+    tokens: Tokens,
+    /// The directory's lock, held for as long as the engine lives.
+    _lock: File,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Written {
+    /// The key had an entry, which now points at the new record.
+    pub(crate) replaced: bool,
+    /// The lsn the new record ends at (see [`Engine::settle`]).
+    pub(crate) lsn_end: u64,
+}
+
+/// What has become of a state record (see [`Engine::record_fate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// Its key's entry points at it: it is the key's newest record.
+    Current,
+    /// No entry points at it any more.
+    Dead,
+    /// It was current but has expired; its entry was dropped just now.
+    Expired,
+}
+
+/// Figures of the index, for `Stats`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IndexFigures {
+    pub(crate) keys: u64,
+    pub(crate) heap_bytes: u64,
+    pub(crate) expired_unswept: u64,
+    pub(crate) counters: Counters,
+}
+
+impl Engine {
+    /// The engine of a store opened in `dir` with `opts`, whose index and log recovery
+    /// rebuilt, holding the directory's `lock`.
+    pub(crate) fn new(opts: &Options, lock: File, index: Index, log: Log) -> Engine {
+        Engine {
+            durability: opts.durability,
+            clock: Arc::clone(&opts.clock),
+            hasher: opts.hasher,
+            default_hasher: opts.default_hasher,
+            index,
+            log,
+            attempt_memory_ms: u64::try_from(opts.attempt_memory.as_millis()).unwrap_or(u64::MAX),
+            tokens: Tokens::new(),
+            _lock: lock,
+        }
+    }
+
+    // ---- time and keys ----
+
+    /// The clock's time, ms since the epoch.
+    pub(crate) fn now(&self) -> u64 {
+        to_millis(self.clock.now())
+    }
+
+    /// Now, and the expiry of a claim (or lease) made now for `ttl`, in ms since the epoch.
+    pub(crate) fn window(&self, ttl: Duration) -> Result<(u64, u64)> {
+        if ttl.is_zero() {
+            return Err(Error::InvalidTtl { ttl });
+        }
+        let ttl_ms = u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+            .map_err(|_| Error::InvalidTtl { ttl })?;
+        let now = self.now();
+        let expires = now
+            .checked_add(ttl_ms)
+            .filter(|&e| e <= MAX_EXPIRES_MS)
+            .ok_or(Error::InvalidTtl { ttl })?;
+        Ok((now, expires))
+    }
+
+    /// The key's 64-bit hash: its stripe, and the hash bits its entry keeps.
+    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
+        (self.hasher)(key)
+    }
+
+    // ---- locking ----
+
+    /// Locks the stripe of the key whose hash is `hash`.
+    pub(crate) fn lock(&self, hash: u64) -> MutexGuard<'_, Stripe> {
+        self.index.lock(hash)
+    }
+
+    /// Locks the stripes of all of `hashes` at once, in increasing stripe order (the order
+    /// every holder of several stripes uses, so none deadlocks).
+    pub(crate) fn lock_all(&self, hashes: &[u64]) -> LockedStripes<'_> {
+        let mut ids: Vec<usize> = hashes.iter().map(|&h| self.index.stripe_of(h)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let guards = ids.iter().map(|&i| self.index.lock_stripe(i)).collect();
+        LockedStripes {
+            index: &self.index,
+            ids,
+            guards,
+        }
+    }
+
+    // ---- a key's steps, under its stripe lock ----
+
+    /// The key's newest record, if it has an entry.
+    pub(crate) fn find<'t>(
+        &'t self,
+        stripe: &Stripe,
+        key: &[u8],
+        hash: u64,
+    ) -> Option<Current<'t>> {
+        let mut probe = Probe::new(&self.log, key);
+        stripe.find(hash, |e| probe.matches(e));
+        probe.found
+    }
+
+    /// The key's place in the stripe (to write or remove its entry) and its newest record.
+    pub(crate) fn find_place<'s, 't>(
+        &'t self,
+        stripe: &'s mut Stripe,
+        key: &[u8],
+        hash: u64,
+    ) -> (Place<'s>, Option<Current<'t>>) {
+        let mut probe = Probe::new(&self.log, key);
+        let place = stripe.place(hash, |e| probe.matches(e));
+        (place, probe.found)
+    }
+
+    /// Appends `spec` and points the key's entry (its `place`, found under the stripe lock)
+    /// at it; the record the entry pointed at dies.
+    pub(crate) fn write(
+        &self,
+        place: Place<'_>,
+        hash: u64,
+        spec: &RecordSpec<'_>,
+    ) -> Result<Written> {
+        let at = self.log.append(*spec)?;
+        Ok(Written {
+            replaced: self.point(place, hash, at, spec),
+            lsn_end: at.lsn_end,
+        })
+    }
+
+    /// Points the key's entry at the record `spec` appended `at`; the record the entry
+    /// pointed at dies. `true` if the key had an entry.
+    pub(crate) fn point(
+        &self,
+        place: Place<'_>,
+        hash: u64,
+        at: Appended,
+        spec: &RecordSpec<'_>,
+    ) -> bool {
+        let entry = Entry::new(hash as u32, at.loc, spec.expires, spec.len());
+        match place.put(entry) {
+            Some(old) => {
+                self.retire(&old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Appends one record that no entry points at (a remove).
+    pub(crate) fn append(&self, spec: RecordSpec<'_>) -> Result<Appended> {
+        self.log.append(spec)
+    }
+
+    /// Appends `specs` as one unit (all or none); `done` learns where each went.
+    pub(crate) fn append_all(
+        &self,
+        specs: &[RecordSpec<'_>],
+        done: impl FnMut(usize, Appended),
+    ) -> Result<()> {
+        self.log.append_all(specs, done)
+    }
+
+    /// Tells the log that the record `e` pointed at lost its entry (it is dead).
+    pub(crate) fn retire(&self, e: &Entry) {
+        self.log.table().record_died(e.slot, e.record_len());
+    }
+
+    // ---- durability ----
+
+    /// Waits, under `Durability::Sync`, until the log is durable up to `lsn_end` (0: nothing
+    /// to wait for).
+    pub(crate) fn settle(&self, lsn_end: u64) -> Result<()> {
+        match self.durability {
+            Durability::Sync if lsn_end > 0 => self.log.wait_durable(lsn_end),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes everything written so far durable, whatever the durability mode.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.log.sync()
+    }
+
+    /// Fails if the store is poisoned.
+    pub(crate) fn check_poison(&self) -> Result<()> {
+        self.log.check_poison()
+    }
+
+    /// Poisons the store; returns the error for the caller who hit the failure.
+    pub(crate) fn poison(&self, reason: String) -> Error {
+        self.log.poison(reason)
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.log.is_poisoned()
+    }
+
+    // ---- leases ----
+
+    /// A fresh lease token (see `Tokens`).
+    pub(crate) fn new_token(&self) -> u64 {
+        self.tokens.next()
+    }
+
+    /// How long a free key remembers a lapsed or abandoned attempt, ms.
+    pub(crate) fn attempt_memory_ms(&self) -> u64 {
+        self.attempt_memory_ms
+    }
+
+    // ---- segments, for maintenance ----
+
+    /// The directory this store owns.
+    pub(crate) fn dir(&self) -> &Path {
+        self.log.dir()
+    }
+
+    /// The hook every file-system change goes through.
+    pub(crate) fn io(&self) -> &Io {
+        self.log.io()
+    }
+
+    /// The id every segment of this store carries.
+    pub(crate) fn store_id(&self) -> u128 {
+        self.log.store_id()
+    }
+
+    /// Whether hint files may be written (they hold hashes of the default hasher).
+    pub(crate) fn hints_usable(&self) -> bool {
+        self.default_hasher
+    }
+
+    /// Every sealed segment with its slot, in id order.
+    pub(crate) fn sealed_segments(&self) -> Vec<(u16, Arc<Segment>)> {
+        self.log.sealed_segments()
+    }
+
+    /// Number of index stripes (for sweeps).
+    pub(crate) fn stripes(&self) -> usize {
+        self.index.stripes()
+    }
+
+    /// One sweep slice of stripe `i` at `now` (see `Stripe::sweep_slice`), under its lock:
+    /// drops expired entries and retires their records. `spare` sees every entry kept. With
+    /// `visit_all` unset, a stripe with nothing expired and no pass under way is skipped
+    /// (reported as a finished slice).
+    pub(crate) fn sweep_slice(
+        &self,
+        i: usize,
+        now: u64,
+        visit_all: bool,
+        mut keep: impl FnMut(&Entry),
+    ) -> SliceResult {
+        let mut stripe = self.index.lock_stripe(i);
+        if !visit_all && !stripe.may_have_expired(now) && !stripe.sweeping() {
+            return SliceResult {
+                dropped: 0,
+                done: true,
+            };
+        }
+        stripe.sweep_slice(
+            now,
+            SWEEP_SLICE,
+            |e| {
+                keep(e);
+                false
+            },
+            |e| self.retire(e),
+        )
+    }
+
+    /// What has become of the state record at `loc`, of the key whose hash is `hash` (for
+    /// compaction, which keeps it only if it is still its key's newest). One that `expired`
+    /// loses its entry here (and is retired), so that no entry is left pointing into the
+    /// old copy of its segment.
+    pub(crate) fn record_fate(&self, hash: u64, loc: Location, expired: bool) -> Fate {
+        let mut stripe = self.index.lock(hash);
+        if !stripe.points_at(hash, loc) {
+            return Fate::Dead;
+        }
+        if !expired {
+            return Fate::Current;
+        }
+        if let Some(e) = stripe.remove_at_location(hash, loc) {
+            self.retire(&e);
+        }
+        Fate::Expired
+    }
+
+    /// Puts `fresh`, a compacted copy of the segment in `old_slot`, in its place: installs
+    /// it, moves every entry that still points at a record of the old copy to the same
+    /// record in the new one (`moves`: hash, old offset, new offset, record length; a record
+    /// whose entry changed meanwhile is dead from the start), waits until no reader is
+    /// inside the old copy, and uninstalls it.
+    pub(crate) fn replace_segment(
+        &self,
+        old_slot: u16,
+        fresh: Arc<Segment>,
+        moves: impl Iterator<Item = (u64, u32, u32, u32)>,
+    ) -> Result<()> {
+        let new_slot = self.log.table().install(Arc::clone(&fresh))?;
+        for (hash, old, new, len) in moves {
+            let from = Location {
+                slot: old_slot,
+                offset: old,
+            };
+            let to = Location {
+                slot: new_slot,
+                offset: new,
+            };
+            if !self.index.lock(hash).repoint(hash, from, to) {
+                fresh.usage.died(u64::from(len));
+            }
+        }
+        self.forget_segment(old_slot);
+        Ok(())
+    }
+
+    /// Takes the segment in `slot` out of the table, once no entry points into it: waits
+    /// until every reader that was inside it has left (every stripe lock taken once).
+    pub(crate) fn forget_segment(&self, slot: u16) {
+        self.index.quiesce();
+        self.log.table().uninstall(slot);
+    }
+
+    // ---- figures, for `Stats` ----
+
+    /// Keys, heap bytes and counters of the index, and the entries expired at `now` that
+    /// no sweep has dropped yet (counted one slice per lock hold, like a sweep: this never
+    /// stalls claims for long).
+    pub(crate) fn index_figures(&self, now: u64) -> IndexFigures {
+        let mut f = IndexFigures::default();
+        self.index.for_each_stripe(|st| {
+            f.keys += st.len() as u64;
+            f.heap_bytes += st.allocation_size() as u64;
+            f.counters.add(&st.counters);
+        });
+        for i in 0..self.index.stripes() {
+            let mut at = Some(0);
+            while let Some(start) = at {
+                let (n, next) =
+                    self.index
+                        .lock_stripe(i)
+                        .count_expired_slice(now, start, SWEEP_SLICE);
+                f.expired_unswept += n as u64;
+                at = next;
+            }
+        }
+        f
+    }
+
+    /// Segment files, and the bytes they take.
+    pub(crate) fn segment_figures(&self) -> (u64, u64) {
+        let t = self.log.table();
+        (t.len() as u64, t.disk_bytes())
+    }
+
+    /// Bytes of records that must be kept at `now` (see `Stats::live_bytes`).
+    pub(crate) fn live_bytes(&self, now: u64) -> u64 {
+        self.log.live_bytes(now)
+    }
+
+    /// Syncs of segment data since open.
+    pub(crate) fn syncs(&self) -> u64 {
+        self.log.syncs()
+    }
+
+    /// The log, for the crate's own tests.
+    #[cfg(test)]
+    pub(crate) fn log(&self) -> &Log {
+        &self.log
+    }
+}
+
+/// Fails with [`Error::InvalidKey`] unless `key` is 1 to [`MAX_KEY_LEN`] bytes.
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidKey {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    Ok(())
+}
+
+/// Tells, for each index entry a lookup meets, whether it is `key`'s (its record's key bytes
+/// equal `key`: invariant 2), and keeps that record.
+struct Probe<'t, 'k> {
+    log: &'t Log,
+    key: &'k [u8],
+    found: Option<Current<'t>>,
+}
+
+impl<'t, 'k> Probe<'t, 'k> {
+    fn new(log: &'t Log, key: &'k [u8]) -> Self {
+        Probe {
+            log,
+            key,
+            found: None,
+        }
+    }
+
+    fn matches(&mut self, e: &Entry) -> bool {
+        let table = self.log.table();
+        match table.record_with_value(e.location()) {
+            Some((header, k, value)) if k == self.key => {
+                let id = table.get(e.slot).map_or(u64::MAX >> 32, |s| s.id);
+                let len = encoded_len(usize::from(header.key_len), header.value_len as usize);
+                self.found = Some(Current {
+                    header,
+                    value,
+                    end: lsn(id, e.offset as usize + len),
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The stripes of a batch of keys, locked together (see [`Engine::lock_all`]).
+pub(crate) struct LockedStripes<'a> {
+    index: &'a Index,
+    ids: Vec<usize>,
+    guards: Vec<MutexGuard<'a, Stripe>>,
+}
+
+impl LockedStripes<'_> {
+    /// The locked stripe of the key whose hash is `hash` (`None` only if it was not among
+    /// the hashes locked).
+    pub(crate) fn get(&mut self, hash: u64) -> Option<&mut Stripe> {
+        let at = self.ids.binary_search(&self.index.stripe_of(hash)).ok()?;
+        self.guards.get_mut(at).map(|g| &mut **g)
+    }
+}
+
+/// Lease tokens: never 0, and unique among one store's leases with overwhelming
+/// probability (a random seed per open, mixed with a counter).
+struct Tokens {
+    seed: u64,
+    next: AtomicU64,
+}
+
+impl Tokens {
+    fn new() -> Tokens {
+        Tokens {
+            seed: crate::log::random_u64(),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed).max(1)
+    }
+}

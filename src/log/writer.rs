@@ -1,0 +1,482 @@
+//! Appending to the log: records into the active segment, rotation to a new segment when it
+//! is full, and preparing that segment in the background.
+//!
+//! Invariants:
+//!
+//! - Records are appended in one total order (the writer mutex); their lsns grow with it.
+//! - A batch (`append_all`) is written whole or not at all: every segment it needs is
+//!   created before its first byte is written.
+//! - Every segment but the newest ends with a seal record and was fully synced before its
+//!   successor's name became visible (`rotate`).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::map::Appender;
+use super::segment::{lsn, Location, NewSegment, Segment, Totals};
+use super::Log;
+use crate::error::Result;
+use crate::format::{
+    encode_record, encode_seal, encoded_len, RecordKind, SealInfo, FORMAT_VERSION, SEAL_LEN,
+    SEGMENT_HEADER_LEN,
+};
+use crate::fs;
+
+/// The active segment and the state needed to seal it.
+pub(crate) struct Writer {
+    pub(crate) segment: Arc<Segment>,
+    pub(crate) slot: u16,
+    pub(crate) appender: Appender,
+    /// What has been appended to the segment so far.
+    pub(crate) totals: Totals,
+    /// Whether the next segment is being (or has been) prepared in the background.
+    pub(crate) next_prepared: bool,
+}
+
+impl Writer {
+    /// The writer of a segment that takes appends from `appender`'s tail on.
+    pub(crate) fn new(
+        segment: Arc<Segment>,
+        slot: u16,
+        appender: Appender,
+        totals: Totals,
+    ) -> Self {
+        Writer {
+            segment,
+            slot,
+            appender,
+            totals,
+            next_prepared: false,
+        }
+    }
+
+    /// The lsn just past the last record written.
+    pub(crate) fn tail_lsn(&self) -> u64 {
+        lsn(self.segment.id, self.appender.tail())
+    }
+}
+
+/// A record appended to the log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Appended {
+    pub(crate) loc: Location,
+    /// The lsn just past the record: it is durable once the log's durable lsn reaches it.
+    pub(crate) lsn_end: u64,
+}
+
+/// One record to append.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordSpec<'a> {
+    pub(crate) kind: RecordKind,
+    pub(crate) key: &'a [u8],
+    /// Empty for claims and removes; the encoded `StateValue` for leases and done records.
+    pub(crate) value: &'a [u8],
+    pub(crate) attempt: u32,
+    pub(crate) time: u64,
+    pub(crate) expires: u64,
+}
+
+impl<'a> RecordSpec<'a> {
+    /// A record without value or attempt (claim or remove).
+    pub(crate) fn plain(kind: RecordKind, key: &'a [u8], time: u64, expires: u64) -> Self {
+        RecordSpec {
+            kind,
+            key,
+            value: &[],
+            attempt: 0,
+            time,
+            expires,
+        }
+    }
+
+    /// Bytes the record takes in a segment.
+    pub(crate) fn len(&self) -> usize {
+        encoded_len(self.key.len(), self.value.len())
+    }
+
+    /// Encodes the record into `out`, which is `len()` bytes long.
+    fn encode(&self, out: &mut [u8]) {
+        let (k, v) = (self.key, self.value);
+        encode_record(out, self.kind, k, v, self.attempt, self.time, self.expires);
+    }
+}
+
+/// Records up to this many bytes are encoded before the writer lock is taken.
+const PRE_ENCODED_MAX: usize = 256;
+
+impl Log {
+    /// Appends one record.
+    pub(crate) fn append(&self, rec: RecordSpec<'_>) -> Result<Appended> {
+        // Small records (every claim of a key up to ~200 bytes) are encoded and checksummed
+        // before the writer lock is taken, so the lock covers little more than a copy.
+        let len = rec.len();
+        let mut buf = [0u8; PRE_ENCODED_MAX];
+        let pre = buf.get_mut(..len).map(|b| {
+            rec.encode(b);
+            &*b
+        });
+        let mut out = None;
+        self.append_locked(std::slice::from_ref(&rec), pre, |_, a| out = Some(a))?;
+        out.ok_or_else(|| self.poison("append produced no record".to_string()))
+    }
+
+    /// Appends `recs` in order as one unit: either all are written, or — when a new segment
+    /// cannot be created (a full disk, say) — none is, and the log is unchanged. Every
+    /// segment the batch needs is created before the first byte is written. `done` learns
+    /// where each record went.
+    pub(crate) fn append_all(
+        &self,
+        recs: &[RecordSpec<'_>],
+        done: impl FnMut(usize, Appended),
+    ) -> Result<()> {
+        self.append_locked(recs, None, done)
+    }
+
+    /// `append_all`, where `pre`, if given, is the already encoded form of the one record
+    /// in `recs`.
+    fn append_locked(
+        &self,
+        recs: &[RecordSpec<'_>],
+        pre: Option<&[u8]>,
+        mut done: impl FnMut(usize, Appended),
+    ) -> Result<()> {
+        let mut w = self.writer.lock();
+        self.check_poison()?;
+        let usable = self.config.segment_size as usize - SEGMENT_HEADER_LEN - SEAL_LEN;
+        let mut room = w.appender.remaining().saturating_sub(SEAL_LEN);
+        let mut needed = 0usize;
+        for rec in recs {
+            let len = rec.len();
+            if len > room {
+                needed += 1;
+                room = usable;
+            }
+            room = room.saturating_sub(len);
+        }
+        let mut spares = Vec::with_capacity(needed);
+        let now = recs.first().map_or(0, |r| r.time);
+        for next_id in (w.segment.id + 1..).take(needed) {
+            if next_id == w.segment.id + 1 {
+                if let Some(spare) = self.take_prepared(next_id) {
+                    spares.push(spare);
+                    continue;
+                }
+            }
+            match self.new_segment(next_id, now) {
+                Ok(s) => spares.push(s),
+                Err(e) => {
+                    for s in spares {
+                        s.discard(&self.config.io);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let mut spares = spares.into_iter();
+        for (i, rec) in recs.iter().enumerate() {
+            let len = rec.len();
+            if w.appender.remaining() < len + SEAL_LEN {
+                let Some(spare) = spares.next() else {
+                    return Err(self.poison("segment plan fell short".to_string()));
+                };
+                self.rotate(&mut w, spare, rec.time)?;
+            }
+            let at = w
+                .appender
+                .append(len, |buf| match pre {
+                    Some(bytes) if bytes.len() == buf.len() => buf.copy_from_slice(bytes),
+                    _ => rec.encode(buf),
+                })
+                .ok_or_else(|| self.poison("record does not fit a fresh segment".to_string()))?;
+            w.totals.add(rec.kind, len, rec.expires);
+            done(
+                i,
+                Appended {
+                    loc: Location {
+                        slot: w.slot,
+                        offset: at as u32,
+                    },
+                    lsn_end: lsn(w.segment.id, at + len),
+                },
+            );
+        }
+        for s in spares {
+            s.discard(&self.config.io);
+        }
+        if !w.next_prepared && w.appender.remaining() < usable / 2 {
+            w.next_prepared = true;
+            self.prepare_next(w.segment.id + 1, now);
+        }
+        Ok(())
+    }
+
+    /// Creates segment `id` of this log under its temporary name.
+    fn new_segment(&self, id: u64, now: u64) -> Result<NewSegment> {
+        let c = &self.config;
+        NewSegment::create(&c.io, &c.dir, id, c.segment_size, c.store_id, now)
+    }
+
+    /// Starts making segment `id` in the background — created under its temporary name,
+    /// allocated, header synced, pages faulted in — so that the append that fills the
+    /// active segment finds its successor ready instead of doing all that under the writer
+    /// lock. Best effort: if the thread cannot start or fails, rotation creates the segment
+    /// itself and reports any error then. A crash meanwhile leaves only a temporary file,
+    /// which `open` deletes.
+    fn prepare_next(&self, id: u64, now: u64) {
+        let mut prep = self.prep.lock();
+        if let Some(old) = prep.take() {
+            if let Some(unused) = old.finish() {
+                unused.discard(&self.config.io);
+            }
+        }
+        let (dir, io) = (self.config.dir.clone(), self.config.io.clone());
+        let (size, store_id) = (self.config.segment_size, self.config.store_id);
+        *prep = Prep::spawn(move |stop| {
+            let spare = NewSegment::create(&io, &dir, id, size, store_id, now).ok()?;
+            spare.segment.map.populate(SEGMENT_HEADER_LEN, stop);
+            Some(spare)
+        });
+    }
+
+    /// The segment `prepare_next` made, if it made segment `id`.
+    fn take_prepared(&self, id: u64) -> Option<NewSegment> {
+        let job = self.prep.lock().take()?;
+        match job.finish() {
+            Some(spare) if spare.segment.id == id => Some(spare),
+            Some(other) => {
+                other.discard(&self.config.io);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Seals the active segment and makes `spare` the new one. Runs under the writer lock.
+    ///
+    /// Order, and why (crash analysis in docs/FORMAT.md):
+    /// 1. (before) `seg-N+1.olog.tmp` was created, allocated, and its header synced — a crash
+    ///    then leaves only a temporary file, deleted on open;
+    /// 2. append the seal record to segment N and sync all of N — N is complete on disk;
+    /// 3. rename the temporary to `seg-N+1.olog` and fsync the directory — only now can
+    ///    recovery see N+1, and it always finds N sealed.
+    ///
+    /// A failure in 2 or 3 poisons the log: segment N is sealed, so nothing more may be
+    /// appended to it, and the store must be reopened.
+    fn rotate(&self, w: &mut Writer, spare: NewSegment, now: u64) -> Result<()> {
+        let io = &self.config.io;
+        let data_end = w.appender.tail();
+        let info = SealInfo {
+            records: w.totals.records,
+            data_end: data_end as u64,
+            max_expires: w.totals.max_expires,
+        };
+        let mut seal = [0u8; SEAL_LEN];
+        encode_seal(&mut seal, info, now);
+        if w.appender
+            .append(SEAL_LEN, |b| b.copy_from_slice(&seal))
+            .is_none()
+        {
+            // Cannot happen: appends always leave SEAL_LEN free. Refuse rather than write an
+            // unsealed segment followed by a newer one.
+            spare.discard(io);
+            return Err(self.poison("no room left for the seal record".to_string()));
+        }
+        let sealed_end = w.appender.tail();
+        if let Err(e) = w.segment.sync_range(io, &w.segment.path, 0, sealed_end) {
+            spare.discard(io);
+            return Err(self.poison_io("sync sealed segment", &w.segment.path, e));
+        }
+        self.commit.count_sync();
+        w.segment.usage.seal(w.totals, data_end, now);
+        if let Err(e) = spare.rename_into_place(io) {
+            let path = spare.segment.path.clone();
+            spare.discard(io);
+            return Err(self.poison_io("rename new segment", &path, e));
+        }
+        if let Err(e) = fs::sync_dir(io, &self.config.dir) {
+            // As for the steps above: the caller gets the I/O error, and the poison reason
+            // keeps its cause (an `Error`'s message leaves its source out).
+            self.poison(match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            });
+            return Err(e);
+        }
+        let NewSegment {
+            segment, appender, ..
+        } = spare;
+        let next_id = segment.id;
+        let segment = Arc::new(segment);
+        let slot = match self.table.install(Arc::clone(&segment)) {
+            Ok(s) => s,
+            Err(e) => return Err(self.poison(e.to_string())),
+        };
+        self.commit.advance(lsn(w.segment.id, sealed_end));
+        *w = Writer::new(segment, slot, appender, Totals::default());
+        self.commit.advance(lsn(next_id, SEGMENT_HEADER_LEN));
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one if the active one was written by an
+    /// older format version: records of the current version go only into segments whose
+    /// header says so (docs/FORMAT.md §4), so that an older build refuses the directory
+    /// instead of misreading it. Called once by `open`.
+    pub(crate) fn upgrade_active(&self, now: u64) -> Result<()> {
+        let mut w = self.writer.lock();
+        self.check_poison()?;
+        if w.segment.version >= FORMAT_VERSION {
+            return Ok(());
+        }
+        let spare = self.new_segment(w.segment.id + 1, now)?;
+        self.rotate(&mut w, spare, now)
+    }
+}
+
+/// A background job preparing segments (see `Log::prepare_next`).
+pub(crate) struct Prep {
+    handle: JoinHandle<Option<NewSegment>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Prep {
+    pub(crate) fn spawn(
+        job: impl FnOnce(&AtomicBool) -> Option<NewSegment> + Send + 'static,
+    ) -> Option<Prep> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("oncelog-prep".into())
+            .spawn(move || job(&flag))
+            .ok()?;
+        Some(Prep { handle, stop })
+    }
+
+    /// Cuts the job short (the rest of its populating is skipped: it is only an
+    /// optimisation) and returns what it made. Waiting is short: at most one MiB of
+    /// page faults, or the creation of a segment.
+    pub(crate) fn finish(self) -> Option<NewSegment> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().ok().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iohook::{Io, IoHook, IoOp};
+    use parking_lot::Mutex;
+    use std::path::Path;
+    use std::sync::atomic::Ordering;
+
+    /// Records every file-system operation (kind and file name); fails creates while
+    /// `fail_creates` is set.
+    #[derive(Default)]
+    struct Recorder {
+        ops: Mutex<Vec<(&'static str, String)>>,
+        fail_creates: AtomicBool,
+    }
+
+    impl IoHook for Recorder {
+        fn before(&self, op: &IoOp<'_>) -> std::io::Result<()> {
+            if matches!(op, IoOp::Create { .. }) && self.fail_creates.load(Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let name = match op {
+                IoOp::Rename { to, .. } => to,
+                _ => op.path(),
+            };
+            let name = name.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            self.ops.lock().push((op.kind(), name.to_string()));
+            Ok(())
+        }
+    }
+
+    fn open(dir: &Path, hook: Arc<Recorder>) -> Log {
+        Log::create_empty(dir, Io::new(Some(hook)), 64 << 10).unwrap()
+    }
+
+    fn claim(key: &[u8]) -> RecordSpec<'_> {
+        RecordSpec::plain(RecordKind::Claim, key, 1_000, 9_000)
+    }
+
+    #[test]
+    fn a_batch_that_needs_a_segment_it_cannot_create_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = Arc::new(Recorder::default());
+        let log = open(dir.path(), Arc::clone(&hook));
+        hook.fail_creates.store(true, Ordering::SeqCst);
+        let keys: Vec<String> = (0..3_000).map(|i| format!("key-{i:05}")).collect();
+        let specs: Vec<RecordSpec<'_>> = keys.iter().map(|k| claim(k.as_bytes())).collect();
+        let before = log.writer.lock().tail_lsn();
+        let mut written = 0;
+        let res = log.append_all(&specs, |_, _| written += 1);
+        assert!(
+            matches!(res, Err(crate::error::Error::Io { .. })),
+            "{res:?}"
+        );
+        assert_eq!(written, 0);
+        assert_eq!(
+            log.writer.lock().tail_lsn(),
+            before,
+            "part of the batch was written"
+        );
+        assert_eq!(log.table().len(), 1);
+        // A batch that fits goes on as usual.
+        hook.fail_creates.store(false, Ordering::SeqCst);
+        let at = log.append(claim(b"small")).unwrap();
+        assert!(at.lsn_end > before);
+        drop(log);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn rotation_seals_and_syncs_the_old_segment_before_the_new_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = Arc::new(Recorder::default());
+        let log = open(dir.path(), Arc::clone(&hook));
+        let first = log.active_id();
+        hook.ops.lock().clear();
+        let mut i = 0u32;
+        while log.active_id() == first {
+            log.append(claim(format!("key-{i:05}").as_bytes())).unwrap();
+            i += 1;
+        }
+        let old = crate::fs::segment_name(first);
+        let new = crate::fs::segment_name(first + 1);
+        let ops = hook.ops.lock().clone();
+        let at = |kind: &str, name: &str| {
+            ops.iter()
+                .position(|(k, n)| *k == kind && n == name)
+                .unwrap_or_else(|| panic!("no {kind} of {name} in {ops:?}"))
+        };
+        let synced = at("sync-range", &old);
+        let renamed = at("rename", &new);
+        let dir_synced = renamed
+            + ops[renamed..]
+                .iter()
+                .position(|(k, _)| *k == "sync-dir")
+                .expect("no directory sync after the rename");
+        assert!(synced < renamed && renamed < dir_synced, "{ops:?}");
+        let (_, sealed) = log
+            .table()
+            .segments()
+            .into_iter()
+            .find(|(_, s)| s.id == first)
+            .unwrap();
+        assert!(sealed.usage.is_sealed());
+        assert_eq!(
+            sealed.usage.records.load(Ordering::Relaxed),
+            u64::from(i - 1)
+        );
+        let end = sealed.usage.data_end.load(Ordering::Relaxed) as usize + SEAL_LEN;
+        assert!(
+            log.durable_lsn() >= lsn(first, end),
+            "the sealed segment is not durable"
+        );
+    }
+}
