@@ -153,6 +153,9 @@ impl GroupCommit {
         }
         log.sync(from, tail)?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
+        // A sync that overlapped one that failed may report success for pages the kernel
+        // dropped after that failure: once poisoned, no sync moves `durable` any more.
+        log.check()?;
         self.advance(target);
         Ok(())
     }
@@ -211,6 +214,9 @@ mod tests {
         synced: AtomicU64,
         syncs: AtomicU64,
         fail: AtomicBool,
+        /// Only the first sync fails; the others wait until it has, then succeed.
+        fail_first_only: AtomicBool,
+        calls: AtomicU64,
         poison: Poison,
         /// Every sync passes it before reading the tail.
         gate: Gate,
@@ -237,6 +243,12 @@ mod tests {
             self.sync_gate.pass();
             if self.fail.load(Ordering::SeqCst) {
                 return Err(self.poison.set("injected sync failure".into()));
+            }
+            if self.fail_first_only.load(Ordering::SeqCst) {
+                if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(self.poison.set("injected sync failure".into()));
+                }
+                wait_until(|| self.poison.is_set());
             }
             self.syncs.fetch_add(1, Ordering::SeqCst);
             self.synced.fetch_max(tail, Ordering::SeqCst);
@@ -395,6 +407,37 @@ mod tests {
         let end = log.write(40);
         assert!(matches!(gc.wait(end, &*log), Err(Error::Poisoned { .. })));
         assert_eq!(log.syncs.load(Ordering::SeqCst), 0);
+    }
+
+    /// Found in review: of two overlapping syncs, the one that succeeded after the other
+    /// failed moved `durable` over the failed range, and its callers were acknowledged.
+    #[test]
+    fn a_sync_that_succeeds_after_an_overlapping_one_failed_acknowledges_nothing() {
+        let gc = Arc::new(GroupCommit::new(0));
+        let log = Arc::new(FakeLog::default());
+        log.fail_first_only.store(true, Ordering::SeqCst);
+        let (entered, key) = log.gate.close();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let end = log.write(40);
+                let (gc, log) = (Arc::clone(&gc), Arc::clone(&log));
+                std::thread::spawn(move || gc.wait(end, &*log))
+            })
+            .collect();
+        // Both syncs are under way (two may overlap while at most two callers wait).
+        entered.recv().unwrap();
+        entered.recv().unwrap();
+        log.gate.open(key);
+        for t in waiters {
+            let res = t.join().unwrap();
+            assert!(matches!(res, Err(Error::Poisoned { .. })), "{res:?}");
+        }
+        assert_eq!(
+            log.calls.load(Ordering::SeqCst),
+            2,
+            "the syncs did not overlap"
+        );
+        assert_eq!(gc.durable(), 0, "a sync moved durable after a failure");
     }
 
     #[test]
