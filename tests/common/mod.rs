@@ -1,18 +1,25 @@
-//! Helpers shared by the integration tests: clocks, directory listings, and a walk over the
-//! records of a segment file (through the crate's public decoder).
+//! Helpers shared by the integration tests: clocks, options, keys, a filled store, leases,
+//! directory listings, and a walk over the records of a segment file (through the crate's
+//! public decoder). Byte-level surgery on segment files is in
+//! `segfile`; the power-loss simulator in `powercut` and the operation-sequence interpreter
+//! in `opseq` (both also built into the fuzz targets, so they use nothing from here).
 #![allow(dead_code)]
 
 pub mod opseq;
 pub mod powercut;
+pub mod segfile;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oncelog::format::{decode_record, RecordKind, SEGMENT_HEADER_LEN};
-use oncelog::{Durability, ManualClock, Options, MIN_SEGMENT_SIZE};
+use oncelog::{Begin, Durability, ManualClock, Options, Store, Ticket, MIN_SEGMENT_SIZE};
 
 /// Three days, Stripe's retry window.
 pub const TTL: Duration = Duration::from_secs(72 * 3600);
+
+/// The lease of `acquire`, and of the tests' other `begin` calls.
+pub const LEASE: Duration = Duration::from_secs(30);
 
 /// A fixed start time, so that tests do not depend on the real clock.
 pub fn t0() -> SystemTime {
@@ -23,6 +30,14 @@ pub fn clock() -> ManualClock {
     ManualClock::new(t0())
 }
 
+/// Milliseconds since the Unix epoch, the unit of the store's records. Panics for a time
+/// before the epoch.
+pub fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .expect("a time after the Unix epoch")
+        .as_millis() as u64
+}
+
 /// Options for a test store: the given clock, small segments (so rotations happen), and
 /// `Buffered` so tests run at memory speed unless they are about syncing.
 pub fn opts(clock: &ManualClock) -> Options {
@@ -30,6 +45,12 @@ pub fn opts(clock: &ManualClock) -> Options {
         .clock(clock.clone())
         .segment_size(MIN_SEGMENT_SIZE)
         .durability(Durability::Buffered)
+}
+
+/// `opts` without the background maintenance thread: the store changes only through the
+/// test's own calls (`compact` included).
+pub fn opts_no_bg(clock: &ManualClock) -> Options {
+    opts(clock).background_maintenance(false)
 }
 
 /// The segment files of `dir`, in id order.
@@ -90,5 +111,27 @@ pub fn key(i: u64) -> String {
         format!("evt_{i:08}_{}", "x".repeat((i % 300) as usize))
     } else {
         format!("evt_{i:08}")
+    }
+}
+
+/// Claims `key(0..n)` for `TTL`, removes every tenth, and closes: several sealed segments,
+/// no hints.
+pub fn fill(dir: &Path, clock: &ManualClock, n: u64) {
+    let store = opts(clock).open(dir).unwrap();
+    for i in 0..n {
+        assert!(store.claim(key(i), TTL).unwrap().is_new());
+    }
+    for i in (0..n).step_by(10) {
+        assert!(store.remove(key(i)).unwrap());
+    }
+    store.close().unwrap();
+}
+
+/// Begins `key` with a lease of `LEASE`, which must be acquired.
+pub fn acquire(store: &Store, key: impl AsRef<[u8]>) -> Ticket {
+    let key = key.as_ref();
+    match store.begin(key, LEASE).unwrap() {
+        Begin::Acquired(t) => t,
+        other => panic!("begin {}: {other:?}", String::from_utf8_lossy(key)),
     }
 }
