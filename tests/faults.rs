@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::env_u64;
 use common::powercut::{PowerSim, Rng};
 use oncelog::{Durability, Error, IoHook, IoOp, Options, RecoveryMode, Store, MIN_SEGMENT_SIZE};
 
@@ -185,9 +186,7 @@ fn check(store: &Store, acked: &Acked, what: &str) {
 
 #[test]
 fn injected_io_failures_never_panic_or_lose_acknowledged_work() {
-    let n_ops = std::env::var("ONCELOG_FAULT_OPS")
-        .ok()
-        .map_or(120, |v| v.parse().unwrap());
+    let n_ops = env_u64("ONCELOG_FAULT_OPS", 120);
 
     // Count the operations of a clean run.
     let tmp = tempfile::tempdir().unwrap();

@@ -1,8 +1,9 @@
 //! Helpers shared by the integration tests: clocks, options, keys, a filled store, leases,
-//! directory listings, and a walk over the records of a segment file (through the crate's
-//! public decoder). Byte-level surgery on segment files is in
-//! `segfile`; the power-loss simulator in `powercut` and the operation-sequence interpreter
-//! in `opseq` (both also built into the fuzz targets, so they use nothing from here).
+//! environment knobs, a seeded generator, directory listings, and a walk over the records
+//! of a segment file (through the crate's public decoder). Byte-level surgery on segment
+//! files is in `segfile`; the power-loss simulator in `powercut` and the operation-sequence
+//! interpreter in `opseq` (both also built into the fuzz targets, so they use nothing from
+//! here).
 #![allow(dead_code)]
 
 pub mod opseq;
@@ -133,5 +134,57 @@ pub fn acquire(store: &Store, key: impl AsRef<[u8]>) -> Ticket {
     match store.begin(key, LEASE).unwrap() {
         Begin::Acquired(t) => t,
         other => panic!("begin {}: {other:?}", String::from_utf8_lossy(key)),
+    }
+}
+
+/// The environment variable `name` as a number (decimal, or hex after `0x`), if it is set.
+/// Panics if it is set to anything else.
+pub fn env_opt_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    let parsed = match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => v.parse(),
+    };
+    Some(parsed.unwrap_or_else(|_| panic!("{name}={v:?}: expected a number")))
+}
+
+/// The environment variable `name` as a number (see `env_opt_u64`), `default` if unset.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    env_opt_u64(name).unwrap_or(default)
+}
+
+/// xorshift64* seeded through splitmix64: small, deterministic, good enough to pick
+/// operations, mixes and delays. (`powercut::Rng` is another generator, whose exact
+/// sequence the kept fuzz inputs and their seeds depend on.)
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // Never zero (xorshift's fixed point); mix the seed so nearby seeds differ.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    /// True with probability `num / den`.
+    pub fn chance(&mut self, num: u64, den: u64) -> bool {
+        self.next() % den < num
     }
 }
