@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{clock, ms, opts};
+use common::{clock, ms, opts_no_bg};
 use oncelog::{Begin, Claim, Error, KeyState, ManualClock, Seen, Store, Ticket};
 use proptest::prelude::*;
 
@@ -171,9 +171,8 @@ fn stale(got: &oncelog::Result<()>, step: usize, op: &Op) -> Result<(), TestCase
 }
 
 fn open(dir: &std::path::Path, clock: &ManualClock) -> Store {
-    opts(clock)
+    opts_no_bg(clock)
         .attempt_memory(Duration::from_millis(MEMORY_MS))
-        .background_maintenance(false)
         .open(dir)
         .expect("open")
 }

@@ -54,6 +54,15 @@ pub fn opts_no_bg(clock: &ManualClock) -> Options {
     opts(clock).background_maintenance(false)
 }
 
+/// Options for a store on the system clock that syncs every write: small segments, no
+/// background maintenance.
+pub fn sync_opts() -> Options {
+    Options::new()
+        .segment_size(MIN_SEGMENT_SIZE)
+        .durability(Durability::Sync)
+        .background_maintenance(false)
+}
+
 /// The segment files of `dir`, in id order.
 pub fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -113,6 +122,12 @@ pub fn key(i: u64) -> String {
     } else {
         format!("evt_{i:08}")
     }
+}
+
+/// Key `i`, event-id-like, of exactly `len` bytes (at least 12): every record of such keys
+/// has the same size.
+pub fn fixed_key(i: u64, len: usize) -> String {
+    format!("evt_{i:0w$}", w = len - 4)
 }
 
 /// Claims `key(0..n)` for `TTL`, removes every tenth, and closes: several sealed segments,
