@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{clock, fixed_key, sync_opts};
+use common::{clock, fixed_key, sync_opts, temporaries};
 use oncelog::{Error, Store};
 
 const TTL: Duration = Duration::from_secs(3600);
@@ -70,14 +70,6 @@ impl Drop for Mount {
 
 fn open(dir: &Path) -> oncelog::Result<Store> {
     sync_opts().open(dir)
-}
-
-fn temporaries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".tmp"))
-        .collect()
 }
 
 fn is_enospc(e: &Error) -> bool {

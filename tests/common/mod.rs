@@ -78,6 +78,15 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The names of the temporary files (`*.tmp`) in `dir`.
+pub fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect()
+}
+
 /// One record found in a segment file.
 #[derive(Debug, Clone)]
 pub struct Rec {
