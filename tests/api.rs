@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{clock, opts, t0, TTL};
+use common::{clock, opts, t0, temporaries, TTL};
 use oncelog::{Claim, Durability, Error, Options, Store, MAX_KEY_LEN};
 
 #[test]
@@ -315,12 +315,7 @@ fn rotations_with_prepared_segments_lose_nothing_and_leave_no_temporaries() {
         assert!(store.stats().segments > 8, "too few rotations to test");
         store.close().unwrap();
     }
-    let temporaries: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".tmp"))
-        .collect();
+    let temporaries = temporaries(dir.path());
     assert!(temporaries.is_empty(), "left behind: {temporaries:?}");
     let store = Options::new()
         .segment_size(64 << 10)

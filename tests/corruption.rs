@@ -45,30 +45,15 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::copy_dir;
+use common::{clock, copy_dir, opts_no_bg};
 use oncelog::format::{decode_record, RecordKind, SEGMENT_HEADER_LEN};
-use oncelog::{
-    Begin, Claim, CorruptionKind, Durability, Error, ManualClock, Options, RecoveryMode, Seen,
-    Store, MIN_SEGMENT_SIZE,
-};
+use oncelog::{Begin, Claim, CorruptionKind, Error, ManualClock, RecoveryMode, Seen, Store};
 use tempfile::TempDir;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const MIN: Duration = Duration::from_secs(60);
-
-fn start() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(1_700_000_000)
-}
-
-fn opts(clock: &ManualClock) -> Options {
-    Options::new()
-        .clock(clock.clone())
-        .segment_size(MIN_SEGMENT_SIZE)
-        .durability(Durability::Buffered)
-        .background_maintenance(false)
-}
 
 const MODES: [RecoveryMode; 3] = [
     RecoveryMode::TolerateTornTail,
@@ -91,7 +76,7 @@ fn mode_name(m: RecoveryMode) -> &'static str {
 /// renewed after expiry, and two-phase keys done, in flight, abandoned and fingerprinted.
 /// Leaves the clock at the time the checks run.
 fn build(dir: &Path, clock: &ManualClock) {
-    let store = opts(clock).open(dir).unwrap();
+    let store = opts_no_bg(clock).open(dir).unwrap();
     let acquire = |key: &[u8], lease: Duration| match store.begin(key, lease).unwrap() {
         Begin::Acquired(t) => t,
         other => panic!("{other:?}"),
@@ -215,7 +200,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::new(start());
+        let clock = clock();
         build(dir.path(), &clock);
         let mut names: Vec<OsString> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -291,13 +276,13 @@ impl Fixture {
             scratch,
         };
         let copy = fx.copy();
-        let store = opts(&fx.clock).open(copy.path()).unwrap();
+        let store = opts_no_bg(&fx.clock).open(copy.path()).unwrap();
         fx.expected = probe(&store, &fx.keys);
         drop(store);
         // The undamaged directory answers alike in every mode.
         for mode in MODES {
             let copy = fx.copy();
-            let store = opts(&fx.clock)
+            let store = opts_no_bg(&fx.clock)
                 .recovery_mode(mode)
                 .open(copy.path())
                 .unwrap();
@@ -351,7 +336,7 @@ impl Fixture {
                 let mut bytes = std::fs::read(&path).unwrap();
                 bytes[from..].fill(0);
                 std::fs::write(&path, &bytes).unwrap();
-                let store = opts(&self.clock).open(copy.path()).unwrap();
+                let store = opts_no_bg(&self.clock).open(copy.path()).unwrap();
                 probe(&store, &self.keys)
             })
             .clone()
@@ -442,7 +427,7 @@ fn check_case(
         let counts = tally
             .entry((file.kind, damage_kind, mode_name(mode)))
             .or_default();
-        let store = match opts(&fx.clock).recovery_mode(mode).open(&dir) {
+        let store = match opts_no_bg(&fx.clock).recovery_mode(mode).open(&dir) {
             Err(e) if mode == RecoveryMode::Salvage => panic!("{what}: salvage refused: {e:?}"),
             Err(Error::Corruption(c)) => {
                 counts.1 += 1;
@@ -574,7 +559,7 @@ fn check_salvage(
             "{what}: the hint of a rewritten segment was kept"
         );
     }
-    let store = opts(&fx.clock)
+    let store = opts_no_bg(&fx.clock)
         .recovery_mode(RecoveryMode::Strict)
         .open(dir)
         .unwrap_or_else(|e| panic!("{what}: salvage left damage behind: {e:?}"));

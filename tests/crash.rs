@@ -16,6 +16,8 @@
 //! the pseudo-random choices (the kill moments themselves also depend on scheduling,
 //! which is the point: the test holds whatever instant the kill lands on).
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -25,6 +27,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::{env_u64, Rng};
 use oncelog::{Durability, Options};
 
 const DEFAULT_ROUNDS: u64 = 8;
@@ -33,49 +36,6 @@ const DEFAULT_SEED: u64 = 0x6f6e_6365_6c6f_6721;
 const MAX_FRESH_PER_ROUND: u64 = 50_000;
 /// How long to wait for the child's first acknowledged id before declaring it stuck.
 const FIRST_LINE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// xorshift64*: small, deterministic, good enough to pick delays and mixes.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // Never zero (xorshift's fixed point); mix the seed so nearby seeds differ.
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    /// True with probability `num / den`.
-    fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.next() % den < num
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a number")),
-        Err(_) => default,
-    }
-}
 
 /// The `i`th fresh id of `round`. Every other id carries a long tail (256 to 4055 bytes),
 /// so that rounds fill the store's 64 MiB segments and later rounds cross segment

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::powercut::{PowerSim, Rng};
-use oncelog::{Durability, Error, IoHook, IoOp, Options, RecoveryMode, Store, MIN_SEGMENT_SIZE};
+use common::{env_u64, sync_opts};
+use oncelog::{Error, IoHook, IoOp, RecoveryMode, Store};
 
 const TTL: Duration = Duration::from_secs(3600);
 
@@ -98,13 +99,6 @@ struct Acked {
     /// Keys whose remove failed: an operation that returned an error may or may not have
     /// taken effect, so these are not checked.
     maybe_removed: BTreeSet<u64>,
-}
-
-fn options() -> Options {
-    Options::new()
-        .segment_size(MIN_SEGMENT_SIZE)
-        .durability(Durability::Sync)
-        .background_maintenance(false)
 }
 
 /// Runs the workload; returns what was acknowledged and whether every write after a
@@ -185,9 +179,7 @@ fn check(store: &Store, acked: &Acked, what: &str) {
 
 #[test]
 fn injected_io_failures_never_panic_or_lose_acknowledged_work() {
-    let n_ops = std::env::var("ONCELOG_FAULT_OPS")
-        .ok()
-        .map_or(120, |v| v.parse().unwrap());
+    let n_ops = env_u64("ONCELOG_FAULT_OPS", 120);
 
     // Count the operations of a clean run.
     let tmp = tempfile::tempdir().unwrap();
@@ -200,7 +192,7 @@ fn injected_io_failures_never_panic_or_lose_acknowledged_work() {
         mode: Mode::Eio,
         failed: Default::default(),
     });
-    let store = options()
+    let store = sync_opts()
         .io_hook(counter.clone())
         .open(tmp.path().join("s"))
         .unwrap();
@@ -232,7 +224,7 @@ fn injected_io_failures_never_panic_or_lose_acknowledged_work() {
                 mode,
                 failed: Default::default(),
             });
-            let store = match options().io_hook(hook.clone()).open(&dir) {
+            let store = match sync_opts().io_hook(hook.clone()).open(&dir) {
                 Ok(s) => s,
                 Err(Error::Io { .. }) => continue, // failed at open: a clear error
                 Err(e) => panic!("open with a failure at {at} ({mode:?}): {e}"),
@@ -269,7 +261,7 @@ fn injected_io_failures_never_panic_or_lose_acknowledged_work() {
                 ),
                 (&dir, "after a crash", RecoveryMode::TolerateTornTail),
             ] {
-                let s = options()
+                let s = sync_opts()
                     .recovery_mode(recovery)
                     .open(d)
                     .unwrap_or_else(|e| {

@@ -1,23 +1,22 @@
 //! Directories written by earlier versions of the format still open and answer correctly.
 //! See `tests/fixtures/README.md` for how each fixture was made.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
+use common::{copy_dir, LEASE};
 use oncelog::format::{SegmentHeader, FORMAT_VERSION};
 use oncelog::{Begin, Claim, KeyState, Options, RecoveryMode};
 
-const LEASE: Duration = Duration::from_secs(30);
-
+/// A copy of `tests/fixtures/<name>`, to open (and so change) freely.
 fn copy_fixture(name: &str) -> tempfile::TempDir {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
     let dst = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dst.path().join(entry.file_name())).unwrap();
-    }
+    copy_dir(&src, dst.path());
     dst
 }
 

@@ -7,13 +7,18 @@
 //! answered (no write needed); the directory reopens on the full disk; once there is room
 //! again, writes go on, and nothing acknowledged was lost.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use oncelog::{Durability, Error, ManualClock, Options, Store, MIN_SEGMENT_SIZE};
+use common::{clock, fixed_key, sync_opts, temporaries};
+use oncelog::{Error, Store};
 
 const TTL: Duration = Duration::from_secs(3600);
+/// Keys of 53 bytes: every claim record has the same size.
+const KEY_LEN: usize = 53;
 
 /// A tmpfs mounted at a fresh directory, unmounted when dropped.
 struct Mount {
@@ -64,26 +69,7 @@ impl Drop for Mount {
 }
 
 fn open(dir: &Path) -> oncelog::Result<Store> {
-    options().open(dir)
-}
-
-fn options() -> Options {
-    Options::new()
-        .durability(Durability::Sync)
-        .segment_size(MIN_SEGMENT_SIZE)
-        .background_maintenance(false)
-}
-
-fn key(i: u64) -> String {
-    format!("evt_{i:08}_{}", "x".repeat(40))
-}
-
-fn temporaries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".tmp"))
-        .collect()
+    sync_opts().open(dir)
 }
 
 fn is_enospc(e: &Error) -> bool {
@@ -106,7 +92,7 @@ fn a_full_file_system_refuses_writes_and_loses_nothing() {
     let store = open(&dir).unwrap();
     let mut acked = 0u64;
     let err = loop {
-        match store.claim(key(acked), TTL) {
+        match store.claim(fixed_key(acked, KEY_LEN), TTL) {
             Ok(c) => {
                 assert!(c.is_new(), "key {acked}");
                 acked += 1;
@@ -125,17 +111,23 @@ fn a_full_file_system_refuses_writes_and_loses_nothing() {
     // Full: new keys are refused with the same error, again and again; what was
     // acknowledged still answers, and a duplicate needs no write.
     for i in acked..acked + 50 {
-        let e = store.claim(key(i), TTL).unwrap_err();
+        let e = store.claim(fixed_key(i, KEY_LEN), TTL).unwrap_err();
         assert!(is_enospc(&e), "{e:?}");
     }
     for i in (0..acked).step_by(97) {
-        assert!(store.get(key(i)).unwrap().is_some(), "key {i}");
-        assert!(!store.claim(key(i), TTL).unwrap().is_new(), "key {i}");
+        assert!(
+            store.get(fixed_key(i, KEY_LEN)).unwrap().is_some(),
+            "key {i}"
+        );
+        assert!(
+            !store.claim(fixed_key(i, KEY_LEN), TTL).unwrap().is_new(),
+            "key {i}"
+        );
     }
     // A remove needs a tombstone, so it is refused too, and the key stays claimed.
-    let e = store.remove(key(0)).unwrap_err();
+    let e = store.remove(fixed_key(0, KEY_LEN)).unwrap_err();
     assert!(is_enospc(&e), "{e:?}");
-    assert!(store.get(key(0)).unwrap().is_some());
+    assert!(store.get(fixed_key(0, KEY_LEN)).unwrap().is_some());
     // Maintenance has nothing to reclaim here, and no room for the hint files it writes:
     // it fails with ENOSPC, leaves no temporary file behind, and poisons nothing.
     if let Err(e) = store.compact() {
@@ -143,31 +135,43 @@ fn a_full_file_system_refuses_writes_and_loses_nothing() {
     }
     assert!(!store.stats().poisoned);
     assert_eq!(temporaries(&dir), Vec::<String>::new());
-    assert!(!store.claim(key(1), TTL).unwrap().is_new());
+    assert!(!store.claim(fixed_key(1, KEY_LEN), TTL).unwrap().is_new());
     drop(store);
 
     // Reopening on the full disk works and keeps everything.
     let store = open(&dir).unwrap();
     for i in 0..acked {
-        assert!(store.get(key(i)).unwrap().is_some(), "key {i} after reopen");
+        assert!(
+            store.get(fixed_key(i, KEY_LEN)).unwrap().is_some(),
+            "key {i} after reopen"
+        );
     }
-    assert!(store.claim(key(acked), TTL).is_err());
+    assert!(store.claim(fixed_key(acked, KEY_LEN), TTL).is_err());
 
     // Room again: writes go on without a reopen (a failed allocation acknowledged nothing
     // and poisons nothing), and after one.
     mount.resize("4m");
     for i in acked..acked + 1_000 {
-        assert!(store.claim(key(i), TTL).unwrap().is_new(), "key {i}");
+        assert!(
+            store.claim(fixed_key(i, KEY_LEN), TTL).unwrap().is_new(),
+            "key {i}"
+        );
     }
     store.close().unwrap();
     let store = open(&dir).unwrap();
     for i in acked + 1_000..acked + 2_000 {
-        assert!(store.claim(key(i), TTL).unwrap().is_new(), "key {i}");
+        assert!(
+            store.claim(fixed_key(i, KEY_LEN), TTL).unwrap().is_new(),
+            "key {i}"
+        );
     }
     store.close().unwrap();
     let store = open(&dir).unwrap();
     for i in 0..acked + 2_000 {
-        assert!(store.get(key(i)).unwrap().is_some(), "key {i} at the end");
+        assert!(
+            store.get(fixed_key(i, KEY_LEN)).unwrap().is_some(),
+            "key {i} at the end"
+        );
     }
     store.close().unwrap();
 }
@@ -183,15 +187,15 @@ fn expiry_and_maintenance_free_a_full_file_system() {
             return;
         }
     };
-    let clock = ManualClock::new(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let clock = clock();
     let dir = mount.at.join("store");
-    let store = options().clock(clock.clone()).open(&dir).unwrap();
+    let store = sync_opts().clock(clock.clone()).open(&dir).unwrap();
     let short = Duration::from_secs(60);
     let mut acked = 0u64;
     let err = loop {
         // The first half of what fits lives a minute, the rest an hour.
         let ttl = if acked < 5_000 { short } else { TTL };
-        match store.claim(key(acked), ttl) {
+        match store.claim(fixed_key(acked, KEY_LEN), ttl) {
             Ok(c) => {
                 assert!(c.is_new());
                 acked += 1;
@@ -208,10 +212,13 @@ fn expiry_and_maintenance_free_a_full_file_system() {
     let deleted = store.stats().segments_deleted;
     assert!(deleted > 0, "nothing deleted: {report:?}");
     for i in acked..acked + 1_000 {
-        assert!(store.claim(key(i), TTL).unwrap().is_new(), "key {i}");
+        assert!(
+            store.claim(fixed_key(i, KEY_LEN), TTL).unwrap().is_new(),
+            "key {i}"
+        );
     }
     for i in 0..acked + 1_000 {
-        let claimed = store.get(key(i)).unwrap().is_some();
+        let claimed = store.get(fixed_key(i, KEY_LEN)).unwrap().is_some();
         assert_eq!(claimed, i >= 5_000, "key {i}");
     }
     store.close().unwrap();

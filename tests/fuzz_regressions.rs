@@ -9,6 +9,7 @@ mod common;
 
 use std::path::Path;
 
+use common::env_u64;
 use common::opseq::{self, Report};
 use common::powercut::Rng;
 
@@ -57,14 +58,8 @@ fn kept_fuzz_inputs_still_pass() {
 
 #[test]
 fn random_operation_sequences_match_the_reference() {
-    let runs: u64 = std::env::var("ONCELOG_OPSEQ_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(150);
-    let first: u64 = std::env::var("ONCELOG_OPSEQ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let runs = env_u64("ONCELOG_OPSEQ_RUNS", 150);
+    let first = env_u64("ONCELOG_OPSEQ_SEED", 1);
     let mut total = Report::default();
     for seed in first..first + runs {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));

@@ -11,38 +11,23 @@ mod common;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
-use common::{clock, copy_dir, key, opts, t0, TTL};
+use common::segfile::set_segment_id;
+use common::{acquire, clock, copy_dir, key, ms, opts_no_bg, t0, LEASE, TTL};
 use oncelog::{
     Begin, Claim, CorruptionKind, Durability, Error, ManualClock, Options, RecoveryMode, Store,
-    Ticket, MAX_FINGERPRINT_LEN, MAX_KEY_LEN, MAX_OUTCOME_LEN, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
+    MAX_FINGERPRINT_LEN, MAX_KEY_LEN, MAX_OUTCOME_LEN, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
 
-const LEASE: Duration = Duration::from_secs(30);
 /// The latest expiry the format holds: the last millisecond of year 9999 (FORMAT.md §3.1).
 const MAX_EXPIRES_MS: u64 = 253_402_300_799_999;
-
-fn o(clock: &ManualClock) -> Options {
-    opts(clock).background_maintenance(false)
-}
-
-fn acquire(store: &Store, key: impl AsRef<[u8]>) -> Ticket {
-    match store.begin(key, LEASE).unwrap() {
-        Begin::Acquired(t) => t,
-        other => panic!("{other:?}"),
-    }
-}
-
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
 
 #[test]
 fn every_key_length_around_the_limit_for_every_operation() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     let lens = [
         0,
         1,
@@ -112,12 +97,12 @@ fn every_key_length_around_the_limit_for_every_operation() {
             .is_new());
     }
     store.close().unwrap();
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     check(&store, "reopened");
     clock.advance(Duration::from_secs(2));
     assert!(store.compact().unwrap().hints_written > 0);
     store.close().unwrap();
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert!(store.stats().recovery_hinted_segments > 0);
     check(&store, "hinted");
 }
@@ -142,7 +127,7 @@ fn keys_are_any_bytes_nul_and_invalid_utf8_included() {
         "e\u{301}".as_bytes().to_vec(), // the same text, another byte string
         vec![b'\n', b'\r', b'\t'],
     ];
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     for k in &keys {
         assert!(store.claim(k, TTL).unwrap().is_new(), "{k:?}");
     }
@@ -164,7 +149,10 @@ fn keys_are_any_bytes_nul_and_invalid_utf8_included() {
         RecoveryMode::Strict,
         RecoveryMode::Salvage,
     ] {
-        let store = o(&clock).recovery_mode(mode).open(dir.path()).unwrap();
+        let store = opts_no_bg(&clock)
+            .recovery_mode(mode)
+            .open(dir.path())
+            .unwrap();
         check(&store);
     }
 }
@@ -188,7 +176,7 @@ fn unrepresentable_ttls_are_errors_for_every_operation_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
     let now = ms(clock.now());
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     let t = acquire(&store, "held");
     let fp = [1u8; 32];
     for ttl in unrepresentable(now) {
@@ -226,7 +214,7 @@ fn unrepresentable_ttls_are_errors_for_every_operation_and_change_nothing() {
     };
     assert_eq!(v.deadline(), end);
     store.close().unwrap();
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     for k in ["k", "l", "u"] {
         assert_eq!(store.get(k).unwrap().unwrap().expires_at, end, "{k}");
     }
@@ -240,7 +228,7 @@ fn unrepresentable_ttls_are_errors_for_every_operation_and_change_nothing() {
 fn sub_millisecond_leases_and_outcome_ttls_round_up() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     let ns = Duration::from_nanos(1);
     let t = match store.begin("k", ns).unwrap() {
         Begin::Acquired(t) => t,
@@ -264,7 +252,7 @@ fn sub_millisecond_leases_and_outcome_ttls_round_up() {
 fn fingerprints_and_outcomes_of_every_length_around_their_limits() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     for len in [
         0,
         1,
@@ -342,7 +330,7 @@ fn fingerprints_and_outcomes_of_every_length_around_their_limits() {
         .complete(&t, &vec![0xee; MAX_OUTCOME_LEN], TTL)
         .unwrap();
     store.close().unwrap();
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     for len in outcomes {
         let seen = store.get(format!("out-{len}")).unwrap().unwrap();
         let want = if len > MAX_OUTCOME_LEN {
@@ -366,14 +354,14 @@ fn a_clock_set_back_before_the_records_keeps_every_answer() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
     let hour = Duration::from_secs(3600);
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert!(store.claim("a", hour).unwrap().is_new());
     let a = store.get("a").unwrap().unwrap();
     let t = acquire(&store, "leased");
     store.close().unwrap();
     // Two hours back: the records are from the future now.
     clock.set(t0() - 2 * hour);
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert_eq!(store.get("a").unwrap(), Some(a.clone()));
     assert!(!store.claim("a", hour).unwrap().is_new());
     // The lease's deadline is further away than it was: still in flight, still the
@@ -389,7 +377,7 @@ fn a_clock_set_back_before_the_records_keeps_every_answer() {
     // Nothing live is swept or compacted away at this time.
     store.compact().unwrap();
     store.close().unwrap();
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert_eq!(store.get("a").unwrap(), None, "the remove was lost");
     assert!(store.get("b").unwrap().is_some());
     store.complete(&t, b"late", hour).unwrap();
@@ -404,7 +392,7 @@ fn a_clock_set_back_before_the_records_keeps_every_answer() {
 fn a_clock_before_the_unix_epoch_reads_as_the_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(UNIX_EPOCH - Duration::from_secs(86_400));
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     let hour = Duration::from_secs(3600);
     assert_eq!(store.claim("k", hour).unwrap(), Claim::New);
     let seen = store.get("k").unwrap().unwrap();
@@ -414,7 +402,7 @@ fn a_clock_before_the_unix_epoch_reads_as_the_epoch() {
     assert_eq!(t.deadline(), UNIX_EPOCH + LEASE);
     store.complete(&t, b"", hour).unwrap();
     store.close().unwrap();
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert!(!store.claim("k", hour).unwrap().is_new());
     // Time starts moving: an hour after the epoch the claim has expired.
     clock.set(UNIX_EPOCH + hour);
@@ -428,7 +416,7 @@ fn a_clock_before_the_unix_epoch_reads_as_the_epoch() {
 fn a_clock_past_2106_does_not_sweep_live_claims() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) + 1000));
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     let year = Duration::from_secs(365 * 86_400);
     assert!(store.claim("k", year).unwrap().is_new());
     let t = acquire(&store, "l");
@@ -450,11 +438,11 @@ fn a_clock_past_2106_does_not_sweep_live_claims() {
 fn a_clock_past_year_9999_refuses_claims_and_keeps_reading() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert!(store.claim("k", TTL).unwrap().is_new());
     store.close().unwrap();
     clock.set(UNIX_EPOCH + Duration::from_millis(MAX_EXPIRES_MS + 1));
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert_eq!(store.get("k").unwrap(), None);
     assert!(matches!(
         store.claim("k", Duration::from_millis(1)),
@@ -471,12 +459,12 @@ fn a_clock_past_year_9999_refuses_claims_and_keeps_reading() {
     assert_eq!(store.get("k").unwrap(), None);
     store.compact().unwrap();
     store.close().unwrap();
-    drop(o(&clock).open(dir.path()).unwrap());
+    drop(opts_no_bg(&clock).open(dir.path()).unwrap());
 }
 
 /// A directory with 3000 claims (keys 0..3000) in several segments.
 fn filled(dir: &Path, clock: &ManualClock) {
-    let store = o(clock).open(dir).unwrap();
+    let store = opts_no_bg(clock).open(dir).unwrap();
     for i in 0..3_000 {
         assert!(store.claim(key(i), TTL).unwrap().is_new());
     }
@@ -525,7 +513,7 @@ fn foreign_names_symlinks_and_odd_files_are_left_alone() {
         RecoveryMode::TolerateTornTail,
         RecoveryMode::Salvage,
     ] {
-        let store = o(&clock).recovery_mode(mode).open(p).unwrap();
+        let store = opts_no_bg(&clock).recovery_mode(mode).open(p).unwrap();
         has_all(&store);
         assert_eq!(store.stats().recovery_salvaged_places, 0, "{mode:?}");
         drop(store);
@@ -595,7 +583,9 @@ fn a_fifo_named_like_a_segment_is_an_error_not_a_hang() {
         RecoveryMode::Salvage,
     ] {
         let (d, c) = (dir.path().to_path_buf(), clock.clone());
-        let got = unblocking(&first, move || o(&c).recovery_mode(mode).open(d).map(drop));
+        let got = unblocking(&first, move || {
+            opts_no_bg(&c).recovery_mode(mode).open(d).map(drop)
+        });
         match got {
             Err(Error::Io { op, path, source }) => {
                 assert_eq!((op, &path), ("open segment", &first), "{mode:?}");
@@ -608,14 +598,14 @@ fn a_fifo_named_like_a_segment_is_an_error_not_a_hang() {
     let newest = dir.path().join("seg-00000000000000ff.olog");
     mkfifo(&newest);
     let (d, c) = (dir.path().to_path_buf(), clock.clone());
-    let got = unblocking(&newest, move || o(&c).open(d).map(drop));
+    let got = unblocking(&newest, move || opts_no_bg(&c).open(d).map(drop));
     assert!(
         matches!(&got, Err(Error::Io { path, .. }) if *path == newest),
         "{got:?}"
     );
     std::fs::remove_file(&newest).unwrap();
     // A FIFO with a hint's name is not read (the segment is scanned) and left alone.
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     store.compact().unwrap();
     store.close().unwrap();
     let hint = dir.path().join("seg-0000000000000001.hint");
@@ -625,7 +615,7 @@ fn a_fifo_named_like_a_segment_is_an_error_not_a_hang() {
     mkfifo(&tmp);
     let (d, c) = (dir.path().to_path_buf(), clock.clone());
     let hinted = unblocking(&hint, move || {
-        let store = o(&c).open(d).unwrap();
+        let store = opts_no_bg(&c).open(d).unwrap();
         has_all(&store);
         store.stats().recovery_hinted_segments
     });
@@ -653,7 +643,7 @@ fn a_directory_or_broken_link_named_like_a_segment_is_an_error() {
             RecoveryMode::Strict,
             RecoveryMode::Salvage,
         ] {
-            let got = o(&clock).recovery_mode(mode).open(dir.path());
+            let got = opts_no_bg(&clock).recovery_mode(mode).open(dir.path());
             assert!(
                 matches!(&got, Err(Error::Io { path, .. }) if *path == name),
                 "{what}, {mode:?}: {:?}",
@@ -673,13 +663,13 @@ fn a_directory_or_broken_link_named_like_a_segment_is_an_error() {
     let target = moved.path().join("one.olog");
     std::fs::rename(&first, &target).unwrap();
     std::os::unix::fs::symlink(&target, &first).unwrap();
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     has_all(&store);
     // Temporaries that are directories are not ours: left alone, not an error.
     drop(store);
     let tmp_dir = dir.path().join("seg-0000000000000009.olog.tmp");
     std::fs::create_dir(&tmp_dir).unwrap();
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     has_all(&store);
     assert!(tmp_dir.is_dir());
 }
@@ -712,29 +702,8 @@ fn put_segment(dir: &Path, id: u64, bytes: &[u8]) -> std::path::PathBuf {
 /// A valid 64-byte header for segment `id` of the store whose segment is `model`.
 fn header_for(model: &Path, id: u64) -> Vec<u8> {
     let mut h = std::fs::read(model).unwrap()[..64].to_vec();
-    h[16..24].copy_from_slice(&id.to_le_bytes());
-    let crc = mask(crc32(&h[..60]));
-    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    set_segment_id(&mut h, id);
     h
-}
-
-fn mask(c: u32) -> u32 {
-    c.rotate_right(15).wrapping_add(0xa282_ead8)
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[test]
@@ -811,7 +780,10 @@ fn short_and_partial_files_named_like_segments_in_every_position_and_mode() {
                     RecoveryMode::Salvage => None,
                     m => expect(place, what, m == RecoveryMode::Strict),
                 };
-                match (o(&clock).recovery_mode(mode).open(copy.path()), want) {
+                match (
+                    opts_no_bg(&clock).recovery_mode(mode).open(copy.path()),
+                    want,
+                ) {
                     (Ok(store), None) => {
                         if place != "newest" {
                             // Every claim made before the odd file came is still there.
@@ -851,7 +823,7 @@ fn stray_hints_and_temporaries_go_and_garbage_hints_are_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
     filled(dir.path(), &clock);
-    let store = o(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert!(store.compact().unwrap().hints_written > 0);
     store.close().unwrap();
     let p = dir.path();
@@ -879,7 +851,7 @@ fn stray_hints_and_temporaries_go_and_garbage_hints_are_ignored() {
         RecoveryMode::TolerateTornTail,
         RecoveryMode::Salvage,
     ] {
-        let store = o(&clock).recovery_mode(mode).open(p).unwrap();
+        let store = opts_no_bg(&clock).recovery_mode(mode).open(p).unwrap();
         has_all(&store);
         assert!(!hint_of_nothing.exists(), "{mode:?}");
         for t in &tmps {
@@ -901,45 +873,57 @@ fn stray_hints_and_temporaries_go_and_garbage_hints_are_ignored() {
 fn options_at_their_extremes_open_work_and_close() {
     let clock = clock();
     let extremes: Vec<(&str, Options)> = vec![
-        ("0 stripes", o(&clock).stripes(0)),
-        ("1 stripe", o(&clock).stripes(1)),
-        ("most stripes", o(&clock).stripes(1 << 20)),
-        ("largest segments", o(&clock).segment_size(MAX_SEGMENT_SIZE)),
+        ("0 stripes", opts_no_bg(&clock).stripes(0)),
+        ("1 stripe", opts_no_bg(&clock).stripes(1)),
+        ("most stripes", opts_no_bg(&clock).stripes(1 << 20)),
+        (
+            "largest segments",
+            opts_no_bg(&clock).segment_size(MAX_SEGMENT_SIZE),
+        ),
         (
             "smallest segments",
-            o(&clock).segment_size(MIN_SEGMENT_SIZE),
+            opts_no_bg(&clock).segment_size(MIN_SEGMENT_SIZE),
         ),
         (
             "maintenance every ns",
-            o(&clock)
+            opts_no_bg(&clock)
                 .background_maintenance(true)
                 .maintenance_interval(Duration::from_nanos(1)),
         ),
         (
             "maintenance never",
-            o(&clock)
+            opts_no_bg(&clock)
                 .background_maintenance(true)
                 .maintenance_interval(Duration::MAX),
         ),
         (
             "sync every ns",
-            o(&clock).durability(Durability::Periodic(Duration::from_nanos(1))),
+            opts_no_bg(&clock).durability(Durability::Periodic(Duration::from_nanos(1))),
         ),
         (
             "sync never",
-            o(&clock).durability(Durability::Periodic(Duration::MAX)),
+            opts_no_bg(&clock).durability(Durability::Periodic(Duration::MAX)),
         ),
-        ("sync each claim", o(&clock).durability(Durability::Sync)),
-        ("no compaction", o(&clock).compaction_threshold(0.0)),
-        ("always compact", o(&clock).compaction_threshold(1.0)),
-        ("no hints", o(&clock).hints(false)),
+        (
+            "sync each claim",
+            opts_no_bg(&clock).durability(Durability::Sync),
+        ),
+        (
+            "no compaction",
+            opts_no_bg(&clock).compaction_threshold(0.0),
+        ),
+        (
+            "always compact",
+            opts_no_bg(&clock).compaction_threshold(1.0),
+        ),
+        ("no hints", opts_no_bg(&clock).hints(false)),
         (
             "no attempt memory",
-            o(&clock).attempt_memory(Duration::ZERO),
+            opts_no_bg(&clock).attempt_memory(Duration::ZERO),
         ),
         (
             "endless attempt memory",
-            o(&clock).attempt_memory(Duration::MAX),
+            opts_no_bg(&clock).attempt_memory(Duration::MAX),
         ),
     ];
     for (what, options) in extremes {

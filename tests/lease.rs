@@ -1,14 +1,16 @@
 //! Two-phase claims: begin / complete / abandon / extend, fencing, fingerprints, the
 //! interplay with `claim`, and all of it across reopen, compaction and hints.
 
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, SystemTime};
+mod common;
 
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::{acquire, clock, LEASE};
 use oncelog::{
     Begin, Claim, Error, KeyState, ManualClock, Options, Store, Ticket, MAX_OUTCOME_LEN,
 };
 
-const LEASE: Duration = Duration::from_secs(30);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn open(dir: &std::path::Path, clock: &ManualClock) -> Store {
@@ -18,23 +20,6 @@ fn open(dir: &std::path::Path, clock: &ManualClock) -> Store {
         .segment_size(64 << 10)
         .open(dir)
         .unwrap()
-}
-
-/// A manual clock at a whole millisecond (times are kept in ms), so that deadlines compare
-/// exactly.
-fn clock() -> ManualClock {
-    let ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-}
-
-fn acquire(store: &Store, key: &str) -> Ticket {
-    match store.begin(key, LEASE).unwrap() {
-        Begin::Acquired(t) => t,
-        other => panic!("begin {key}: {other:?}"),
-    }
 }
 
 fn stale(r: oncelog::Result<()>) -> String {
@@ -344,7 +329,7 @@ fn states_survive_reopen_compaction_and_hints() {
         // Enough traffic to fill a few 64 KiB segments, so that compaction and hints have
         // sealed segments to work on.
         for i in 0..3000 {
-            let t = acquire(&store, &format!("done-{i}"));
+            let t = acquire(&store, format!("done-{i}"));
             store
                 .complete(&t, format!("out-{i}").as_bytes(), DAY)
                 .unwrap();

@@ -9,9 +9,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::{clock, opts};
+use common::{clock, ms, opts_no_bg};
 use oncelog::{Begin, Claim, Error, KeyState, ManualClock, Seen, Store, Ticket};
 use proptest::prelude::*;
 
@@ -94,12 +94,6 @@ enum Status {
 /// The comparable part of a `Seen`.
 type SeenKey = (KeyState, u64, u64, u32, Option<Vec<u8>>);
 
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 fn seen_key(s: &Seen) -> SeenKey {
     (
         s.state,
@@ -177,9 +171,8 @@ fn stale(got: &oncelog::Result<()>, step: usize, op: &Op) -> Result<(), TestCase
 }
 
 fn open(dir: &std::path::Path, clock: &ManualClock) -> Store {
-    opts(clock)
+    opts_no_bg(clock)
         .attempt_memory(Duration::from_millis(MEMORY_MS))
-        .background_maintenance(false)
         .open(dir)
         .expect("open")
 }

@@ -3,31 +3,19 @@
 //! Time is moved with `ManualClock`; maintenance is run with `Store::compact` (or, where
 //! the background thread is what is tested, waited for with a bounded poll).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use oncelog::{Claim, Durability, ManualClock, Options, Store, MIN_SEGMENT_SIZE};
+use common::{clock, fixed_key, opts_no_bg};
+use oncelog::{Claim, ManualClock, Store, MIN_SEGMENT_SIZE};
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn clock() -> ManualClock {
-    ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
-}
-
-fn opts(clock: &ManualClock) -> Options {
-    Options::new()
-        .durability(Durability::Buffered)
-        .clock(clock.clone())
-        .segment_size(MIN_SEGMENT_SIZE)
-        .background_maintenance(false)
-}
-
-/// A 32-byte event-id-like key.
-fn key(i: u64) -> String {
-    format!("evt_{i:028}")
-}
+/// Keys of 32 bytes: every claim record has the same size.
+const KEY_LEN: usize = 32;
 
 /// Files in `dir` whose names end with `suffix`, and their total size.
 fn files(dir: &Path, suffix: &str) -> (usize, u64) {
@@ -56,11 +44,11 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 fn expiry_empties_the_index_deletes_segments_and_gives_memory_back() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     let empty_index = store.stats().index_bytes;
     let n = 20_000;
     for i in 0..n {
-        assert!(store.claim(key(i), HOUR).unwrap().is_new());
+        assert!(store.claim(fixed_key(i, KEY_LEN), HOUR).unwrap().is_new());
     }
     let full = store.stats();
     assert_eq!(full.live_keys, n);
@@ -69,7 +57,7 @@ fn expiry_empties_the_index_deletes_segments_and_gives_memory_back() {
 
     clock.advance(HOUR);
     // Invisible at once, before any maintenance ran.
-    assert_eq!(store.get(key(7)).unwrap(), None);
+    assert_eq!(store.get(fixed_key(7, KEY_LEN)).unwrap(), None);
     let st = store.stats();
     assert_eq!((st.live_keys, st.expired_unswept), (0, n));
 
@@ -101,26 +89,26 @@ fn expiry_empties_the_index_deletes_segments_and_gives_memory_back() {
         full.index_bytes as f64 / n as f64,
         st.index_bytes
     );
-    assert!(store.claim(key(7), HOUR).unwrap().is_new());
+    assert!(store.claim(fixed_key(7, KEY_LEN), HOUR).unwrap().is_new());
     drop(store);
     // And the deletions hold across a restart.
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert_eq!(store.stats().live_keys, 1);
-    assert!(!store.claim(key(7), HOUR).unwrap().is_new());
-    assert!(store.claim(key(8), HOUR).unwrap().is_new());
+    assert!(!store.claim(fixed_key(7, KEY_LEN), HOUR).unwrap().is_new());
+    assert!(store.claim(fixed_key(8, KEY_LEN), HOUR).unwrap().is_new());
 }
 
 #[test]
 fn the_background_thread_sweeps_and_deletes_on_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let store = opts(&clock)
+    let store = opts_no_bg(&clock)
         .background_maintenance(true)
         .maintenance_interval(Duration::from_millis(5))
         .open(dir.path())
         .unwrap();
     for i in 0..10_000 {
-        assert!(store.claim(key(i), HOUR).unwrap().is_new());
+        assert!(store.claim(fixed_key(i, KEY_LEN), HOUR).unwrap().is_new());
     }
     assert!(store.stats().segments > 5);
     clock.advance(HOUR);
@@ -142,7 +130,7 @@ fn the_background_thread_sweeps_and_deletes_on_its_own() {
 fn a_long_run_with_a_uniform_ttl_keeps_disk_bounded_without_rewriting() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     let ttl = Duration::from_secs(100);
     let per_second = 200u64;
     let seconds = 1000u64; // ten TTL periods
@@ -153,7 +141,7 @@ fn a_long_run_with_a_uniform_ttl_keeps_disk_bounded_without_rewriting() {
     let mut written = 0u64;
     for t in 0..seconds {
         for _ in 0..per_second {
-            assert!(store.claim(key(next), ttl).unwrap().is_new());
+            assert!(store.claim(fixed_key(next, KEY_LEN), ttl).unwrap().is_new());
             next += 1;
             appended += record;
         }
@@ -192,7 +180,7 @@ fn a_long_run_with_a_uniform_ttl_keeps_disk_bounded_without_rewriting() {
 fn compaction_rewrites_sparse_segments_and_keeps_every_answer() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     let n = 12_000u64;
     for i in 0..n {
         // Every third key lives long; the rest expire in a minute.
@@ -201,11 +189,11 @@ fn compaction_rewrites_sparse_segments_and_keeps_every_answer() {
         } else {
             Duration::from_secs(60)
         };
-        assert!(store.claim(key(i), ttl).unwrap().is_new());
+        assert!(store.claim(fixed_key(i, KEY_LEN), ttl).unwrap().is_new());
     }
     // Remove half of the long-lived ones.
     for i in (0..n).filter(|i| i % 6 == 0) {
-        assert!(store.remove(key(i)).unwrap());
+        assert!(store.remove(fixed_key(i, KEY_LEN)).unwrap());
     }
     clock.advance(Duration::from_secs(61));
     let disk_before = store.stats().disk_bytes;
@@ -219,7 +207,7 @@ fn compaction_rewrites_sparse_segments_and_keeps_every_answer() {
     let check = |store: &Store| {
         for i in 0..n {
             assert_eq!(
-                store.get(key(i)).unwrap().is_some(),
+                store.get(fixed_key(i, KEY_LEN)).unwrap().is_some(),
                 expect(i),
                 "key {i} after compaction"
             );
@@ -230,10 +218,10 @@ fn compaction_rewrites_sparse_segments_and_keeps_every_answer() {
     let again = store.compact().unwrap();
     assert_eq!((again.segments_written, again.segments_deleted), (0, 0));
     drop(store);
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     check(&store);
     for i in 0..n {
-        let answer = store.claim(key(i), HOUR).unwrap();
+        let answer = store.claim(fixed_key(i, KEY_LEN), HOUR).unwrap();
         assert_eq!(answer.is_new(), !expect(i), "claim of key {i} after reopen");
     }
 }
@@ -245,30 +233,30 @@ fn compaction_rewrites_sparse_segments_and_keeps_every_answer() {
 fn a_removed_key_stays_removed_through_compaction_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     let short = Duration::from_secs(10);
     // Segment A: the victim's claim, mostly among long-lived keys (A stays as it is).
     assert!(store.claim("victim", HOUR).unwrap().is_new());
     for i in 0..700 {
-        assert!(store.claim(key(i), HOUR).unwrap().is_new());
+        assert!(store.claim(fixed_key(i, KEY_LEN), HOUR).unwrap().is_new());
     }
     let mut i = 10_000;
     let segments = store.stats().segments;
     while store.stats().segments == segments {
-        assert!(store.claim(key(i), short).unwrap().is_new());
+        assert!(store.claim(fixed_key(i, KEY_LEN), short).unwrap().is_new());
         i += 1;
     }
     // Segment B: the remove among short-lived keys (B becomes sparse).
     assert!(store.remove("victim").unwrap());
     for j in i..i + 3000 {
-        assert!(store.claim(key(j), short).unwrap().is_new());
+        assert!(store.claim(fixed_key(j, KEY_LEN), short).unwrap().is_new());
     }
     clock.advance(short);
     let report = store.compact().unwrap();
     assert!(report.segments_written >= 1, "{report:?}");
     assert_eq!(store.get("victim").unwrap(), None);
     drop(store);
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert_eq!(
         store.get("victim").unwrap(),
         None,
@@ -277,9 +265,9 @@ fn a_removed_key_stays_removed_through_compaction_and_restart() {
     // Compact again after the restart (hints, rewritten segments) and reopen once more.
     store.compact().unwrap();
     drop(store);
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert_eq!(store.get("victim").unwrap(), None);
-    assert!(store.get(key(5)).unwrap().is_some());
+    assert!(store.get(fixed_key(5, KEY_LEN)).unwrap().is_some());
     // Once the hidden claim's own expiry passes, the tombstone may go.
     clock.advance(HOUR);
     store.compact().unwrap();
@@ -292,20 +280,20 @@ fn a_removed_key_stays_removed_through_compaction_and_restart() {
 fn claims_stay_exactly_once_while_maintenance_runs() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let store = Arc::new(opts(&clock).open(dir.path()).unwrap());
+    let store = Arc::new(opts_no_bg(&clock).open(dir.path()).unwrap());
     // Dead weight for compaction: expired keys, and removed ones.
     let old = 8_000u64;
     for i in 0..old {
         assert!(store
-            .claim(key(i), Duration::from_secs(5))
+            .claim(fixed_key(i, KEY_LEN), Duration::from_secs(5))
             .unwrap()
             .is_new());
     }
     for i in 0..old / 2 {
-        assert!(store.remove(key(i)).unwrap());
+        assert!(store.remove(fixed_key(i, KEY_LEN)).unwrap());
     }
     for i in old..old + 4000 {
-        assert!(store.claim(key(i), HOUR).unwrap().is_new());
+        assert!(store.claim(fixed_key(i, KEY_LEN), HOUR).unwrap().is_new());
     }
     clock.advance(Duration::from_secs(6));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -332,7 +320,7 @@ fn claims_stay_exactly_once_while_maintenance_runs() {
                 for j in 0..total {
                     // Different orders per thread.
                     let i = (j * 7919 + t * 1009) % total;
-                    if store.claim(key(i), HOUR).unwrap().is_new() {
+                    if store.claim(fixed_key(i, KEY_LEN), HOUR).unwrap().is_new() {
                         news.push(i);
                     }
                 }
@@ -359,9 +347,12 @@ fn claims_stay_exactly_once_while_maintenance_runs() {
     );
     eprintln!("{runs} maintenance runs during the claims; {s:?}");
     drop(store);
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     for i in 0..total {
-        assert!(store.get(key(i)).unwrap().is_some(), "key {i} after reopen");
+        assert!(
+            store.get(fixed_key(i, KEY_LEN)).unwrap().is_some(),
+            "key {i} after reopen"
+        );
     }
 }
 
@@ -370,7 +361,7 @@ fn answers(store: &Store, n: u64) -> Vec<Option<(SystemTime, SystemTime)>> {
     (0..n + 50)
         .map(|i| {
             store
-                .get(key(i))
+                .get(fixed_key(i, KEY_LEN))
                 .unwrap()
                 .map(|s| (s.first_seen, s.expires_at))
         })
@@ -379,15 +370,18 @@ fn answers(store: &Store, n: u64) -> Vec<Option<(SystemTime, SystemTime)>> {
 
 /// Fills a directory with several segments, some removes and re-claims, and hints.
 fn hinted_store(dir: &Path, clock: &ManualClock, n: u64) -> Vec<Option<(SystemTime, SystemTime)>> {
-    let store = opts(clock).open(dir).unwrap();
+    let store = opts_no_bg(clock).open(dir).unwrap();
     for i in 0..n {
-        assert!(store.claim(key(i), HOUR).unwrap().is_new());
+        assert!(store.claim(fixed_key(i, KEY_LEN), HOUR).unwrap().is_new());
     }
     for i in (0..n).step_by(5) {
-        assert!(store.remove(key(i)).unwrap());
+        assert!(store.remove(fixed_key(i, KEY_LEN)).unwrap());
     }
     for i in (0..n).step_by(10) {
-        assert!(store.claim(key(i), 2 * HOUR).unwrap().is_new());
+        assert!(store
+            .claim(fixed_key(i, KEY_LEN), 2 * HOUR)
+            .unwrap()
+            .is_new());
     }
     let report = store.compact().unwrap();
     assert!(report.hints_written > 3, "{report:?}");
@@ -407,7 +401,7 @@ fn hints_rebuild_the_same_index_and_damaged_or_missing_ones_fall_back_to_the_seg
     assert_eq!(hints, sealed, "one hint per sealed segment");
 
     // Good hints: every sealed segment is replayed from its hint.
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert_eq!(store.stats().recovery_hinted_segments as usize, sealed);
     assert_eq!(answers(&store, n), expected);
     drop(store);
@@ -429,13 +423,13 @@ fn hints_rebuild_the_same_index_and_damaged_or_missing_ones_fall_back_to_the_seg
     let b = std::fs::read(&paths[2]).unwrap();
     std::fs::write(&paths[2], &b[..b.len() - 30]).unwrap();
     std::fs::copy(&paths[5], &paths[4]).unwrap();
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert_eq!(store.stats().recovery_hinted_segments as usize, sealed - 4);
     assert_eq!(answers(&store, n), expected, "with damaged hints");
     // Maintenance replaces the bad hints.
     assert_eq!(store.compact().unwrap().hints_written, 4);
     drop(store);
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert_eq!(store.stats().recovery_hinted_segments as usize, sealed);
     drop(store);
 
@@ -443,16 +437,16 @@ fn hints_rebuild_the_same_index_and_damaged_or_missing_ones_fall_back_to_the_seg
     for p in &paths {
         std::fs::remove_file(p).unwrap();
     }
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert_eq!(store.stats().recovery_hinted_segments, 0);
     assert_eq!(answers(&store, n), expected, "without hints");
     drop(store);
 
     // A store with its own hasher ignores hints (they hold xxh3 hashes).
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     store.compact().unwrap();
     drop(store);
-    let store = opts(&clock)
+    let store = opts_no_bg(&clock)
         .hasher(|k| k.len() as u64)
         .open(dir.path())
         .unwrap();
@@ -468,7 +462,7 @@ fn open_reports_progress_per_segment() {
     let segments = files(dir.path(), ".olog").0 as u64;
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let s = Arc::clone(&seen);
-    let store = opts(&clock)
+    let store = opts_no_bg(&clock)
         .open_progress(move |p| s.lock().push(*p))
         .open(dir.path())
         .unwrap();
@@ -487,7 +481,7 @@ fn open_reports_progress_per_segment() {
 fn claim_after_expiry_is_new_even_before_maintenance() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let store = opts(&clock).open(dir.path()).unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
     assert!(store.claim("k", Duration::from_secs(5)).unwrap().is_new());
     clock.advance(Duration::from_secs(5));
     assert_eq!(store.claim("k", HOUR).unwrap(), Claim::New);

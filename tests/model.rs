@@ -8,9 +8,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::{clock, opts};
+use common::{clock, ms, opts};
 use oncelog::{Claim, ManualClock, Seen, Store};
 use proptest::prelude::*;
 
@@ -67,12 +67,6 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     claims: HashMap<Vec<u8>, (u64, u64)>,
     high: u64,
-}
-
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn seen_ms(s: &Seen) -> (u64, u64) {

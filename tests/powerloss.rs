@@ -30,20 +30,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::powercut::{PowerSim, Rng};
-use common::{clock, copy_dir};
+use common::{clock, copy_dir, env_opt_u64, env_u64, ms};
 use oncelog::{
     Begin, Claim, Durability, IoHook, IoOp, KeyState, ManualClock, Options, RecoveryMode, Seen,
     Store, Ticket, MIN_SEGMENT_SIZE,
 };
 
 const KEYS: usize = 40;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?}")))
-        .unwrap_or(default)
-}
 
 /// Key `i`: every other is long, so that 64 KiB segments rotate every few dozen records
 /// and maintenance has sealed segments to compact, delete and hint.
@@ -100,12 +93,6 @@ fn gen_ops(rng: &mut Rng, n: usize) -> Vec<Op> {
 
 /// The comparable part of a `Seen`: state, first seen, expiry, attempt, outcome.
 type View = Option<(KeyState, u64, u64, u32, Option<Vec<u8>>)>;
-
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn view(s: Option<Seen>) -> View {
     s.map(|s| {
@@ -503,9 +490,7 @@ fn run_mode(mode: Durability, name: &str, every: u64) {
     let seeds = env_u64("ONCELOG_POWERCUT_SEEDS", 3);
     let n_ops = env_u64("ONCELOG_POWERCUT_OPS", 300) as usize;
     let mut t = Totals::default();
-    let only = std::env::var("ONCELOG_POWERCUT_SEED")
-        .ok()
-        .map(|v| v.parse::<u64>().unwrap());
+    let only = env_opt_u64("ONCELOG_POWERCUT_SEED");
     for seed in 1..=seeds {
         if only.is_none_or(|o| o == seed) {
             workload(mode, seed, n_ops, every, &mut t);

@@ -8,23 +8,10 @@ use std::fs::OpenOptions;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{clock, copy_dir, key, opts, records, segments, TTL};
+use common::segfile::{set_format_version, set_segment_id};
+use common::{clock, copy_dir, fill, key, opts, records, segments, TTL};
 use oncelog::format::{RecordKind, SEGMENT_HEADER_LEN};
-use oncelog::{CorruptionKind, Error, ManualClock, RecoveryMode, Store};
-
-/// Claims keys `0..n` (with a remove of every tenth) and closes. Returns the clock.
-fn fill(dir: &Path, n: u64) -> ManualClock {
-    let clock = clock();
-    let store = opts(&clock).open(dir).unwrap();
-    for i in 0..n {
-        assert!(store.claim(key(i), TTL).unwrap().is_new());
-    }
-    for i in (0..n).step_by(10) {
-        assert!(store.remove(key(i)).unwrap());
-    }
-    store.close().unwrap();
-    clock
-}
+use oncelog::{CorruptionKind, Error, RecoveryMode, Store};
 
 /// Checks that after reopening, keys `0..n` are claimed except every tenth (removed).
 fn check_filled(store: &Store, n: u64) {
@@ -38,7 +25,8 @@ fn check_filled(store: &Store, n: u64) {
 fn claims_and_removes_survive_reopen_across_rotations() {
     let dir = tempfile::tempdir().unwrap();
     let n = 5_000;
-    let clock = fill(dir.path(), n);
+    let clock = clock();
+    fill(dir.path(), &clock, n);
     assert!(segments(dir.path()).len() > 3, "want several segments");
     for round in 0..3 {
         let store = opts(&clock).open(dir.path()).unwrap();
@@ -272,7 +260,7 @@ fn strict_mode_reports_bytes_after_the_end_of_data() {
 #[test]
 fn a_flipped_byte_in_a_sealed_segment_is_reported_with_file_and_offset() {
     let original = tempfile::tempdir().unwrap();
-    fill(original.path(), 3_000);
+    fill(original.path(), &clock(), 3_000);
     let sealed = segments(original.path()).remove(0);
     let name = sealed.file_name().unwrap().to_owned();
     let recs = records(&sealed);
@@ -320,7 +308,7 @@ fn a_flipped_byte_in_a_sealed_segment_is_reported_with_file_and_offset() {
 #[test]
 fn a_damaged_segment_header_is_reported_at_offset_zero() {
     let original = tempfile::tempdir().unwrap();
-    fill(original.path(), 2_000);
+    fill(original.path(), &clock(), 2_000);
     let segs = segments(original.path());
     for (which, seg) in [(0, &segs[0]), (1, segs.last().unwrap())] {
         for at in 0..SEGMENT_HEADER_LEN {
@@ -349,15 +337,13 @@ fn a_damaged_segment_header_is_reported_at_offset_zero() {
 fn a_segment_of_another_store_or_another_version_is_refused() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    fill(a.path(), 10);
-    fill(b.path(), 2_000);
+    fill(a.path(), &clock(), 10);
+    fill(b.path(), &clock(), 2_000);
     // Put b's first segment in a's place as a's second one.
     let target = a.path().join("seg-0000000000000002.olog");
     let mut bytes = std::fs::read(segments(b.path()).remove(0)).unwrap();
     // Give it the right id (with a valid checksum) so the store id is what is wrong.
-    bytes[16..24].copy_from_slice(&2u64.to_le_bytes());
-    let crc = mask(crc32fast_hash(&bytes[..60]));
-    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    set_segment_id(&mut bytes, 2);
     std::fs::write(&target, &bytes).unwrap();
     match opts(&clock()).open(a.path()) {
         Err(Error::Corruption(c)) => {
@@ -378,9 +364,7 @@ fn a_segment_of_another_store_or_another_version_is_refused() {
     std::fs::remove_file(&misnamed).unwrap();
     let first = segments(a.path()).remove(0);
     let mut bytes = std::fs::read(&first).unwrap();
-    bytes[8..10].copy_from_slice(&7u16.to_le_bytes());
-    let crc = mask(crc32fast_hash(&bytes[..60]));
-    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    set_format_version(&mut bytes, 7);
     std::fs::write(&first, &bytes).unwrap();
     match opts(&clock()).open(a.path()) {
         Err(Error::UnsupportedVersion {
@@ -394,31 +378,10 @@ fn a_segment_of_another_store_or_another_version_is_refused() {
     }
 }
 
-/// The format's masked CRC (docs/FORMAT.md §3.2), computed independently of the crate.
-fn mask(c: u32) -> u32 {
-    c.rotate_right(15).wrapping_add(0xa282_ead8)
-}
-
-/// CRC-32 (IEEE), bitwise: slow and obviously right.
-fn crc32fast_hash(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 #[test]
 fn foreign_files_are_left_alone_and_temporaries_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    fill(dir.path(), 100);
+    fill(dir.path(), &clock(), 100);
     std::fs::write(dir.path().join("README"), b"notes").unwrap();
     std::fs::write(dir.path().join("seg-1.olog"), b"not a segment name").unwrap();
     std::fs::write(dir.path().join("backup.tmp"), b"not ours").unwrap();
@@ -436,7 +399,7 @@ fn foreign_files_are_left_alone_and_temporaries_are_deleted() {
 fn an_empty_or_short_file_with_a_segment_name_is_an_error_not_a_panic() {
     for len in [0usize, 10, 63, 64] {
         let dir = tempfile::tempdir().unwrap();
-        fill(dir.path(), 10);
+        fill(dir.path(), &clock(), 10);
         let mut bytes = std::fs::read(segments(dir.path()).remove(0)).unwrap();
         bytes.truncate(len);
         std::fs::write(dir.path().join("seg-0000000000000000.olog"), &bytes).unwrap();
@@ -490,7 +453,7 @@ fn a_failed_default_open_changes_nothing_either() {
     // Damage in an older segment fails the default open too; by then the newest segment is
     // short and there is a temporary: neither may have been touched.
     let dir = tempfile::tempdir().unwrap();
-    fill(dir.path(), 3_000);
+    fill(dir.path(), &clock(), 3_000);
     let segs = segments(dir.path());
     assert!(segs.len() > 2);
     let newest = segs.last().unwrap();
@@ -630,7 +593,8 @@ fn mappings_under(dir: &Path) -> usize {
 fn segments_stay_mapped_without_an_open_file_each() {
     let dir = tempfile::tempdir().unwrap();
     let n = 20_000;
-    let clock = fill(dir.path(), n);
+    let clock = clock();
+    fill(dir.path(), &clock, n);
     let count = segments(dir.path()).len();
     assert!(count > 20, "want many segments, got {count}");
     let store = opts(&clock).open(dir.path()).unwrap();

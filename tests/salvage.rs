@@ -8,28 +8,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{clock, copy_dir, key, opts, records, segments, Rec, TTL};
+use common::segfile::{flip, reseal_record, set_format_version, set_segment_id};
+use common::{clock, copy_dir, fill, key, opts, opts_no_bg, records, segments, Rec, TTL};
 use oncelog::format::{RecordKind, SEGMENT_HEADER_LEN};
 use oncelog::{
     CorruptionKind, Error, ManualClock, Options, RecoveryMode, Seen, Store, MAX_SALVAGED_PLACES,
 };
 
 fn salvage(clock: &ManualClock) -> Options {
-    opts(clock)
-        .background_maintenance(false)
-        .recovery_mode(RecoveryMode::Salvage)
-}
-
-/// Claims keys `0..n`, removes every tenth, closes. Several sealed segments, no hints.
-fn fill(dir: &Path, clock: &ManualClock, n: u64) {
-    let store = opts(clock).open(dir).unwrap();
-    for i in 0..n {
-        assert!(store.claim(key(i), TTL).unwrap().is_new());
-    }
-    for i in (0..n).step_by(10) {
-        assert!(store.remove(key(i)).unwrap());
-    }
-    store.close().unwrap();
+    opts_no_bg(clock).recovery_mode(RecoveryMode::Salvage)
 }
 
 fn answers(store: &Store, n: u64) -> Vec<Option<Seen>> {
@@ -46,12 +33,6 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             (p, bytes)
         })
         .collect()
-}
-
-fn flip(path: &Path, at: usize) {
-    let mut bytes = std::fs::read(path).unwrap();
-    bytes[at] ^= 0x5a;
-    std::fs::write(path, &bytes).unwrap();
 }
 
 /// The key index `i` of a claim record's key, if it is one of `key(0..n)`.
@@ -379,22 +360,13 @@ fn foreign_and_newer_segments_are_refused_and_nothing_is_changed() {
     let segs = segments(dir.path());
     flip(&segs[0], SEGMENT_HEADER_LEN + 3);
     std::fs::write(dir.path().join("seg-0000000000000001.olog.tmp"), b"x").unwrap();
-    let newer = |bytes: &mut Vec<u8>| {
-        bytes[8..10].copy_from_slice(&9u16.to_le_bytes());
-        let crc = mask(crc32(&bytes[..60]));
-        bytes[60..64].copy_from_slice(&crc.to_le_bytes());
-    };
     // Another store's segment, with this one's id (and a valid checksum).
     let mut foreign = std::fs::read(segments(other.path()).remove(0)).unwrap();
-    foreign[16..24].copy_from_slice(&2u64.to_le_bytes());
-    let crc = mask(crc32(&foreign[..60]));
-    foreign[60..64].copy_from_slice(&crc.to_le_bytes());
+    set_segment_id(&mut foreign, 2);
     let mut renamed = std::fs::read(&segs[1]).unwrap();
-    renamed[16..24].copy_from_slice(&77u64.to_le_bytes());
-    let crc = mask(crc32(&renamed[..60]));
-    renamed[60..64].copy_from_slice(&crc.to_le_bytes());
+    set_segment_id(&mut renamed, 77);
     let mut future = std::fs::read(&segs[1]).unwrap();
-    newer(&mut future);
+    set_format_version(&mut future, 9);
     for (bytes, want) in [
         (foreign, "foreign"),
         (renamed, "mismatch"),
@@ -466,8 +438,7 @@ fn a_seal_hidden_in_a_damaged_key_does_not_end_the_segment() {
     hidden[8..12].copy_from_slice(&16u32.to_le_bytes());
     hidden[32..40].copy_from_slice(&1u64.to_le_bytes());
     hidden[40..48].copy_from_slice(&64u64.to_le_bytes());
-    let crc = mask(crc32(&hidden[4..]));
-    hidden[..4].copy_from_slice(&crc.to_le_bytes());
+    reseal_record(&mut hidden);
     let store = opts(&clock).open(dir.path()).unwrap();
     assert!(store.claim("before", TTL).unwrap().is_new());
     assert!(store.claim(&hidden, TTL).unwrap().is_new());
@@ -498,30 +469,8 @@ fn encode_claim(key: &[u8], time: u64, expires: u64) -> Vec<u8> {
     r[16..24].copy_from_slice(&time.to_le_bytes());
     r[24..32].copy_from_slice(&expires.to_le_bytes());
     r[32..32 + key.len()].copy_from_slice(key);
-    let crc = mask(crc32(&r[4..]));
-    r[..4].copy_from_slice(&crc.to_le_bytes());
+    reseal_record(&mut r);
     r
-}
-
-/// The format's masked CRC (docs/FORMAT.md §3.2).
-fn mask(c: u32) -> u32 {
-    c.rotate_right(15).wrapping_add(0xa282_ead8)
-}
-
-/// CRC-32 (IEEE), bitwise.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[test]

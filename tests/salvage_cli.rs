@@ -4,15 +4,8 @@
 
 mod common;
 
-use std::path::Path;
-
+use common::segfile::flip;
 use common::{clock, key, opts, records, segments, TTL};
-
-fn flip(path: &Path, at: usize) {
-    let mut bytes = std::fs::read(path).unwrap();
-    bytes[at] ^= 0x5a;
-    std::fs::write(path, &bytes).unwrap();
-}
 
 #[test]
 fn the_command_line_tool_salvages_when_asked_and_says_what_it_dropped() {
