@@ -31,7 +31,8 @@
 //! disk), an append-only log of CRC-checked records in pre-allocated, memory-mapped
 //! segment files, group commit, crash recovery, and background maintenance that sweeps
 //! expired keys, deletes and compacts segments and writes hint files for fast restarts
-//! ([`Store::compact`] runs it on demand). `docs/FORMAT.md` describes the files.
+//! ([`Store::compact`] runs it on demand). `docs/DESIGN.md` describes the design and its
+//! invariants, `docs/FORMAT.md` the files.
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]

@@ -9,7 +9,7 @@
 //!   expired; a remove record (tombstone) only once its `expires` has passed — it carries
 //!   the expiry of the claim it hides, so from then on that claim is expired too, wherever
 //!   a copy of it may still be read. Nothing else is ever dropped, so a removed or expired
-//!   key never comes back (DESIGN invariant 4).
+//!   key never comes back (invariant 4 of docs/DESIGN.md).
 //! - **Log order is kept.** A compacted segment keeps its id and so its place in the replay
 //!   order; its records keep their relative order. Records are never moved to another
 //!   position in the log, so a tombstone can never end up after a newer claim of its key.

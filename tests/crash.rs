@@ -2,7 +2,7 @@
 //! pseudo-random moments while it claims a stream of ids, and restarted on the same
 //! directory, round after round.
 //!
-//! What it checks (DESIGN.md invariants 1 and 3):
+//! What it checks (invariants 1 and 3 of docs/DESIGN.md):
 //!
 //! - every id the child printed is an acknowledged `New` (filter prints an id only after
 //!   its batch's `claim_many` returned); across all rounds and restarts no id is ever

@@ -1,7 +1,7 @@
 //! I/O fault injection: a workload of claims, batches, removes and compactions runs once to
 //! count its file-system operations, then once per operation with that operation failed —
 //! with `EIO`, and, for creates, allocations and writes, with `ENOSPC` (once, and as a disk
-//! that stays full from then on). Every run checks (DESIGN invariants 3 and 5):
+//! that stays full from then on). Every run checks (invariants 3 and 5 of docs/DESIGN.md):
 //!
 //! - nothing panics, and a failed operation reaches the caller as an error or is absorbed
 //!   by best-effort work (preparing the next segment, writing a hint);

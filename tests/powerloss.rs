@@ -9,7 +9,7 @@
 //! the same operations without any cut:
 //!
 //! - under `Durability::Sync`, each key must be as after every operation acknowledged
-//!   before the cut, or as after the one in flight too (DESIGN invariants 1, 3, 4: nothing
+//!   before the cut, or as after the one in flight too (invariants 1, 3, 4 of docs/DESIGN.md: nothing
 //!   acknowledged is lost, nothing removed or expired comes back);
 //! - under `Periodic` and `Buffered`, the same, for some prefix of the operations no
 //!   shorter than what the last completed sync covered: loss is bounded by the syncs, and

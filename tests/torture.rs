@@ -1,6 +1,6 @@
 //! Kill-torture: a mixed workload runs in a child process and is killed with SIGKILL at
 //! random moments, round after round, on one directory; after every kill the parent reopens
-//! the directory and checks DESIGN.md's invariants against what the child acknowledged.
+//! the directory and checks the invariants of docs/DESIGN.md against what the child acknowledged.
 //!
 //! The child is this test binary run again (`--exact kill_torture`, with `ONCELOG_TORTURE_CHILD`
 //! set). It runs one or two worker threads doing `claim`, `claim_many`, `remove`, `get`,

@@ -4,7 +4,7 @@
 //!
 //! - An entry is 16 bytes whatever the key length: it holds 32 bits of the key's hash, where
 //!   the key's newest record lives, and a coarse expiry. The key itself stays in the log.
-//! - Two different keys are never confused (DESIGN invariant 2): entries are matched by
+//! - Two different keys are never confused (invariant 2 of docs/DESIGN.md): entries are matched by
 //!   hash bits *and* by comparing the key bytes stored in the log, which the caller does in
 //!   the `eq` closures it passes in.
 //! - A key's stripe is chosen from the top bits of its 64-bit hash; the hash bits kept in the

@@ -1,5 +1,5 @@
 //! Byte-level surgery on a store's files, computed independently of the crate: the
-//! format's masked CRC (docs/FORMAT.md §3.2), re-sealing a segment header or a record
+//! format's masked CRC (docs/FORMAT.md §3.3), re-sealing a segment header or a record
 //! after an edit, and flipping a byte in place.
 
 use std::path::Path;
@@ -7,7 +7,7 @@ use std::path::Path;
 /// Bytes of a segment header covered by its checksum; the checksum follows them.
 const HEADER_CRC_AT: usize = 60;
 
-/// The format's masked CRC (docs/FORMAT.md §3.2).
+/// The format's masked CRC (docs/FORMAT.md §3.3).
 pub fn mask(c: u32) -> u32 {
     c.rotate_right(15).wrapping_add(0xa282_ead8)
 }
