@@ -504,7 +504,7 @@ mod tests {
     use super::*;
     use crate::iohook::{IoHook, IoOp};
     use crate::options::MIN_SEGMENT_SIZE;
-    use crate::testing::Gate;
+    use crate::testing::{wait_until, Gate};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
 
@@ -544,19 +544,6 @@ mod tests {
         let faults = Arc::new(Faults::default());
         let store = opts.io_hook(faults.clone()).open(dir).unwrap();
         (store, faults)
-    }
-
-    fn wait_until(mut cond: impl FnMut() -> bool) {
-        // Polls a condition the other threads will make true; bounded so a bug fails the
-        // test instead of hanging it.
-        let start = std::time::Instant::now();
-        while !cond() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "condition never became true"
-            );
-            std::thread::yield_now();
-        }
     }
 
     /// Durable before visible, end to end. How many syncs claims share is checked more

@@ -2,6 +2,7 @@
 
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -42,5 +43,18 @@ impl Gate {
             // Returns once the key is dropped (the channel disconnects).
             let _ = go.lock().recv();
         }
+    }
+}
+
+/// Polls a condition that other threads will make true. Bounded, so that a bug fails the
+/// test instead of hanging it.
+pub(crate) fn wait_until(mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "condition never became true"
+        );
+        std::thread::yield_now();
     }
 }

@@ -202,9 +202,8 @@ impl Poison {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::time::Duration;
 
-    use crate::testing::Gate;
+    use crate::testing::{wait_until, Gate};
 
     /// A log of counters: `written` is the tail; `sync` makes it durable in `synced`, after
     /// passing the gate (if one is set) and failing if `fail` is set.
@@ -257,18 +256,6 @@ mod tests {
 
         fn check(&self) -> Result<()> {
             self.poison.check()
-        }
-    }
-
-    fn wait_until(mut cond: impl FnMut() -> bool) {
-        // Bounded, so that a bug fails the test instead of hanging it.
-        let start = std::time::Instant::now();
-        while !cond() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "never became true"
-            );
-            std::thread::yield_now();
         }
     }
 
