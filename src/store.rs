@@ -205,7 +205,7 @@ impl Store {
             let Some(stripe) = stripes.get(hash(i)) else {
                 continue;
             };
-            let (place, _) = engine.find_place(stripe, spec.key, hash(i));
+            let place = engine.place_of(stripe, spec.key, hash(i));
             let replaced = engine.point(place, hash(i), at, spec);
             let c = &mut stripe.counters;
             c.new += 1;

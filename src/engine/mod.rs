@@ -186,6 +186,14 @@ impl Engine {
         (place, probe.found)
     }
 
+    /// The key's place in the stripe, to write its entry, when its record is not needed
+    /// (`claim_many` placing a batch whose keys it has already looked up): the same probe
+    /// as `find_place`, comparing key bytes only.
+    pub(crate) fn place_of<'s>(&self, stripe: &'s mut Stripe, key: &[u8], hash: u64) -> Place<'s> {
+        let probe = Probe::new(&self.log, key);
+        stripe.place(hash, |e| probe.is_key(e))
+    }
+
     /// Appends `spec` and points the key's entry (its `place`, found under the stripe lock)
     /// at it; the record the entry pointed at dies.
     pub(crate) fn write(
@@ -473,6 +481,16 @@ impl<'t, 'k> Probe<'t, 'k> {
         }
     }
 
+    /// Whether `e` is the key's entry (its record holds the same key bytes), without
+    /// reading the rest of the record.
+    fn is_key(&self, e: &Entry) -> bool {
+        self.log
+            .table()
+            .record(e.location())
+            .is_some_and(|(_, k)| k == self.key)
+    }
+
+    /// Whether `e` is the key's entry; if it is, its record is kept in `found`.
     fn matches(&mut self, e: &Entry) -> bool {
         let table = self.log.table();
         match table.record_with_value(e.location()) {
