@@ -3,7 +3,8 @@
 //!
 //! Senders such as Stripe deliver an event at least once: they retry on timeouts and 5xx,
 //! sometimes while the first delivery is still being processed. This server takes a lease
-//! on the event id with [`Store::begin_with_fingerprint`] before it ships anything:
+//! on the event id with [`Store::begin_with_fingerprint_async`] before it ships anything
+//! (the async methods wait for their fsync without holding a worker thread):
 //!
 //! | store answers | the server | HTTP |
 //! |---|---|---|
@@ -84,20 +85,23 @@ async fn webhook(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
     let Some(id) = event_id(&body) else {
         return (StatusCode::BAD_REQUEST, "no usable event id").into_response();
     };
-    // The store blocks (it fsyncs under Durability::Sync): keep it off the async workers.
-    let task = tokio::task::spawn_blocking(move || handle_event(&app, &id, &body));
-    task.await
-        .unwrap_or_else(|e| internal_error("handler task", &e))
+    // The store's async methods wait for their fsync without blocking a worker: thousands
+    // of deliveries in flight share each sync.
+    handle_event(&app, &id, &body).await
 }
 
-fn handle_event(app: &App, id: &str, body: &[u8]) -> Response {
+async fn handle_event(app: &Arc<App>, id: &str, body: &[u8]) -> Response {
     let fp = fingerprint(body);
-    let begin = match app.store.begin_with_fingerprint(id, app.lease, &fp) {
+    let begin = match app
+        .store
+        .begin_with_fingerprint_async(id, app.lease, &fp)
+        .await
+    {
         Ok(begin) => begin,
         Err(e) => return internal_error("begin", &e),
     };
     match begin {
-        Begin::Acquired(ticket) => fulfil(app, id, &ticket),
+        Begin::Acquired(ticket) => fulfil(app, id, &ticket).await,
         Begin::InFlight { until } => {
             let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -123,12 +127,19 @@ fn handle_event(app: &App, id: &str, body: &[u8]) -> Response {
 }
 
 /// Ships the event (unless an earlier attempt already did), then records the outcome.
-fn fulfil(app: &App, id: &str, ticket: &Ticket) -> Response {
+async fn fulfil(app: &Arc<App>, id: &str, ticket: &Ticket) -> Response {
     // Attempt 1 knows nobody shipped before; later attempts must ask.
     let reconcile = ticket.attempt() > 1;
-    if let Err(e) = app.ledger.ship(id, reconcile, ticket.deadline()) {
+    // The simulated fulfilment system is blocking file I/O: it, not the store, runs on the
+    // blocking pool.
+    let shipped = {
+        let (app, id, deadline) = (Arc::clone(app), id.to_owned(), ticket.deadline());
+        tokio::task::spawn_blocking(move || app.ledger.ship(&id, reconcile, deadline)).await
+    };
+    let shipped = shipped.unwrap_or_else(|e| Err(io::Error::other(e)));
+    if let Err(e) = shipped {
         // Free the event at once so that the sender's retry can try again.
-        if let Err(e) = app.store.abandon(ticket) {
+        if let Err(e) = app.store.abandon_async(ticket).await {
             eprintln!("webhook: abandon {id}: {e}");
         }
         return internal_error("fulfilment", &e);
@@ -138,7 +149,11 @@ fn fulfil(app: &App, id: &str, ticket: &Ticket) -> Response {
     let outcome = outcome.to_string();
     // If this fails the shipment still happened: the lease runs out, and the next attempt
     // finds the shipment when it reconciles.
-    if let Err(e) = app.store.complete(ticket, outcome.as_bytes(), OUTCOME_TTL) {
+    if let Err(e) = app
+        .store
+        .complete_async(ticket, outcome.as_bytes(), OUTCOME_TTL)
+        .await
+    {
         return internal_error("complete", &e);
     }
     (StatusCode::OK, JSON, outcome).into_response()

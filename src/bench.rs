@@ -78,7 +78,8 @@ impl Index {
 
 /// The segment log on its own: appends claim records (no index, no stripe locks).
 pub struct Log {
-    log: crate::log::Log,
+    log: std::sync::Arc<crate::log::Log>,
+    _committer: crate::log::Committer,
 }
 
 impl std::fmt::Debug for Log {
@@ -91,7 +92,12 @@ impl Log {
     /// Opens (recovering) the log in `dir` with `opts`; the directory should be empty.
     pub fn open(dir: &Path, opts: &Options) -> Result<Log> {
         let (_, log, _) = crate::recovery::recover(dir, opts, 0)?;
-        Ok(Log { log })
+        let log = std::sync::Arc::new(log);
+        let committer = log.start_committer()?;
+        Ok(Log {
+            log,
+            _committer: committer,
+        })
     }
 
     /// Appends one claim record, as `Store::claim` does once it knows the key is new.

@@ -169,7 +169,9 @@ impl Store {
     ///
     /// `lease` follows the rules of a claim's TTL (at least 1 ms).
     pub fn begin(&self, key: impl AsRef<[u8]>, lease: Duration) -> Result<Begin> {
-        self.begin_inner(key.as_ref(), lease, None)
+        let (answer, wait) = self.begin_now(key.as_ref(), lease, None)?;
+        self.engine().settle(wait)?;
+        Ok(answer)
     }
 
     /// [`begin`](Store::begin), recording a fingerprint of the request's payload: a later
@@ -202,16 +204,27 @@ impl Store {
         lease: Duration,
         fingerprint: &[u8],
     ) -> Result<Begin> {
-        if fingerprint.is_empty() || fingerprint.len() > MAX_FINGERPRINT_LEN {
-            return Err(Error::InvalidFingerprint {
-                len: fingerprint.len(),
-                max: MAX_FINGERPRINT_LEN,
-            });
-        }
-        self.begin_inner(key.as_ref(), lease, Some(fingerprint))
+        let (answer, wait) = self.begin_now(key.as_ref(), lease, Some(fingerprint))?;
+        self.engine().settle(wait)?;
+        Ok(answer)
     }
 
-    fn begin_inner(&self, key: &[u8], lease: Duration, fp: Option<&[u8]>) -> Result<Begin> {
+    /// `begin` (with a fingerprint, if given) up to the wait for durability: the answer,
+    /// and the lsn to settle before giving it.
+    pub(crate) fn begin_now(
+        &self,
+        key: &[u8],
+        lease: Duration,
+        fp: Option<&[u8]>,
+    ) -> Result<(Begin, u64)> {
+        if let Some(fingerprint) = fp {
+            if fingerprint.is_empty() || fingerprint.len() > MAX_FINGERPRINT_LEN {
+                return Err(Error::InvalidFingerprint {
+                    len: fingerprint.len(),
+                    max: MAX_FINGERPRINT_LEN,
+                });
+            }
+        }
         check_key(key)?;
         let engine = self.engine();
         let (now, deadline) = engine.window(lease)?;
@@ -231,9 +244,7 @@ impl Store {
                     } else {
                         Begin::Done(seen)
                     };
-                    drop(stripe);
-                    engine.settle(current.end)?;
-                    return Ok(answer);
+                    return Ok((answer, current.end));
                 }
                 Status::Free(memory) => memory,
             };
@@ -263,8 +274,7 @@ impl Store {
             };
             (Begin::Acquired(ticket), w.lsn_end)
         };
-        engine.settle(wait)?;
-        Ok(answer)
+        Ok((answer, wait))
     }
 
     /// Marks the ticket's key done and stores `outcome` (at most
@@ -278,6 +288,17 @@ impl Store {
     /// too long (the lease is kept), and with [`Error::InvalidTtl`] (the lease is kept too) if
     /// `ttl` breaks the rules of a claim's TTL.
     pub fn complete(&self, ticket: &Ticket, outcome: &[u8], ttl: Duration) -> Result<()> {
+        let wait = self.complete_now(ticket, outcome, ttl)?;
+        self.engine().settle(wait)
+    }
+
+    /// `complete` up to the wait for durability: the lsn to settle.
+    pub(crate) fn complete_now(
+        &self,
+        ticket: &Ticket,
+        outcome: &[u8],
+        ttl: Duration,
+    ) -> Result<u64> {
         if outcome.len() > MAX_OUTCOME_LEN {
             return Err(Error::OutcomeTooLarge {
                 len: outcome.len(),
@@ -293,6 +314,12 @@ impl Store {
     /// Fails with [`Error::StaleTicket`] (and changes nothing) if the ticket no longer holds
     /// the key.
     pub fn abandon(&self, ticket: &Ticket) -> Result<()> {
+        let wait = self.abandon_now(ticket)?;
+        self.engine().settle(wait)
+    }
+
+    /// `abandon` up to the wait for durability: the lsn to settle.
+    pub(crate) fn abandon_now(&self, ticket: &Ticket) -> Result<u64> {
         let now = self.engine().now();
         self.act(ticket, now, Act::Abandon)
     }
@@ -303,12 +330,19 @@ impl Store {
     /// changes nothing) if the ticket no longer holds the key, and with
     /// [`Error::InvalidTtl`] (ditto) if `lease` breaks the rules of a claim's TTL.
     pub fn extend(&self, ticket: &Ticket, lease: Duration) -> Result<()> {
+        let wait = self.extend_now(ticket, lease)?;
+        self.engine().settle(wait)
+    }
+
+    /// `extend` up to the wait for durability: the lsn to settle.
+    pub(crate) fn extend_now(&self, ticket: &Ticket, lease: Duration) -> Result<u64> {
         let (now, deadline) = self.engine().window(lease)?;
         self.act(ticket, now, Act::Extend { deadline })
     }
 
-    /// Checks that `ticket` still holds its key and writes the record `act` asks for.
-    fn act(&self, ticket: &Ticket, now: u64, act: Act<'_>) -> Result<()> {
+    /// Checks that `ticket` still holds its key and writes the record `act` asks for;
+    /// returns the lsn to settle.
+    fn act(&self, ticket: &Ticket, now: u64, act: Act<'_>) -> Result<u64> {
         let engine = self.engine();
         let key: &[u8] = &ticket.key;
         check_key(key)?;
@@ -351,7 +385,7 @@ impl Store {
             }
             w.lsn_end
         };
-        engine.settle(wait)
+        Ok(wait)
     }
 }
 

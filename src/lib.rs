@@ -38,6 +38,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+mod async_api;
 #[doc(hidden)]
 pub mod bench;
 mod clock;

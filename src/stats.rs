@@ -39,6 +39,8 @@ pub struct Stats {
     pub extended: u64,
     /// Syncs (fsync-equivalents) of segment data since open.
     pub syncs: u64,
+    /// Callers (threads and futures) waiting now for their record to become durable.
+    pub durability_waiters: u64,
     /// Records replayed when the store opened.
     pub recovered_records: u64,
     /// Bytes of a torn tail cut from the newest segment when the store opened (0 after a
@@ -107,6 +109,7 @@ impl Stats {
             abandoned: c.abandoned,
             extended: c.extended,
             syncs: engine.syncs(),
+            durability_waiters: engine.commit_waiters() as u64,
             recovered_records: recovery.records,
             recovery_truncated_bytes: recovery.truncated_bytes,
             recovery_time: recovery.duration,

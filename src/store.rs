@@ -87,7 +87,7 @@ impl Store {
         let lock = crate::fs::lock_dir(&opts.io, dir)?;
         let now = crate::clock::to_millis(opts.clock.now());
         let (index, log, recovery) = recovery::recover(dir, &opts, now)?;
-        let engine = Arc::new(Engine::new(&opts, lock, index, log));
+        let engine = Arc::new(Engine::new(&opts, lock, index, log)?);
         let maint = Arc::new(Maintenance::new(opts.compaction_threshold, opts.hints));
         let mut store = Store {
             engine,
@@ -133,17 +133,20 @@ impl Store {
     /// then poisoned), when the record may or may not have reached the disk: reopen and ask
     /// again.
     pub fn claim(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<Claim> {
-        let key = key.as_ref();
+        let (answer, wait) = self.claim_now(key.as_ref(), ttl)?;
+        self.engine.settle(wait)?;
+        Ok(answer)
+    }
+
+    /// `claim` up to the wait for durability: the answer, and the lsn to settle before
+    /// giving it.
+    pub(crate) fn claim_now(&self, key: &[u8], ttl: Duration) -> Result<(Claim, u64)> {
         check_key(key)?;
         let engine = &*self.engine;
         let (now, expires) = engine.window(ttl)?;
         let hash = engine.hash(key);
-        let (answer, wait) = {
-            let mut stripe = engine.lock(hash);
-            claim_locked(engine, &mut stripe, key, hash, now, expires)?
-        };
-        engine.settle(wait)?;
-        Ok(answer)
+        let mut stripe = engine.lock(hash);
+        claim_locked(engine, &mut stripe, key, hash, now, expires)
     }
 
     /// Claims many keys with one durable write: the answers are in the order of `keys`, as
@@ -154,13 +157,25 @@ impl Store {
     /// disk also leaves every key unclaimed (a failed sync poisons the store, as for
     /// [`claim`](Store::claim)). While the batch runs it holds the index stripes of its keys.
     pub fn claim_many<K: AsRef<[u8]>>(&self, keys: &[K], ttl: Duration) -> Result<Vec<Claim>> {
+        let (answers, wait) = self.claim_many_now(keys, ttl)?;
+        self.engine.settle(wait)?;
+        Ok(answers)
+    }
+
+    /// `claim_many` up to the wait for durability: the answers, and the lsn to settle
+    /// before giving them.
+    pub(crate) fn claim_many_now<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        ttl: Duration,
+    ) -> Result<(Vec<Claim>, u64)> {
         for k in keys {
             check_key(k.as_ref())?;
         }
         let engine = &*self.engine;
         let (now, expires) = engine.window(ttl)?;
         if keys.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         let key = |i: usize| keys.get(i).map_or(&[][..], |k| k.as_ref());
         let hashes: Vec<u64> = keys.iter().map(|k| engine.hash(k.as_ref())).collect();
@@ -214,11 +229,11 @@ impl Store {
             answers[i] = Some(Claim::New);
         }
         drop(stripes);
-        engine.settle(wait)?;
-        Ok(answers
+        let answers = answers
             .into_iter()
             .map(|a| a.unwrap_or(Claim::New))
-            .collect())
+            .collect();
+        Ok((answers, wait))
     }
 
     /// What the store knows about `key`, without claiming it: `None` if it is not claimed
@@ -253,7 +268,14 @@ impl Store {
     /// [`Durability`] says, and is never undone by a restart. It also forgets the key's past
     /// attempts.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool> {
-        let key = key.as_ref();
+        let (held, wait) = self.remove_now(key.as_ref())?;
+        self.engine.settle(wait)?;
+        Ok(held)
+    }
+
+    /// `remove` up to the wait for durability: the answer, and the lsn to settle before
+    /// giving it (0 if nothing was written).
+    pub(crate) fn remove_now(&self, key: &[u8]) -> Result<(bool, u64)> {
         check_key(key)?;
         let engine = &*self.engine;
         let now = engine.now();
@@ -262,7 +284,7 @@ impl Store {
             let mut stripe = engine.lock(hash);
             let (place, current) = engine.find_place(&mut stripe, key, hash);
             let Some(current) = current else {
-                return Ok(false);
+                return Ok((false, 0));
             };
             let h = current.header;
             if h.expires <= now {
@@ -270,7 +292,7 @@ impl Store {
                 if let Some(old) = place.take() {
                     engine.retire(&old);
                 }
-                return Ok(false);
+                return Ok((false, 0));
             }
             let held = matches!(Status::of(Some(current), now), Status::Held { .. });
             // The tombstone hides the record until that record's own `expires`.
@@ -281,8 +303,7 @@ impl Store {
             stripe.counters.removes += u64::from(held);
             (a.lsn_end, held)
         };
-        engine.settle(wait)?;
-        Ok(held)
+        Ok((held, wait))
     }
 
     /// Makes everything acknowledged so far durable, whatever the store's [`Durability`].

@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::format::{encoded_len, MAX_KEY_LEN};
 use crate::index::{Counters, Entry, Index, Place, SliceResult, Stripe, SWEEP_SLICE};
 use crate::iohook::Io;
-use crate::log::{lsn, Appended, Location, Log, RecordSpec, Segment};
+use crate::log::{lsn, Appended, Committer, Durable, Location, Log, RecordSpec, Segment};
 use crate::options::{Durability, Options};
 
 pub(crate) use key::{Current, Memory, Status};
@@ -58,7 +58,9 @@ pub(crate) struct Engine {
     /// nor written.
     default_hasher: bool,
     index: Index,
-    log: Log,
+    log: Arc<Log>,
+    /// Makes the log durable for whoever waits (see `src/log/commit.rs`).
+    _committer: Committer,
     /// `Options::attempt_memory`, ms.
     attempt_memory_ms: u64,
     tokens: Tokens,
@@ -98,18 +100,21 @@ pub(crate) struct IndexFigures {
 impl Engine {
     /// The engine of a store opened in `dir` with `opts`, whose index and log recovery
     /// rebuilt, holding the directory's `lock`.
-    pub(crate) fn new(opts: &Options, lock: File, index: Index, log: Log) -> Engine {
-        Engine {
+    pub(crate) fn new(opts: &Options, lock: File, index: Index, log: Log) -> Result<Engine> {
+        let log = Arc::new(log);
+        let committer = log.start_committer()?;
+        Ok(Engine {
             durability: opts.durability,
             clock: Arc::clone(&opts.clock),
             hasher: opts.hasher,
             default_hasher: opts.default_hasher,
             index,
             log,
+            _committer: committer,
             attempt_memory_ms: u64::try_from(opts.attempt_memory.as_millis()).unwrap_or(u64::MAX),
             tokens: Tokens::new(),
             _lock: lock,
-        }
+        })
     }
 
     // ---- time and keys ----
@@ -258,9 +263,28 @@ impl Engine {
         }
     }
 
+    /// Resolves, under `Durability::Sync`, once the log is durable up to `lsn_end` (0:
+    /// nothing to wait for); at once under the other modes. The future form of `settle`.
+    pub(crate) fn settled(&self, lsn_end: u64) -> Settle<'_> {
+        match self.durability {
+            Durability::Sync if lsn_end > 0 => Settle::Waiting(self.log.durable(lsn_end)),
+            _ => Settle::Done,
+        }
+    }
+
     /// Makes everything written so far durable, whatever the durability mode.
     pub(crate) fn sync(&self) -> Result<()> {
         self.log.sync()
+    }
+
+    /// Resolves once everything written so far is durable, whatever the durability mode.
+    pub(crate) fn synced(&self) -> Durable<'_> {
+        self.log.durable(self.log.written())
+    }
+
+    /// Callers waiting for durability now.
+    pub(crate) fn commit_waiters(&self) -> usize {
+        self.log.waiters()
     }
 
     /// Fails if the store is poisoned.
@@ -450,6 +474,29 @@ impl Engine {
     #[cfg(test)]
     pub(crate) fn log(&self) -> &Log {
         &self.log
+    }
+}
+
+/// The future of [`Engine::settled`].
+#[must_use = "a durability wait does nothing unless awaited"]
+pub(crate) enum Settle<'a> {
+    /// Nothing to wait for.
+    Done,
+    /// Waiting for the log to be durable up to an lsn.
+    Waiting(Durable<'a>),
+}
+
+impl std::future::Future for Settle<'_> {
+    type Output = Result<()>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        match self.get_mut() {
+            Settle::Done => std::task::Poll::Ready(Ok(())),
+            Settle::Waiting(d) => std::pin::Pin::new(d).poll(cx),
+        }
     }
 }
 

@@ -1,17 +1,37 @@
-//! Group commit: the durable lsn, waiting for durability, and poisoning after a failed sync.
+//! Group commit: the durable lsn, the callers waiting for it, the committer thread that
+//! moves it, and poisoning after a failed sync.
+//!
+//! A caller that needs its record durable registers as a waiter (a `Waker` keyed by the lsn
+//! its record ends at) and sleeps: a thread parks, a task returns `Pending`
+//! (`GroupCommit::durable`). One committer thread per log (`Committer`) does the syncs:
+//! whenever anyone waits, it reads the tail, syncs up to it, moves `durable` there and wakes
+//! exactly the waiters that sync covered, then starts the next sync at once if anyone is
+//! still waiting. Before a sync it may *gather*: the callers the previous sync woke usually
+//! come back with a new record within microseconds, so the committer waits until as many
+//! have registered again — for at most half as long as the previous sync took. A caller
+//! with nobody else around never waits for a gathering (it registered; nothing else is
+//! coming).
 //!
 //! Invariants:
 //!
 //! - `durable` is an lsn below which every byte is on stable storage. Only a completed sync
 //!   moves it, to the end of the range it synced; a sync covers `[durable when it started,
-//!   tail when it started)`, so the durable prefix never has a hole, whatever other syncs
-//!   run at the same time.
-//! - A caller returns from `GroupCommit::wait` only once `durable` has passed its lsn, or
-//!   with an error (the sync that would have covered it failed, or the log is poisoned).
+//!   tail when it started)`, so the durable prefix never has a hole.
+//! - A waiter is woken, and its future resolves, only once `durable` has passed its lsn, or
+//!   with an error (the sync that was to cover it failed, or the log is poisoned).
+//! - Every waiter is in the queue from its registration until it is woken or dropped:
+//!   nothing is left behind by a dropped future (`Durable`'s `Drop`).
 //! - After a failed sync the log is poisoned for good: the kernel may have dropped the dirty
 //!   pages, so nothing more may be appended or acknowledged until the store is reopened.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -30,42 +50,70 @@ pub(crate) trait Syncer {
     fn check(&self) -> Result<()>;
 }
 
-/// Most syncs of one log that may run at once (see `GroupCommit::wait`).
-const MAX_SYNCS_IN_FLIGHT: usize = 2;
+/// The longest a gathering may delay a sync.
+const MAX_GATHER: Duration = Duration::from_millis(1);
 
-/// A second sync may start only while at most this many callers wait (see
-/// `GroupCommit::wait`).
-const OVERLAP_MAX_WAITING: usize = 2;
+/// What the committer is doing, so that a new waiter knows whether to wake it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Asleep until someone waits.
+    Idle,
+    /// Waiting for the callers the last sync woke to register again.
+    Gathering,
+    /// Syncing (new waiters wait for the next round).
+    Syncing,
+}
 
-struct State {
-    /// Syncs running now.
-    in_flight: usize,
-    /// Callers inside `wait`'s slow path.
-    waiting: usize,
-    /// The highest lsn a running (or finished) sync has promised to cover.
-    covering: u64,
+struct Queue {
+    /// Waiters by (lsn their record ends at, id), with their wakers.
+    waiters: BTreeMap<(u64, u64), Waker>,
+    next_id: u64,
+    phase: Phase,
+    /// Waiters the last sync woke, and registrations since.
+    woken: usize,
+    arrived: usize,
+    /// The sync that failed, once one has.
+    failed: Option<Failed>,
+    /// The committer is to stop once nobody waits.
+    stop: bool,
+}
+
+/// A failed sync: what its waiters are told.
+struct Failed {
+    /// The lsn the sync was to reach.
+    target: u64,
+    /// Waiters registered before the failure (ids below this) whose lsn the sync was to
+    /// reach get `error`; everyone else, `poisoned`.
+    first_id_after: u64,
+    error: Error,
+    poisoned: Error,
 }
 
 /// The durable lsn of a log and the callers waiting for it to move.
 pub(crate) struct GroupCommit {
-    state: Mutex<State>,
-    done: Condvar,
     durable: AtomicU64,
     syncs: AtomicU64,
+    queue: Mutex<Queue>,
+    /// The committer sleeps here.
+    work: Condvar,
 }
 
 impl GroupCommit {
     /// A log durable up to `durable`.
     pub(crate) fn new(durable: u64) -> GroupCommit {
         GroupCommit {
-            state: Mutex::new(State {
-                in_flight: 0,
-                waiting: 0,
-                covering: 0,
-            }),
-            done: Condvar::new(),
             durable: AtomicU64::new(durable),
             syncs: AtomicU64::new(0),
+            queue: Mutex::new(Queue {
+                waiters: BTreeMap::new(),
+                next_id: 0,
+                phase: Phase::Idle,
+                woken: 0,
+                arrived: 0,
+                failed: None,
+                stop: false,
+            }),
+            work: Condvar::new(),
         }
     }
 
@@ -74,13 +122,14 @@ impl GroupCommit {
         self.durable.load(Ordering::Acquire)
     }
 
-    /// Notes that the log is durable up to `lsn` by a sync made outside `wait` (rotation
-    /// syncs a sealed segment whole).
+    /// Notes that the log is durable up to `lsn` by a sync made outside the committer
+    /// (rotation syncs a sealed segment whole). Waiters it covers are woken by the
+    /// committer's next round.
     pub(crate) fn advance(&self, lsn: u64) {
         self.durable.fetch_max(lsn, Ordering::AcqRel);
     }
 
-    /// Counts a sync made outside `wait`.
+    /// Counts a sync made outside the committer.
     pub(crate) fn count_sync(&self) {
         self.syncs.fetch_add(1, Ordering::Relaxed);
     }
@@ -90,74 +139,291 @@ impl GroupCommit {
         self.syncs.load(Ordering::Relaxed)
     }
 
-    /// Returns once everything up to `lsn_end` is on stable storage, syncing if needed.
-    ///
-    /// Group commit with overlap at low concurrency. A caller whose record no running sync
-    /// will cover starts one at once if none is running — or if fewer than
-    /// `MAX_SYNCS_IN_FLIGHT` are and at most `OVERLAP_MAX_WAITING` callers are waiting;
-    /// everyone else waits for the sync that covers them. Letting a second sync start while
-    /// the first is in flight, rather than queueing behind it, is what lets claims that
-    /// arrive during a sync be acknowledged one sync later instead of two.
-    pub(crate) fn wait<S: Syncer>(&self, lsn_end: u64, log: &S) -> Result<()> {
+    /// Callers waiting now.
+    pub(crate) fn waiters(&self) -> usize {
+        self.queue.lock().waiters.len()
+    }
+
+    /// Resolves once everything up to `lsn_end` is on stable storage (see `Durable`).
+    pub(crate) fn wait_for(&self, lsn_end: u64) -> Durable<'_> {
+        Durable {
+            commit: self,
+            lsn: lsn_end,
+            id: None,
+        }
+    }
+
+    /// Returns once everything up to `lsn_end` is on stable storage, parking the thread
+    /// meanwhile.
+    pub(crate) fn wait(&self, lsn_end: u64) -> Result<()> {
         if self.durable() >= lsn_end {
             return Ok(());
         }
-        let mut st = self.state.lock();
-        st.waiting += 1;
-        let res = self.wait_locked(&mut st, lsn_end, log);
-        st.waiting -= 1;
-        res
+        block_on(self.wait_for(lsn_end))
     }
 
-    fn wait_locked<S: Syncer>(
-        &self,
-        st: &mut MutexGuard<'_, State>,
-        lsn_end: u64,
-        log: &S,
-    ) -> Result<()> {
-        loop {
-            if self.durable() >= lsn_end {
-                return Ok(());
+    /// Registers (or re-registers, with a new waker) the waiter `id` for `lsn`, unless the
+    /// answer is known already.
+    fn poll_waiter(&self, lsn: u64, id: &mut Option<u64>, waker: &Waker) -> Poll<Result<()>> {
+        if self.durable() >= lsn {
+            if id.is_some() {
+                self.forget(lsn, id);
             }
-            log.check()?;
-            // Overlap only at low concurrency: with more waiters, the next sync covers more
-            // of them if it starts when the current one ends.
-            let may_start = st.in_flight == 0
-                || (st.in_flight < MAX_SYNCS_IN_FLIGHT && st.waiting <= OVERLAP_MAX_WAITING);
-            if st.covering >= lsn_end || !may_start {
-                self.done.wait(st);
-                continue;
+            return Poll::Ready(Ok(()));
+        }
+        let mut q = self.queue.lock();
+        // Under the queue lock the committer cannot move `durable` and drain between this
+        // check and the insert.
+        if self.durable() >= lsn || q.failed.is_some() {
+            if let Some(i) = *id {
+                q.waiters.remove(&(lsn, i));
             }
-            st.in_flight += 1;
-            // Until this sync has read the tail it covers nothing: others may start their own.
-            let res = MutexGuard::unlocked(st, || self.sync_once(log));
-            st.in_flight -= 1;
-            self.done.notify_all();
-            res?;
+            let registered = id.take();
+            return Poll::Ready(match &q.failed {
+                Some(f) if self.durable() < lsn => Err(f.error_for(lsn, registered)),
+                _ => Ok(()),
+            });
+        }
+        match *id {
+            Some(i) => match q.waiters.get_mut(&(lsn, i)) {
+                Some(w) => {
+                    if !w.will_wake(waker) {
+                        w.clone_from(waker);
+                    }
+                }
+                None => {
+                    // Woken (and removed) but not yet durable cannot happen: the committer
+                    // removes only covered waiters. Register again to be safe.
+                    q.waiters.insert((lsn, i), waker.clone());
+                }
+            },
+            None => {
+                let i = q.next_id;
+                q.next_id += 1;
+                q.waiters.insert((lsn, i), waker.clone());
+                *id = Some(i);
+                q.arrived += 1;
+                let wake_committer = match q.phase {
+                    Phase::Idle => true,
+                    Phase::Gathering => q.arrived >= q.woken,
+                    Phase::Syncing => false,
+                };
+                if wake_committer {
+                    self.work.notify_one();
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Removes waiter `id` for `lsn`, if it is still queued.
+    fn forget(&self, lsn: u64, id: &mut Option<u64>) {
+        if let Some(i) = id.take() {
+            self.queue.lock().waiters.remove(&(lsn, i));
         }
     }
 
-    /// One sync: reads the tail, announces what it will cover, syncs up to it and moves
-    /// `durable` there.
-    fn sync_once<S: Syncer>(&self, log: &S) -> Result<()> {
+    /// The committer's loop: syncs while anyone waits, until `stop` is called and nobody
+    /// waits any more.
+    fn run<S: Syncer>(&self, log: &S) {
+        let mut last_sync = Duration::ZERO;
+        let mut q = self.queue.lock();
+        loop {
+            q.phase = Phase::Idle;
+            while q.waiters.is_empty() {
+                if q.stop {
+                    return;
+                }
+                self.work.wait(&mut q);
+            }
+            if q.woken > 0 && q.arrived < q.woken && q.failed.is_none() {
+                q.phase = Phase::Gathering;
+                let deadline = Instant::now() + (last_sync / 2).min(MAX_GATHER);
+                while q.arrived < q.woken && !q.stop {
+                    if self.work.wait_until(&mut q, deadline).timed_out() {
+                        break;
+                    }
+                }
+            }
+            q.phase = Phase::Syncing;
+            let started = Instant::now();
+            let res = MutexGuard::unlocked(&mut q, || self.sync_once(log));
+            last_sync = started.elapsed();
+            let durable = self.durable();
+            let done = match res {
+                // Everything at or below `durable`: split off what stays, wake the rest.
+                Ok(()) => {
+                    let rest = q.waiters.split_off(&(durable.saturating_add(1), 0));
+                    std::mem::replace(&mut q.waiters, rest)
+                }
+                Err((target, error)) => {
+                    let poisoned = match log.check() {
+                        Err(e) => e,
+                        Ok(()) => Error::Poisoned {
+                            reason: error.to_string(),
+                        },
+                    };
+                    let first_id_after = q.next_id;
+                    q.failed.get_or_insert(Failed {
+                        target,
+                        first_id_after,
+                        error,
+                        poisoned,
+                    });
+                    std::mem::take(&mut q.waiters)
+                }
+            };
+            q.woken = done.len();
+            q.arrived = 0;
+            // Waking a thread is a system call: not under the lock new waiters need.
+            MutexGuard::unlocked(&mut q, || {
+                for (_, w) in done {
+                    w.wake();
+                }
+            });
+        }
+    }
+
+    /// One sync: reads the tail, syncs up to it and moves `durable` there. On failure,
+    /// the lsn it was to reach and the error.
+    fn sync_once<S: Syncer>(&self, log: &S) -> Result<(), (u64, Error)> {
         // `durable` is read before the tail: everything below it is durable, and the range
         // synced starts there, so no byte between the two can be missed.
         let from = self.durable();
         let (target, tail) = log.tail();
-        {
-            let mut st = self.state.lock();
-            st.covering = st.covering.max(target);
-        }
+        log.check().map_err(|e| (target, e))?;
         if from >= target {
             return Ok(());
         }
-        log.sync(from, tail)?;
+        log.sync(from, tail).map_err(|e| (target, e))?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        // A sync that overlapped one that failed may report success for pages the kernel
-        // dropped after that failure: once poisoned, no sync moves `durable` any more.
-        log.check()?;
+        // A sync that raced a failure elsewhere (rotation's) may report success for pages
+        // the kernel dropped after that failure: once poisoned, nothing moves `durable`.
+        log.check().map_err(|e| (target, e))?;
         self.advance(target);
         Ok(())
+    }
+
+    /// Asks the committer to stop once nobody waits.
+    fn stop(&self) {
+        self.queue.lock().stop = true;
+        self.work.notify_all();
+    }
+}
+
+impl Failed {
+    /// What a waiter for `lsn` is told: the sync's own error if it was waiting for that
+    /// sync (registered as `id` before it failed, for an lsn it was to reach); that the
+    /// log is poisoned otherwise.
+    fn error_for(&self, lsn: u64, id: Option<u64>) -> Error {
+        match id {
+            Some(i) if i < self.first_id_after && lsn <= self.target => copy_error(&self.error),
+            _ => copy_error(&self.poisoned),
+        }
+    }
+}
+
+/// The same error again (`io::Error` is not `Clone`: its kind, OS code and message are
+/// kept).
+fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::Io { op, path, source } => Error::Io {
+            op,
+            path: path.clone(),
+            source: match source.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(source.kind(), source.to_string()),
+            },
+        },
+        Error::Poisoned { reason } => Error::Poisoned {
+            reason: reason.clone(),
+        },
+        other => Error::Poisoned {
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// A future that resolves once everything up to its lsn is on stable storage, or with the
+/// error of the sync that was to cover it. Dropping it at any point leaves nothing behind
+/// in the queue.
+#[must_use = "a durability wait does nothing unless awaited"]
+pub(crate) struct Durable<'a> {
+    commit: &'a GroupCommit,
+    lsn: u64,
+    id: Option<u64>,
+}
+
+impl Future for Durable<'_> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        this.commit.poll_waiter(this.lsn, &mut this.id, cx.waker())
+    }
+}
+
+impl Drop for Durable<'_> {
+    fn drop(&mut self) {
+        self.commit.forget(self.lsn, &mut self.id);
+    }
+}
+
+/// Runs a future to completion on this thread, parking it while the future waits.
+pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let mut fut = std::pin::pin!(fut);
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+/// The committer thread of one log; stops (after the last waiter is served) when dropped.
+pub(crate) struct Committer {
+    commit: Arc<GroupCommit>,
+    handle: Option<JoinHandle<()>>,
+    stopped: AtomicBool,
+}
+
+impl Committer {
+    /// Starts the thread that syncs `log` for the waiters of `commit`.
+    pub(crate) fn start<S: Syncer + Send + Sync + 'static>(
+        commit: Arc<GroupCommit>,
+        log: Arc<S>,
+    ) -> std::io::Result<Committer> {
+        let c = Arc::clone(&commit);
+        let handle = std::thread::Builder::new()
+            .name("oncelog-commit".into())
+            .spawn(move || c.run(&*log))?;
+        Ok(Committer {
+            commit,
+            handle: Some(handle),
+            stopped: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        if !self.stopped.swap(true, Ordering::AcqRel) {
+            self.commit.stop();
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }
 
@@ -201,26 +467,26 @@ impl Poison {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
 
     use crate::testing::{wait_until, Gate};
 
-    /// A log of counters: `written` is the tail; `sync` makes it durable in `synced`, after
-    /// passing the gate (if one is set) and failing if `fail` is set.
+    /// A log of counters: `written` is the tail; a sync passes `gate` (the first sync) or
+    /// `later_gate` (the others), then fails if `fail` is set (poisoning), else makes the
+    /// tail durable in `synced`. `poison_during` poisons
+    /// the log while a sync runs (as a failed rotation on another thread would) and lets
+    /// the sync itself succeed.
     #[derive(Default)]
     struct FakeLog {
         written: AtomicU64,
         synced: AtomicU64,
         syncs: AtomicU64,
         fail: AtomicBool,
-        /// Only the first sync fails; the others wait until it has, then succeed.
-        fail_first_only: AtomicBool,
-        calls: AtomicU64,
+        poison_during: AtomicBool,
         poison: Poison,
-        /// Every sync passes it before reading the tail.
         gate: Gate,
-        /// Every sync passes it after announcing what it covers, before syncing.
-        sync_gate: Gate,
+        later_gate: Gate,
+        calls: AtomicUsize,
     }
 
     impl FakeLog {
@@ -233,21 +499,23 @@ mod tests {
         type Tail = u64;
 
         fn tail(&self) -> (u64, u64) {
-            self.gate.pass();
             let t = self.written.load(Ordering::SeqCst);
             (t, t)
         }
 
         fn sync(&self, _from: u64, tail: u64) -> Result<()> {
-            self.sync_gate.pass();
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(self.poison.set("injected sync failure".into()));
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.gate.pass();
+            } else {
+                self.later_gate.pass();
             }
-            if self.fail_first_only.load(Ordering::SeqCst) {
-                if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                    return Err(self.poison.set("injected sync failure".into()));
-                }
-                wait_until(|| self.poison.is_set());
+            if self.fail.load(Ordering::SeqCst) {
+                self.poison.set("injected sync failure".into());
+                let e = std::io::Error::from_raw_os_error(libc::EIO);
+                return Err(Error::io("sync segment", "seg", e));
+            }
+            if self.poison_during.load(Ordering::SeqCst) {
+                self.poison.set("rotation failed meanwhile".into());
             }
             self.syncs.fetch_add(1, Ordering::SeqCst);
             self.synced.fetch_max(tail, Ordering::SeqCst);
@@ -259,103 +527,136 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_caller_already_durable_does_not_sync() {
-        let gc = GroupCommit::new(100);
-        let log = FakeLog::default();
-        log.write(100);
-        gc.wait(100, &log).unwrap();
-        gc.wait(1, &log).unwrap();
-        assert_eq!((log.syncs.load(Ordering::SeqCst), gc.syncs()), (0, 0));
+    /// A log with its committer running.
+    fn started() -> (Arc<GroupCommit>, Arc<FakeLog>, Committer) {
+        let gc = Arc::new(GroupCommit::new(0));
+        let log = Arc::new(FakeLog::default());
+        let committer = Committer::start(Arc::clone(&gc), Arc::clone(&log)).unwrap();
+        (gc, log, committer)
+    }
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll_once(f: &mut Durable<'_>, waker: &Waker) -> Poll<Result<()>> {
+        Pin::new(f).poll(&mut Context::from_waker(waker))
     }
 
     #[test]
-    fn a_lone_caller_syncs_at_once_and_returns_durable() {
-        let gc = GroupCommit::new(0);
-        let log = FakeLog::default();
+    fn a_caller_already_durable_neither_waits_nor_syncs() {
+        let (gc, log, _c) = started();
+        gc.advance(100);
+        log.write(100);
+        gc.wait(100).unwrap();
+        gc.wait(1).unwrap();
+        assert_eq!((log.syncs.load(Ordering::SeqCst), gc.syncs()), (0, 0));
+        assert_eq!(gc.waiters(), 0);
+    }
+
+    #[test]
+    fn a_lone_caller_is_synced_and_returns_durable() {
+        let (gc, log, _c) = started();
         let end = log.write(48);
-        gc.wait(end, &log).unwrap();
+        gc.wait(end).unwrap();
         assert_eq!(log.synced.load(Ordering::SeqCst), end);
         assert!(gc.durable() >= end);
         assert_eq!(gc.syncs(), 1);
+        assert_eq!(gc.waiters(), 0);
     }
 
-    /// Durable before acknowledged: a caller whose record a running sync covers waits for
-    /// that sync to complete, and does not start its own.
+    /// Durable before acknowledged, and only the covered are woken: while the sync that
+    /// covers the first record is held, a caller whose record came after the tail it read
+    /// waits, unwoken, for the next sync.
     #[test]
-    fn a_caller_covered_by_a_running_sync_waits_for_it_to_finish() {
-        let gc = Arc::new(GroupCommit::new(0));
-        let log = Arc::new(FakeLog::default());
-        let (a_end, b_end) = (log.write(40), log.write(40));
-        let (entered, key) = log.sync_gate.close();
-        let spawn = |end: u64| {
+    fn a_sync_wakes_exactly_the_waiters_it_covered() {
+        let (gc, log, _c) = started();
+        let (first_sync, open_first) = log.gate.close();
+        let (second_sync, open_second) = log.later_gate.close();
+        let a_waker = Arc::new(CountingWaker::default());
+        let b_waker = Arc::new(CountingWaker::default());
+        let mut a = gc.wait_for(log.write(40));
+        assert!(poll_once(&mut a, &Waker::from(Arc::clone(&a_waker))).is_pending());
+        first_sync.recv().unwrap(); // it read the tail (40) and is held
+        let mut b = gc.wait_for(log.write(40));
+        assert!(poll_once(&mut b, &Waker::from(Arc::clone(&b_waker))).is_pending());
+        assert_eq!(gc.waiters(), 2);
+        log.gate.open(open_first);
+        second_sync.recv().unwrap(); // the first sync is over; the second is held
+        assert_eq!(a_waker.0.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            b_waker.0.load(Ordering::SeqCst),
+            0,
+            "woken by a sync that missed it"
+        );
+        assert!(matches!(
+            poll_once(&mut a, &Waker::from(Arc::clone(&a_waker))),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(poll_once(&mut b, &Waker::from(Arc::clone(&b_waker))).is_pending());
+        log.later_gate.open(open_second);
+        wait_until(|| b_waker.0.load(Ordering::SeqCst) == 1);
+        assert!(matches!(
+            poll_once(&mut b, &Waker::from(b_waker)),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(log.syncs.load(Ordering::SeqCst), 2);
+        assert_eq!(gc.waiters(), 0);
+    }
+
+    /// While a sync is held, more callers write and wait; when it ends, one more sync
+    /// covers them all, and none returns before its record is durable.
+    #[test]
+    fn callers_that_arrive_during_a_sync_share_the_next_one() {
+        let (gc, log, _c) = started();
+        let (arrived, key) = log.gate.close();
+        let waiter = |end: u64| {
             let (gc, log) = (Arc::clone(&gc), Arc::clone(&log));
             std::thread::spawn(move || {
-                gc.wait(end, &*log).unwrap();
+                gc.wait(end).unwrap();
                 assert!(
                     log.synced.load(Ordering::SeqCst) >= end,
                     "acknowledged early"
                 );
             })
         };
-        let a = spawn(a_end);
-        entered.recv().unwrap(); // A's sync read the tail (both records) and is held
-        let b = spawn(b_end);
-        wait_until(|| gc.state.lock().waiting == 2 || b.is_finished());
-        log.sync_gate.open(key);
-        a.join().unwrap();
-        b.join()
-            .expect("B returned before the sync covering it completed");
-        assert_eq!(
-            log.syncs.load(Ordering::SeqCst),
-            1,
-            "B started a sync of its own"
-        );
-    }
-
-    /// While one sync is held before it reads the tail, four more callers write and wait:
-    /// the one or two syncs that then run read the tail after all five writes and cover
-    /// them, and nobody returns before the sync that covers it has completed.
-    #[test]
-    fn callers_that_arrive_during_a_sync_share_the_next_one() {
-        let gc = Arc::new(GroupCommit::new(0));
-        let log = Arc::new(FakeLog::default());
-        let (entered, key) = log.gate.close();
-
-        let waiter = |end: u64| {
-            let (gc, log) = (Arc::clone(&gc), Arc::clone(&log));
-            std::thread::spawn(move || {
-                gc.wait(end, &*log).unwrap();
-                // Durable before acknowledged.
-                assert!(log.synced.load(Ordering::SeqCst) >= end);
-            })
-        };
         let first = waiter(log.write(40));
-        entered.recv().unwrap(); // the first sync is held before reading the tail
+        arrived.recv().unwrap(); // the first sync is held
         let others: Vec<_> = (0..4).map(|_| waiter(log.write(40))).collect();
-        wait_until(|| gc.state.lock().waiting == 5);
-        assert_eq!(log.synced.load(Ordering::SeqCst), 0, "synced while held");
+        wait_until(|| gc.waiters() == 5);
         log.gate.open(key);
         first.join().unwrap();
         for t in others {
             t.join().unwrap();
         }
-        let syncs = log.syncs.load(Ordering::SeqCst);
-        assert!((1..=2).contains(&syncs), "{syncs} syncs for 5 callers");
+        assert_eq!(
+            log.syncs.load(Ordering::SeqCst),
+            2,
+            "the four did not share a sync"
+        );
         assert_eq!(gc.durable(), 200);
     }
 
     #[test]
-    fn many_concurrent_callers_each_return_durable() {
-        let gc = Arc::new(GroupCommit::new(0));
-        let log = Arc::new(FakeLog::default());
+    fn many_threads_and_tasks_each_return_durable() {
+        let (gc, log, _c) = started();
         let threads: Vec<_> = (0..8)
-            .map(|_| {
+            .map(|t| {
                 let (gc, log) = (Arc::clone(&gc), Arc::clone(&log));
                 std::thread::spawn(move || {
                     for _ in 0..200 {
                         let end = log.write(40);
-                        gc.wait(end, &*log).unwrap();
+                        if t % 2 == 0 {
+                            gc.wait(end).unwrap();
+                        } else {
+                            futures::executor::block_on(gc.wait_for(end)).unwrap();
+                        }
                         assert!(log.synced.load(Ordering::SeqCst) >= end);
                     }
                 })
@@ -366,65 +667,87 @@ mod tests {
         }
         assert_eq!(gc.durable(), 8 * 200 * 40);
         assert_eq!(gc.syncs(), log.syncs.load(Ordering::SeqCst));
+        assert_eq!(gc.waiters(), 0);
     }
 
     #[test]
-    fn a_failed_sync_fails_its_callers_and_poisons_for_good() {
-        let gc = Arc::new(GroupCommit::new(0));
-        let log = Arc::new(FakeLog::default());
-        let (entered, key) = log.gate.close();
+    fn a_failed_sync_fails_every_waiter_it_covered_and_poisons_for_good() {
+        let (gc, log, _c) = started();
+        let (arrived, key) = log.gate.close();
         log.fail.store(true, Ordering::SeqCst);
-        let waiters: Vec<_> = (0..3)
-            .map(|_| {
-                let end = log.write(40);
-                let (gc, log) = (Arc::clone(&gc), Arc::clone(&log));
-                std::thread::spawn(move || gc.wait(end, &*log))
+        // All three records are written before the sync reads the tail: it covers them all.
+        let ends: Vec<u64> = (0..3).map(|_| log.write(40)).collect();
+        let waiters: Vec<_> = ends
+            .into_iter()
+            .map(|end| {
+                let gc = Arc::clone(&gc);
+                std::thread::spawn(move || gc.wait(end))
             })
             .collect();
-        entered.recv().unwrap();
-        wait_until(|| gc.state.lock().waiting == 3);
+        arrived.recv().unwrap();
+        wait_until(|| gc.waiters() == 3);
         log.gate.open(key);
         for t in waiters {
-            let res = t.join().unwrap();
-            assert!(matches!(res, Err(Error::Poisoned { .. })), "{res:?}");
+            match t.join().unwrap() {
+                Err(Error::Io { op, source, .. }) => {
+                    assert_eq!(op, "sync segment");
+                    assert_eq!(source.raw_os_error(), Some(libc::EIO));
+                }
+                other => panic!("a covered waiter got {other:?}"),
+            }
         }
         assert_eq!(gc.durable(), 0);
-        // Syncs would succeed now, but the log stays poisoned.
+        // Syncs would succeed now, but the log stays poisoned, and later callers are told so.
         log.fail.store(false, Ordering::SeqCst);
         let end = log.write(40);
-        assert!(matches!(gc.wait(end, &*log), Err(Error::Poisoned { .. })));
+        assert!(matches!(gc.wait(end), Err(Error::Poisoned { .. })));
         assert_eq!(log.syncs.load(Ordering::SeqCst), 0);
+        assert_eq!(gc.waiters(), 0);
     }
 
-    /// Found in review: of two overlapping syncs, the one that succeeded after the other
-    /// failed moved `durable` over the failed range, and its callers were acknowledged.
+    /// A sync that completes after the log was poisoned elsewhere (a failed rotation) may
+    /// have synced pages the kernel had already dropped: it acknowledges nothing.
     #[test]
-    fn a_sync_that_succeeds_after_an_overlapping_one_failed_acknowledges_nothing() {
-        let gc = Arc::new(GroupCommit::new(0));
-        let log = Arc::new(FakeLog::default());
-        log.fail_first_only.store(true, Ordering::SeqCst);
-        let (entered, key) = log.gate.close();
-        let waiters: Vec<_> = (0..2)
-            .map(|_| {
-                let end = log.write(40);
-                let (gc, log) = (Arc::clone(&gc), Arc::clone(&log));
-                std::thread::spawn(move || gc.wait(end, &*log))
-            })
-            .collect();
-        // Both syncs are under way (two may overlap while at most two callers wait).
-        entered.recv().unwrap();
-        entered.recv().unwrap();
-        log.gate.open(key);
-        for t in waiters {
-            let res = t.join().unwrap();
-            assert!(matches!(res, Err(Error::Poisoned { .. })), "{res:?}");
-        }
-        assert_eq!(
-            log.calls.load(Ordering::SeqCst),
-            2,
-            "the syncs did not overlap"
-        );
+    fn a_sync_that_completes_after_the_log_was_poisoned_acknowledges_nothing() {
+        let (gc, log, _c) = started();
+        log.poison_during.store(true, Ordering::SeqCst);
+        let end = log.write(40);
+        assert!(matches!(gc.wait(end), Err(Error::Poisoned { .. })));
         assert_eq!(gc.durable(), 0, "a sync moved durable after a failure");
+    }
+
+    #[test]
+    fn dropped_waits_leave_no_waiter_behind() {
+        let (gc, log, c) = started();
+        let (arrived, key) = log.gate.close();
+        let noop = Waker::from(Arc::new(CountingWaker::default()));
+        let end = log.write(40);
+        // Never polled: never registered.
+        drop(gc.wait_for(end));
+        assert_eq!(gc.waiters(), 0);
+        // Registered, then dropped while its sync is held, and dropped after being woken.
+        let mut held = gc.wait_for(end);
+        assert!(poll_once(&mut held, &noop).is_pending());
+        let mut woken = gc.wait_for(end);
+        assert!(poll_once(&mut woken, &noop).is_pending());
+        arrived.recv().unwrap();
+        assert_eq!(gc.waiters(), 2);
+        drop(held);
+        assert_eq!(gc.waiters(), 1);
+        log.gate.open(key);
+        wait_until(|| gc.durable() >= end);
+        drop(woken);
+        assert_eq!(gc.waiters(), 0);
+        // And the committer stops when asked, with nobody left waiting.
+        drop(c);
+    }
+
+    #[test]
+    fn block_on_runs_a_future_that_is_woken_from_another_thread() {
+        let (gc, log, _c) = started();
+        let end = log.write(8);
+        assert!(block_on(gc.wait_for(end)).is_ok());
+        assert_eq!(block_on(async { 7 }), 7);
     }
 
     #[test]

@@ -36,6 +36,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::iohook::Io;
 
+pub(crate) use commit::{Committer, Durable};
 use commit::{GroupCommit, Poison, Syncer};
 pub(crate) use map::{preallocate, SegmentMap};
 pub(crate) use sealed::SealedWriter;
@@ -58,7 +59,7 @@ pub(crate) struct Log {
     config: LogConfig,
     table: Arc<SegmentTable>,
     writer: Mutex<Writer>,
-    commit: GroupCommit,
+    commit: Arc<GroupCommit>,
     poison: Poison,
     /// Background preparation of the next segment (see `Log::prepare_next`); the thread
     /// returns the spare it made, if it made one.
@@ -81,7 +82,7 @@ impl Log {
             config,
             table,
             writer: Mutex::new(writer),
-            commit: GroupCommit::new(durable),
+            commit: Arc::new(GroupCommit::new(durable)),
             poison: Poison::default(),
             prep: Mutex::new(populate),
         }
@@ -145,16 +146,39 @@ impl Log {
         live
     }
 
-    /// Returns once everything up to `lsn_end` is on stable storage, syncing if needed
-    /// (group commit, see `commit.rs`).
+    /// Starts the thread that makes this log durable for its waiters (group commit, see
+    /// `commit.rs`); it stops when the returned handle is dropped. Nothing waits for
+    /// durability successfully without it.
+    pub(crate) fn start_committer(self: &Arc<Self>) -> Result<Committer> {
+        Committer::start(Arc::clone(&self.commit), Arc::clone(self))
+            .map_err(|e| Error::io("spawn commit thread", self.dir(), e))
+    }
+
+    /// Returns once everything up to `lsn_end` is on stable storage, parking the thread
+    /// meanwhile.
     pub(crate) fn wait_durable(&self, lsn_end: u64) -> Result<()> {
-        self.commit.wait(lsn_end, self)
+        self.commit.wait(lsn_end)
+    }
+
+    /// Resolves once everything up to `lsn_end` is on stable storage.
+    pub(crate) fn durable(&self, lsn_end: u64) -> Durable<'_> {
+        self.commit.wait_for(lsn_end)
+    }
+
+    /// The lsn just past the last record written: `durable(written())` is "everything
+    /// written so far".
+    pub(crate) fn written(&self) -> u64 {
+        self.writer.lock().tail_lsn()
     }
 
     /// Syncs everything written so far.
     pub(crate) fn sync(&self) -> Result<()> {
-        let target = self.writer.lock().tail_lsn();
-        self.wait_durable(target)
+        self.wait_durable(self.written())
+    }
+
+    /// Callers waiting for durability now.
+    pub(crate) fn waiters(&self) -> usize {
+        self.commit.waiters()
     }
 
     /// Fails if an earlier sync failed.

@@ -2,6 +2,8 @@
 //! generate load.
 
 mod bench;
+mod measure;
+mod tasks;
 
 use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
@@ -25,7 +27,7 @@ USAGE:
     oncelog remove --dir DIR [--durability MODE] KEY...
     oncelog stats  --dir DIR
     oncelog compact --dir DIR
-    oncelog bench  --dir DIR [--threads N] [--keys N] [--key-len N] [--dup-ratio F]
+    oncelog bench  --dir DIR [--threads N] [--async N] [--keys N] [--key-len N] [--dup-ratio F]
                    [--ttl TTL] [--durability MODE] [--batch N] [--duration TTL] [--no-reopen]
                    [--short-ttl TTL --short-ratio F] [--expire]
                    [--hints-before-reopen | --no-hints]
@@ -55,7 +57,10 @@ COMMANDS:
              Prints claims/s, latency percentiles, what background maintenance did
              meanwhile, syncs, RAM and disk per key, then reopens the store and prints
              the recovery rate and how many segments were read from hint files (skip
-             with --no-reopen). --batch N > 1 claims through claim_many. Defaults:
+             with --no-reopen). --batch N > 1 claims through claim_many. --async N:
+             N concurrent tasks claim through claim_async (claim_many_async with
+             --batch), run on --threads worker threads by a small built-in executor.
+             Defaults:
              --ttl 72h, --durability buffered. Use an empty directory.
              --short-ttl TTL --short-ratio F: a fraction F (default 0) of claims (of
              batches, with --batch) get the short TTL instead, so segments turn sparse
@@ -101,6 +106,7 @@ struct Args {
     durability: Option<Durability>,
     batch: Option<usize>,
     threads: usize,
+    tasks: usize,
     keys: u64,
     key_len: usize,
     dup_ratio: f64,
@@ -125,6 +131,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         durability: None,
         batch: None,
         threads: 2,
+        tasks: 0,
         keys: 1_000_000,
         key_len: 32,
         dup_ratio: 0.0,
@@ -154,6 +161,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--durability" => out.durability = Some(parse_durability(&value("--durability")?)?),
             "--batch" => out.batch = Some(positive("--batch", &value("--batch")?)?),
             "--threads" => out.threads = positive("--threads", &value("--threads")?)?,
+            "--async" => out.tasks = positive("--async", &value("--async")?)?,
             "--keys" => out.keys = positive("--keys", &value("--keys")?)? as u64,
             "--key-len" => out.key_len = positive("--key-len", &value("--key-len")?)?,
             "--dup-ratio" => {
@@ -565,6 +573,7 @@ fn cmd_bench(a: &Args) -> Result<ExitCode, String> {
     bench::run(&bench::BenchArgs {
         dir,
         threads: a.threads,
+        tasks: a.tasks,
         keys: a.keys,
         key_len: a.key_len,
         dup_ratio: a.dup_ratio,
