@@ -53,6 +53,9 @@ pub(crate) trait Syncer {
 /// The longest a gathering may delay a sync.
 const MAX_GATHER: Duration = Duration::from_millis(1);
 
+/// How long a gathering yields the CPU in a loop before it sleeps.
+const GATHER_SPIN: Duration = Duration::from_micros(50);
+
 /// What the committer is doing, so that a new waiter knows whether to wake it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -238,9 +241,20 @@ impl GroupCommit {
             }
             if q.woken > 0 && q.arrived < q.woken && q.failed.is_none() {
                 q.phase = Phase::Gathering;
-                let deadline = Instant::now() + (last_sync / 2).min(MAX_GATHER);
+                let started = Instant::now();
+                let deadline = started + (last_sync / 2).min(MAX_GATHER);
+                let spin_until = started + GATHER_SPIN.min(last_sync / 2);
+                // First it yields rather than sleeps: a few callers come back within tens
+                // of microseconds, and a sleeping committer would add its own wake-up to
+                // every sync. Longer, it sleeps, and leaves the CPU to them.
                 while q.arrived < q.woken && !q.stop {
-                    if self.work.wait_until(&mut q, deadline).timed_out() {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    if now < spin_until {
+                        MutexGuard::unlocked(&mut q, std::thread::yield_now);
+                    } else if self.work.wait_until(&mut q, deadline).timed_out() {
                         break;
                     }
                 }
