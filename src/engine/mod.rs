@@ -592,3 +592,119 @@ impl Tokens {
         xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed).max(1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::RecordKind;
+    use crate::options::MIN_SEGMENT_SIZE;
+
+    /// An engine on a fresh directory whose hasher sends every key to one hash: every
+    /// lookup meets every other key's entry, and only the key bytes tell them apart.
+    fn colliding(dir: &std::path::Path) -> Engine {
+        let start = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let opts = Options::new()
+            .durability(Durability::Buffered)
+            .segment_size(MIN_SEGMENT_SIZE)
+            .clock(crate::clock::ManualClock::new(start))
+            .hasher(|_| 42);
+        let lock = crate::fs::lock_dir(&opts.io, dir).unwrap();
+        let (index, log, _) = crate::recovery::recover(dir, &opts, 1_000).unwrap();
+        Engine::new(&opts, lock, index, log).unwrap()
+    }
+
+    fn put(e: &Engine, key: &[u8], expires: u64) -> Written {
+        let hash = e.hash(key);
+        let mut stripe = e.lock(hash);
+        let (place, _) = e.find_place(&mut stripe, key, hash);
+        e.write(
+            place,
+            hash,
+            &RecordSpec::plain(RecordKind::Claim, key, 1, expires),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_with_one_hash_are_told_apart_by_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = colliding(dir.path());
+        assert!(!put(&e, b"a", 5_000).replaced);
+        assert!(!put(&e, b"b", 6_000).replaced, "b found a's entry");
+        assert!(put(&e, b"a", 7_000).replaced);
+        let mut stripe = e.lock(42);
+        let a = e.find(&stripe, b"a", 42).expect("a");
+        assert_eq!(a.header.expires, 7_000);
+        assert_eq!(
+            e.find(&stripe, b"b", 42).map(|c| c.header.expires),
+            Some(6_000)
+        );
+        assert!(e.find(&stripe, b"c", 42).is_none());
+        assert!(e.place_of(&mut stripe, b"b", 42).entry().is_some());
+        assert!(e.place_of(&mut stripe, b"c", 42).entry().is_none());
+        assert_eq!(stripe.len(), 2);
+    }
+
+    #[test]
+    fn a_current_record_knows_where_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = colliding(dir.path());
+        let w = put(&e, b"key", 9_000);
+        let stripe = e.lock(42);
+        assert_eq!(e.find(&stripe, b"key", 42).map(|c| c.end), Some(w.lsn_end));
+    }
+
+    #[test]
+    fn the_fate_of_a_record_follows_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = colliding(dir.path());
+        put(&e, b"old", 9_000);
+        let loc = {
+            let stripe = e.lock(42);
+            let mut at = None;
+            stripe.find(42, |en| {
+                at = Some(en.location());
+                true
+            });
+            at.unwrap()
+        };
+        assert_eq!(e.record_fate(42, loc, false), Fate::Current);
+        put(&e, b"old", 9_500); // a newer record: the first one is dead now
+        assert_eq!(e.record_fate(42, loc, false), Fate::Dead);
+        let newer = {
+            let stripe = e.lock(42);
+            let mut at = None;
+            stripe.find(42, |en| {
+                at = Some(en.location());
+                true
+            });
+            at.unwrap()
+        };
+        assert_eq!(e.record_fate(42, newer, true), Fate::Expired);
+        assert!(
+            e.find(&e.lock(42), b"old", 42).is_none(),
+            "the expired entry stayed"
+        );
+    }
+
+    #[test]
+    fn windows_follow_the_ttl_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = colliding(dir.path());
+        let now = e.now();
+        assert!(matches!(
+            e.window(Duration::ZERO),
+            Err(Error::InvalidTtl { .. })
+        ));
+        assert_eq!(e.window(Duration::from_nanos(1)).unwrap(), (now, now + 1));
+        assert_eq!(e.window(Duration::from_micros(1_500)).unwrap().1, now + 2);
+        assert!(matches!(
+            e.window(Duration::from_secs(u64::MAX)),
+            Err(Error::InvalidTtl { .. })
+        ));
+        assert!(check_key(b"").is_err() && check_key(&[0u8; MAX_KEY_LEN + 1]).is_err());
+        assert!(check_key(&[0u8; MAX_KEY_LEN]).is_ok());
+        let (t1, t2) = (e.new_token(), e.new_token());
+        assert!(t1 != 0 && t2 != 0 && t1 != t2);
+    }
+}

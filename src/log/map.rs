@@ -369,3 +369,69 @@ fn allocate(file: &File, len: u64) -> io::Result<()> {
         err => Err(io::Error::from_raw_os_error(err)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A file of `len` bytes, `data` written at its start, mapped writable.
+    fn mapped(dir: &std::path::Path, len: u64, data: &[u8]) -> (File, Arc<SegmentMap>) {
+        let path = dir.join("seg");
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(len).unwrap();
+        f.write_all(data).unwrap();
+        let map = Arc::new(SegmentMap::writable(&f).unwrap());
+        (f, map)
+    }
+
+    #[test]
+    fn one_appender_writes_at_its_tail_and_never_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_f, map) = mapped(dir.path(), 4096, b"");
+        let mut app = map.appender(64).expect("the first appender");
+        assert!(map.appender(64).is_none(), "a second appender");
+        assert_eq!(app.append(8, |b| b.copy_from_slice(b"abcdefgh")), Some(64));
+        assert_eq!((app.tail(), app.remaining()), (72, 4096 - 72));
+        assert_eq!(app.append(4096, |_| panic!("filled past the end")), None);
+        assert_eq!(app.tail(), 72, "a refused append moved the tail");
+        assert_eq!(app.append(4096 - 72, |b| b.fill(1)), Some(72));
+        assert_eq!(app.remaining(), 0);
+        assert_eq!(&map.scan_bytes()[64..72], b"abcdefgh");
+        map.sync_range(0, 4096).unwrap();
+    }
+
+    #[test]
+    fn a_read_only_mapping_has_no_appender_and_reads_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, _) = mapped(dir.path(), 128, b"hello");
+        let ro = Arc::new(SegmentMap::read_only(&f).unwrap());
+        assert!(ro.appender(0).is_none());
+        assert_eq!(ro.len(), 128);
+        assert_eq!(&ro.scan_bytes()[..5], b"hello");
+    }
+
+    #[test]
+    fn the_dirty_rest_is_found_and_zeroed_only_past_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = vec![0u8; 300];
+        data[10] = 1; // before the tail: not looked at
+        data[200] = 7;
+        data[250] = 9;
+        let (f, map) = mapped(dir.path(), 8192, &data);
+        let mut app = map.appender(100).unwrap();
+        assert_eq!(app.dirty_rest(&f, false).unwrap(), Some((200, 251)));
+        assert_eq!(map.scan_bytes()[200], 7, "reported without zeroing");
+        assert_eq!(app.dirty_rest(&f, true).unwrap(), Some((200, 251)));
+        assert!(map.scan_bytes()[100..].iter().all(|&b| b == 0));
+        assert_eq!(map.scan_bytes()[10], 1);
+        map.sync_range(0, 8192).unwrap();
+        assert_eq!(app.dirty_rest(&f, false).unwrap(), None);
+    }
+}
