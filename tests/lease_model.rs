@@ -83,7 +83,7 @@ struct Rec {
     outcome: Vec<u8>,
 }
 
-/// What a key's record says now (as `lease::classify`).
+/// What a key's record says now (as `Status::of` in `src/engine/key.rs`).
 enum Status {
     Absent,
     /// Free: next attempt number, its first-seen, and the `keep` to carry on.
