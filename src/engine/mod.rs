@@ -654,32 +654,27 @@ mod tests {
         assert_eq!(e.find(&stripe, b"key", 42).map(|c| c.end), Some(w.lsn_end));
     }
 
+    /// Where the one entry of the colliding engine points.
+    fn only_location(e: &Engine) -> Location {
+        let stripe = e.lock(42);
+        let mut at = None;
+        stripe.find(42, |en| {
+            at = Some(en.location());
+            true
+        });
+        at.expect("an entry")
+    }
+
     #[test]
     fn the_fate_of_a_record_follows_its_entry() {
         let dir = tempfile::tempdir().unwrap();
         let e = colliding(dir.path());
         put(&e, b"old", 9_000);
-        let loc = {
-            let stripe = e.lock(42);
-            let mut at = None;
-            stripe.find(42, |en| {
-                at = Some(en.location());
-                true
-            });
-            at.unwrap()
-        };
+        let loc = only_location(&e);
         assert_eq!(e.record_fate(42, loc, false), Fate::Current);
         put(&e, b"old", 9_500); // a newer record: the first one is dead now
         assert_eq!(e.record_fate(42, loc, false), Fate::Dead);
-        let newer = {
-            let stripe = e.lock(42);
-            let mut at = None;
-            stripe.find(42, |en| {
-                at = Some(en.location());
-                true
-            });
-            at.unwrap()
-        };
+        let newer = only_location(&e);
         assert_eq!(e.record_fate(42, newer, true), Fate::Expired);
         assert!(
             e.find(&e.lock(42), b"old", 42).is_none(),

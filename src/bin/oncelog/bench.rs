@@ -167,16 +167,48 @@ impl Calls {
     }
 }
 
-/// Counts a call's answers into `new` and `dups`.
-fn count(answers: &[oncelog::Claim], new: &mut u64, dups: &mut u64) {
-    let fresh = answers.iter().filter(|a| a.is_new()).count() as u64;
-    *new += fresh;
-    *dups += answers.len() as u64 - fresh;
-}
-
 /// Single claims are timed one in `SAMPLE` (two clock reads would otherwise cost a fifth of
 /// a claim); batches are all timed.
 const SAMPLE: u64 = 8;
+
+/// What a claimer counts as it goes.
+struct Tally {
+    hist: Histogram,
+    calls: u64,
+    new: u64,
+    dups: u64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            hist: Histogram::new(),
+            calls: 0,
+            new: 0,
+            dups: 0,
+        }
+    }
+
+    /// Counts a call; its start time if it is one of those timed.
+    fn start(&mut self, batched: bool) -> Option<Instant> {
+        self.calls += 1;
+        (batched || self.calls.is_multiple_of(SAMPLE)).then(Instant::now)
+    }
+
+    /// Counts a call's answers, and its latency if it was timed.
+    fn answered(&mut self, started: Option<Instant>, answers: &[oncelog::Claim]) {
+        let fresh = answers.iter().filter(|a| a.is_new()).count() as u64;
+        self.new += fresh;
+        self.dups += answers.len() as u64 - fresh;
+        if let Some(started) = started {
+            self.hist.record(started.elapsed().as_nanos() as u64);
+        }
+    }
+
+    fn finish(self) -> Outcome {
+        (self.hist, self.new, self.dups, Instant::now())
+    }
+}
 
 /// A claiming thread (see `Calls`).
 fn worker(
@@ -187,32 +219,24 @@ fn worker(
     stop: &AtomicBool,
 ) -> Result<Outcome, String> {
     let mut calls = Calls::new(args, t, args.threads);
-    let (mut hist, mut made) = (Histogram::new(), 0u64);
-    let (mut new, mut dups) = (0u64, 0u64);
+    let mut tally = Tally::new();
     while !stop.load(Ordering::Relaxed) {
         let Some((n, short)) = calls.next() else {
             break;
         };
         let (ks, ttl) = (&calls.keys[..n], args.ttl_for(short));
-        made += 1;
-        let started = (n > 1 || args.batch > 1 || made.is_multiple_of(SAMPLE)).then(Instant::now);
+        let started = tally.start(args.batch > 1);
         if args.batch == 1 {
-            let answer = store
-                .claim(&ks[0], ttl)
-                .map_err(|e| format!("claim: {e}"))?;
-            count(std::slice::from_ref(&answer), &mut new, &mut dups);
+            let answer = store.claim(&ks[0], ttl);
+            let answer = answer.map_err(|e| format!("claim: {e}"))?;
+            tally.answered(started, std::slice::from_ref(&answer));
         } else {
-            let answers = store
-                .claim_many(ks, ttl)
-                .map_err(|e| format!("claim_many: {e}"))?;
-            count(&answers, &mut new, &mut dups);
-        }
-        if let Some(started) = started {
-            hist.record(started.elapsed().as_nanos() as u64);
+            let answers = store.claim_many(ks, ttl);
+            tally.answered(started, &answers.map_err(|e| format!("claim_many: {e}"))?);
         }
         done.fetch_add(n as u64, Ordering::Relaxed);
     }
-    Ok((hist, new, dups, Instant::now()))
+    Ok(tally.finish())
 }
 
 /// A claiming task (see `Calls`): the same calls through the async methods.
@@ -224,34 +248,27 @@ async fn task(
     stop: Arc<AtomicBool>,
 ) -> Result<Outcome, String> {
     let mut calls = Calls::new(&args, t, args.tasks);
-    let (mut hist, mut made) = (Histogram::new(), 0u64);
-    let (mut new, mut dups) = (0u64, 0u64);
+    let mut tally = Tally::new();
     while !stop.load(Ordering::Relaxed) {
         let Some((n, short)) = calls.next() else {
             break;
         };
         let (ks, ttl) = (&calls.keys[..n], args.ttl_for(short));
-        made += 1;
-        let started = (args.batch > 1 || made.is_multiple_of(SAMPLE)).then(Instant::now);
+        let started = tally.start(args.batch > 1);
         if args.batch == 1 {
-            let answer = store
-                .claim_async(&ks[0], ttl)
-                .await
-                .map_err(|e| format!("claim_async: {e}"))?;
-            count(std::slice::from_ref(&answer), &mut new, &mut dups);
+            let answer = store.claim_async(&ks[0], ttl).await;
+            let answer = answer.map_err(|e| format!("claim_async: {e}"))?;
+            tally.answered(started, std::slice::from_ref(&answer));
         } else {
-            let answers = store
-                .claim_many_async(ks, ttl)
-                .await
-                .map_err(|e| format!("claim_many_async: {e}"))?;
-            count(&answers, &mut new, &mut dups);
-        }
-        if let Some(started) = started {
-            hist.record(started.elapsed().as_nanos() as u64);
+            let answers = store.claim_many_async(ks, ttl).await;
+            tally.answered(
+                started,
+                &answers.map_err(|e| format!("claim_many_async: {e}"))?,
+            );
         }
         done.fetch_add(n as u64, Ordering::Relaxed);
     }
-    Ok((hist, new, dups, Instant::now()))
+    Ok(tally.finish())
 }
 
 /// Starts the claimers: `args.threads` threads, or `args.tasks` tasks on `args.threads`
