@@ -1,7 +1,7 @@
 //! The async API (`claim_async`, `begin_async`, … `sync_async`): exactly once across
 //! thousands of tasks, durable before acknowledged under power cuts and kill -9, every
 //! pending future failed by a failed sync, cancellation at every await point, and the same
-//! futures on more than one executor.
+//! futures on more than one executor (tokio, futures' own, smol).
 
 mod common;
 
@@ -140,9 +140,36 @@ fn the_same_futures_run_on_other_executors() {
         assert_eq!(t.attempt(), 2);
         assert!(store.claim_async("a", TTL).await.unwrap().is_new());
     });
+    // smol's executor, from several threads of its own.
+    let store = Arc::new(store);
+    let ex = smol::Executor::new();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            ex.spawn(async move { store.claim_async(format!("s{i}"), TTL).await })
+        })
+        .collect();
+    let all_new = std::thread::scope(|scope| {
+        let (stop, done) = smol::channel::unbounded::<()>();
+        for _ in 0..2 {
+            let (ex, done) = (&ex, done.clone());
+            scope.spawn(move || smol::block_on(ex.run(done.recv())));
+        }
+        let answers = smol::block_on(ex.run(async {
+            let mut news = 0;
+            for t in tasks {
+                news += usize::from(t.await.unwrap().is_new());
+            }
+            news
+        }));
+        drop(stop);
+        answers
+    });
+    assert_eq!(all_new, 64);
+    let store = Arc::try_unwrap(store).expect("one owner left");
     drop(store);
     let store = sync_store(dir.path());
-    for k in ["a", "b", "c", "d"] {
+    for k in ["a", "b", "c", "d", "s0", "s63"] {
         assert!(store.get(k).unwrap().is_some(), "{k} lost");
     }
 }
