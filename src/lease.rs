@@ -250,8 +250,8 @@ impl Store {
             };
             let attempt = memory.map_or(1, |m| m.next_attempt);
             let first_seen = memory.map_or(now, |m| m.first_seen);
-            let keep = deadline
-                .saturating_add(engine.attempt_memory_ms())
+            let keep = engine
+                .attempt_kept_until(deadline)
                 .max(memory.map_or(0, |m| m.keep));
             let token = engine.new_token();
             let value = encode_value(token, deadline, fp.unwrap_or(&[]), &[]);
@@ -363,9 +363,7 @@ impl Store {
                 Act::Extend { deadline } => (
                     RecordKind::Lease,
                     encode_value(ticket.token, deadline, fp, &[]),
-                    deadline
-                        .saturating_add(engine.attempt_memory_ms())
-                        .max(h.expires),
+                    engine.attempt_kept_until(deadline).max(h.expires),
                 ),
             };
             let spec = RecordSpec {

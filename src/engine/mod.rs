@@ -308,9 +308,14 @@ impl Engine {
         self.tokens.next()
     }
 
-    /// How long a free key remembers a lapsed or abandoned attempt, ms.
-    pub(crate) fn attempt_memory_ms(&self) -> u64 {
-        self.attempt_memory_ms
+    /// Until when a lease whose deadline is `deadline` is remembered
+    /// (`Options::attempt_memory` after it), ms: never past the end of year 9999, the
+    /// latest `expires` a record may carry (docs/FORMAT.md §3.1), which stands for ever.
+    pub(crate) fn attempt_kept_until(&self, deadline: u64) -> u64 {
+        deadline
+            .saturating_add(self.attempt_memory_ms)
+            .min(MAX_EXPIRES_MS)
+            .max(deadline)
     }
 
     // ---- segments, for maintenance ----
@@ -682,6 +687,19 @@ mod tests {
         );
     }
 
+    /// Found in review: `attempt_memory(Duration::MAX)` wrote leases whose `expires` was
+    /// u64::MAX, past the format's bound of year 9999.
+    #[test]
+    fn an_endless_attempt_memory_stays_within_the_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options::new().attempt_memory(Duration::MAX);
+        let lock = crate::fs::lock_dir(&opts.io, dir.path()).unwrap();
+        let (index, log, _) = crate::recovery::recover(dir.path(), &opts, 1_000).unwrap();
+        let e = Engine::new(&opts, lock, index, log).unwrap();
+        assert_eq!(e.attempt_kept_until(5_000), MAX_EXPIRES_MS);
+        assert_eq!(e.attempt_kept_until(MAX_EXPIRES_MS), MAX_EXPIRES_MS);
+    }
+
     #[test]
     fn windows_follow_the_ttl_rules() {
         let dir = tempfile::tempdir().unwrap();
@@ -699,6 +717,7 @@ mod tests {
         ));
         assert!(check_key(b"").is_err() && check_key(&[0u8; MAX_KEY_LEN + 1]).is_err());
         assert!(check_key(&[0u8; MAX_KEY_LEN]).is_ok());
+        assert_eq!(e.attempt_kept_until(now), now + 72 * 3600 * 1000);
         let (t1, t2) = (e.new_token(), e.new_token());
         assert!(t1 != 0 && t2 != 0 && t1 != t2);
     }
