@@ -267,6 +267,8 @@ async fn task(
             );
         }
         done.fetch_add(n as u64, Ordering::Relaxed);
+        // Take turns, as a server's requests do (see `yield_now`).
+        crate::tasks::yield_now().await;
     }
     Ok(tally.finish())
 }

@@ -43,6 +43,25 @@ impl Wake for Task {
     }
 }
 
+/// Lets the other tasks run before the one that awaits it goes on (it is queued again at
+/// once): a claim that needs no sync never waits, and without this the first tasks would
+/// run alone while the others wait for them to finish.
+pub async fn yield_now() {
+    struct YieldNow(bool);
+    impl Future for YieldNow {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 {
+                return Poll::Ready(());
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+    YieldNow(false).await
+}
+
 /// Runs every future in `tasks` to completion on `workers` threads; returns when all are
 /// done.
 pub fn run_all(workers: usize, tasks: Vec<BoxFuture>) {
