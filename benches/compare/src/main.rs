@@ -1,5 +1,5 @@
 //! oncelog-compare: the same insert-if-absent workload against oncelog and its peers
-//! (dashmap, sled, redb, fjall, SQLite, Redis) at three durability levels, each case in a
+//! (dashmap, sled, redb, fjall, SQLite, Redis) at four durability levels, each case in a
 //! fresh directory and a fresh child process. See README.md next to this crate.
 
 mod chart;
@@ -11,10 +11,10 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use peers::{DiskUse, Level, Peer, Res, PEERS};
+use peers::{DiskUse, Level, Peer, Res, KEY_LEN, PEERS};
 
 const USAGE: &str = "\
 oncelog-compare: insert-if-absent throughput, RAM and disk of oncelog and its peers
@@ -24,14 +24,19 @@ usage: bash benches/compare/run.sh [FLAGS]        (starts Redis, then runs this)
 
 flags:
   --peers LIST        peers to run (default: oncelog,dashmap,sled,redb,fjall,sqlite,redis)
-  --levels LIST       durability levels: os,fsync,fsync-batch (default: all)
-  --threads LIST      thread counts (default: 1,2)
+  --levels LIST       durability levels: os,fsync,fsync-batch,fsync-async (default: all)
+  --threads LIST      thread counts (default: 1,2); at fsync-async, tokio worker threads
   --keys N            keys for the os level (default 1000000)
   --fsync-keys N      keys for the fsync level (default 20000)
   --batch-keys N      keys for the fsync-batch level (default 200000)
   --batch N           keys per durable commit at fsync-batch (default 1024)
+  --async-keys N      keys for the fsync-async level (default 1000000)
+  --in-flight N       requests in flight at fsync-async (default 10000): oncelog runs N
+                      tasks, Redis N / P connections of P pipelined commands
+  --pipeline P        Redis commands in flight per connection at fsync-async (default
+                      100); must divide --in-flight
   --runs R            run each case R times, report the median (default 1)
-  --quick             smoke run: 2000 / 200 / 4096 keys, 200 fdatasync samples,
+  --quick             smoke run: 2000 / 200 / 4096 / 20000 keys, 200 fdatasync samples,
                       output to results/quick.md and results/quick.svg
   --sync-samples N    fdatasync probes for the raw disk latency (default 2000)
   --work-dir DIR      root for the case directories (default: $TMPDIR/oncelog-compare)
@@ -44,8 +49,6 @@ flags:
 /// Exit code of a child whose peer gave a wrong answer.
 const EXIT_WRONG: i32 = 3;
 
-const KEY_LEN: usize = 32;
-
 struct Config {
     peers: Vec<String>,
     levels: Vec<Level>,
@@ -54,6 +57,9 @@ struct Config {
     fsync_keys: usize,
     batch_keys: usize,
     batch: usize,
+    async_keys: usize,
+    in_flight: usize,
+    pipeline: usize,
     runs: usize,
     quick: bool,
     sync_samples: usize,
@@ -93,6 +99,9 @@ fn parse_args(args: &[String]) -> Res<Config> {
         fsync_keys: if quick { 200 } else { 20_000 },
         batch_keys: if quick { 4096 } else { 200_000 },
         batch: 1024,
+        async_keys: if quick { 20_000 } else { 1_000_000 },
+        in_flight: 10_000,
+        pipeline: 100,
         runs: 1,
         quick,
         sync_samples: if quick { 200 } else { 2000 },
@@ -138,7 +147,9 @@ fn parse_args(args: &[String]) -> Res<Config> {
                     .split(',')
                     .map(|s| {
                         Level::parse(s.trim()).ok_or_else(|| {
-                            format!("--levels: unknown level {s:?} (os, fsync, fsync-batch)")
+                            format!(
+                                "--levels: unknown level {s:?} (os, fsync, fsync-batch, fsync-async)"
+                            )
                         })
                     })
                     .collect::<Res<_>>()?;
@@ -156,6 +167,9 @@ fn parse_args(args: &[String]) -> Res<Config> {
             "--fsync-keys" => c.fsync_keys = parse_count(flag, &value)?,
             "--batch-keys" => c.batch_keys = parse_count(flag, &value)?,
             "--batch" => c.batch = parse_count(flag, &value)?.max(1),
+            "--async-keys" => c.async_keys = parse_count(flag, &value)?,
+            "--in-flight" => c.in_flight = parse_count(flag, &value)?.max(1),
+            "--pipeline" => c.pipeline = parse_count(flag, &value)?.max(1),
             "--runs" => c.runs = parse_count(flag, &value)?.max(1),
             "--sync-samples" => c.sync_samples = parse_count(flag, &value)?.max(1),
             "--work-dir" => c.work_dir = PathBuf::from(value),
@@ -167,6 +181,12 @@ fn parse_args(args: &[String]) -> Res<Config> {
             "--dir" => c.dir = Some(PathBuf::from(value)),
             other => return Err(format!("unknown flag {other:?}")),
         }
+    }
+    if !c.in_flight.is_multiple_of(c.pipeline) {
+        return Err(format!(
+            "--pipeline {} does not divide --in-flight {}: Redis needs whole connections",
+            c.pipeline, c.in_flight
+        ));
     }
     Ok(c)
 }
@@ -271,6 +291,17 @@ fn parse_case(spec: &str) -> Res<CaseSpec> {
     }
 }
 
+/// "key evt_... answered new, expected present".
+fn wrong_answer(key: &[u8], new: bool) -> String {
+    let word = |new: bool| if new { "new" } else { "present" };
+    format!(
+        "key {} answered {}, expected {}",
+        String::from_utf8_lossy(key),
+        word(new),
+        word(!new)
+    )
+}
+
 struct Worker {
     start: Instant,
     end: Instant,
@@ -307,14 +338,7 @@ fn run_phase(
                     let mut check = |key: &[u8], new: bool| {
                         if new != expect_new {
                             wrong += 1;
-                            example.get_or_insert_with(|| {
-                                format!(
-                                    "key {} answered {}, expected {}",
-                                    String::from_utf8_lossy(key),
-                                    if new { "new" } else { "present" },
-                                    if expect_new { "new" } else { "present" },
-                                )
-                            });
+                            example.get_or_insert_with(|| wrong_answer(key, new));
                         }
                     };
                     barrier.wait();
@@ -391,6 +415,36 @@ fn run_phase(
     })
 }
 
+/// The `fsync-async` phase: every key through [`Peer::insert_in_flight`], timed from the
+/// call (the tasks are spawned inside it) to the last answer.
+fn run_phase_async(
+    peer: &dyn Peer,
+    rt: &tokio::runtime::Runtime,
+    keys: &Arc<[u8]>,
+    in_flight: usize,
+    expect_new: bool,
+) -> Res<PhaseOut> {
+    let start = Instant::now();
+    let answers = peer.insert_in_flight(rt, keys, in_flight)?;
+    let elapsed = start.elapsed();
+    let n = keys.len() / KEY_LEN;
+    if answers.len() != n {
+        return Err(format!("{} answers for {n} keys", answers.len()));
+    }
+    let mut out = PhaseOut {
+        elapsed,
+        wrong: 0,
+        example: None,
+    };
+    for (key, new) in keys.chunks_exact(KEY_LEN).zip(answers) {
+        if new != expect_new {
+            out.wrong += 1;
+            out.example.get_or_insert_with(|| wrong_answer(key, new));
+        }
+    }
+    Ok(out)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -415,9 +469,22 @@ fn child(cfg: &Config) -> Res<i32> {
         spec.level.name(),
         spec.threads
     );
-    let keys = make_keys(n);
+    let keys: Arc<[u8]> = make_keys(n).into();
     let expires_ms = now_ms() + peers::TTL.as_millis() as u64;
     let batch = (spec.level == Level::FsyncBatch).then_some(cfg.batch);
+    // At `fsync-async` the case's threads are the runtime's workers (this thread only
+    // spawns the tasks and waits).
+    let rt = if spec.level == Level::FsyncAsync {
+        Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(spec.threads)
+                .enable_all()
+                .build()
+                .map_err(|e| format!("tokio runtime: {e}"))?,
+        )
+    } else {
+        None
+    };
 
     let t = Instant::now();
     let peer = peers::open(
@@ -427,6 +494,9 @@ fn child(cfg: &Config) -> Res<i32> {
             dir: &dir,
             threads: spec.threads,
             redis: &cfg.redis,
+            rt: rt.as_ref(),
+            in_flight: cfg.in_flight,
+            pipeline: cfg.pipeline,
         },
     )?;
     let open_s = t.elapsed().as_secs_f64();
@@ -435,14 +505,17 @@ fn child(cfg: &Config) -> Res<i32> {
 
     let mut phases = Vec::new();
     for (name, expect_new) in [("insert", true), ("duplicate", false)] {
-        let out = run_phase(
-            peer.as_ref(),
-            &keys,
-            spec.threads,
-            batch,
-            expect_new,
-            expires_ms,
-        )
+        let out = match &rt {
+            Some(rt) => run_phase_async(peer.as_ref(), rt, &keys, cfg.in_flight, expect_new),
+            None => run_phase(
+                peer.as_ref(),
+                &keys,
+                spec.threads,
+                batch,
+                expect_new,
+                expires_ms,
+            ),
+        }
         .map_err(|e| format!("{what}: {name} phase: {e}"))?;
         if out.wrong > 0 {
             eprintln!();
@@ -557,6 +630,7 @@ fn keys_for(cfg: &Config, level: Level) -> usize {
         Level::Os => cfg.keys,
         Level::Fsync => cfg.fsync_keys,
         Level::FsyncBatch => cfg.batch_keys,
+        Level::FsyncAsync => cfg.async_keys,
     }
 }
 
@@ -586,6 +660,10 @@ fn run_case(cfg: &Config, exe: &Path, peer: &str, level: Level, threads: usize) 
             .arg(&cfg.redis)
             .arg("--batch")
             .arg(cfg.batch.to_string())
+            .arg("--in-flight")
+            .arg(cfg.in_flight.to_string())
+            .arg("--pipeline")
+            .arg(cfg.pipeline.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -826,14 +904,22 @@ impl Report<'_> {
 
     /// "1,000,000 at `os`, 20,000 at `fsync`, ..." for the levels that ran.
     fn key_counts(&self) -> String {
+        self.key_counts_of(|_| true)
+    }
+
+    /// The same for the levels that ran and pass `keep`.
+    fn key_counts_of(&self, keep: impl Fn(Level) -> bool) -> String {
         self.cfg
             .levels
             .iter()
+            .filter(|&&l| keep(l))
             .map(|&l| {
-                let extra = if l == Level::FsyncBatch {
-                    format!(" ({} keys per durable commit)", self.cfg.batch)
-                } else {
-                    String::new()
+                let extra = match l {
+                    Level::FsyncBatch => format!(" ({} keys per durable commit)", self.cfg.batch),
+                    Level::FsyncAsync => {
+                        format!(" ({} in flight)", thousands(self.cfg.in_flight as f64))
+                    }
+                    _ => String::new(),
                 };
                 format!(
                     "{} at `{}`{extra}",
@@ -880,6 +966,17 @@ impl Report<'_> {
                 ""
             }
         );
+        if c.levels.contains(&Level::FsyncAsync) {
+            let _ = writeln!(
+                o,
+                "- `fsync-async`: {n} requests in flight from tasks on a tokio runtime with `threads` worker threads; \
+                 oncelog: {n} tasks, each awaiting `claim_async` (`Sync`) for its keys in turn; \
+                 Redis: {} connections × a pipeline of {} `SET NX EX` (`appendfsync always`)",
+                c.in_flight / c.pipeline,
+                c.pipeline,
+                n = thousands(c.in_flight as f64),
+            );
+        }
         let _ = writeln!(o, "- Total wall time: {:.1} s", self.total.as_secs_f64());
         for note in self.notes {
             let _ = writeln!(o, "- {note}");
@@ -888,7 +985,8 @@ impl Report<'_> {
         let _ = writeln!(
             o,
             "Insert: first claim of every key (all must answer new). Duplicate: the same keys again (all must answer present). \
-             The ratio is oncelog's insert ops/s divided by the peer's at the same level and thread count. \
+             The ratio is oncelog's insert ops/s divided by the peer's at the same level and thread count \
+             (at `fsync-async`, the threads are the tokio runtime's worker threads that drive the requests). \
              RAM = growth of RssAnon + RssFile over both phases ÷ keys (Redis: growth of `used_memory`); \
              RSS anon = RssAnon growth alone; disk = allocated bytes (st_blocks × 512) after close ÷ keys \
              (Redis: growth of the AOF directory). oncelog pre-allocates 64 MiB segments, so its disk/key is only meaningful with many keys.\n"
@@ -984,17 +1082,28 @@ impl Report<'_> {
                 }
             }
         }
-        let subtitle = [
-            format!(
-                "{}, {} cores, Linux {}; fdatasync median {:.0} µs; {}",
-                self.machine.cpu,
-                self.machine.cores,
-                self.machine.kernel,
-                self.sync_p50,
-                measure::utc_now()
-            ),
-            format!("keys: {}", self.key_counts().replace('`', "")),
-        ];
+        let mut subtitle = vec![format!(
+            "{}, {} cores, Linux {}; fdatasync median {:.0} µs; {}",
+            self.machine.cpu,
+            self.machine.cores,
+            self.machine.kernel,
+            self.sync_p50,
+            measure::utc_now()
+        )];
+        // The async level gets a line of its own (one line for all would not fit).
+        let blocking = self.key_counts_of(|l| l != Level::FsyncAsync);
+        if !blocking.is_empty() {
+            subtitle.push(format!("keys: {}", blocking.replace('`', "")));
+        }
+        if self.cfg.levels.contains(&Level::FsyncAsync) {
+            subtitle.push(format!(
+                "fsync-async: {} keys, {} in flight: oncelog tasks; Redis {} connections × pipeline {}; threads = tokio workers",
+                thousands(self.cfg.async_keys as f64),
+                thousands(self.cfg.in_flight as f64),
+                self.cfg.in_flight / self.cfg.pipeline,
+                self.cfg.pipeline
+            ));
+        }
         chart::render(
             "Insert-if-absent throughput: oncelog vs. peers",
             &subtitle,

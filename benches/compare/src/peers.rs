@@ -1,18 +1,25 @@
 //! The peers: one small trait for "insert if absent, tell me whether it was new", and one
 //! implementation per engine, each opened for a durability level in a case directory.
 
+use std::future::Future;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::runtime::Runtime;
+
 use crate::measure;
-use crate::resp::{Reply, Resp};
+use crate::resp::{AsyncResp, Reply, Resp};
 
 /// Errors are plain messages: the harness only reports them.
 pub type Res<T> = Result<T, String>;
 
 /// Claims expire after 72 hours (Stripe retries for three days).
 pub const TTL: Duration = Duration::from_secs(72 * 3600);
+
+/// Every key is this long: `evt_` + 28 base62 characters.
+pub const KEY_LEN: usize = 32;
 
 /// When an insert counts as acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,17 +30,31 @@ pub enum Level {
     Fsync,
     /// Durable before acknowledged, one durable commit per batch of keys.
     FsyncBatch,
+    /// Durable before acknowledged, one operation per request, many requests in flight at
+    /// once from tasks on a tokio runtime (the case's threads are its worker threads).
+    FsyncAsync,
 }
 
 impl Level {
-    pub const ALL: [Level; 3] = [Level::Os, Level::Fsync, Level::FsyncBatch];
+    pub const ALL: [Level; 4] = [
+        Level::Os,
+        Level::Fsync,
+        Level::FsyncBatch,
+        Level::FsyncAsync,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Level::Os => "os",
             Level::Fsync => "fsync",
             Level::FsyncBatch => "fsync-batch",
+            Level::FsyncAsync => "fsync-async",
         }
+    }
+
+    /// Whether an insert is acknowledged only once durable.
+    pub fn durable(self) -> bool {
+        self != Level::Os
     }
 
     pub fn parse(s: &str) -> Option<Level> {
@@ -46,9 +67,15 @@ pub const PEERS: [&str; 7] = [
     "oncelog", "dashmap", "sled", "redb", "fjall", "sqlite", "redis",
 ];
 
-/// dashmap is the in-memory ceiling: it has no durable levels.
+/// dashmap is the in-memory ceiling: it has no durable levels. `fsync-async` needs an
+/// async client: oncelog's `claim_async`, and Redis over non-blocking sockets; the embedded
+/// peers have only blocking calls (on a thread pool they would be the `fsync` level again).
 pub fn supports(peer: &str, level: Level) -> bool {
-    peer != "dashmap" || level == Level::Os
+    match level {
+        Level::Os => true,
+        Level::Fsync | Level::FsyncBatch => peer != "dashmap",
+        Level::FsyncAsync => matches!(peer, "oncelog" | "redis"),
+    }
 }
 
 /// One engine, opened for one level. `worker` is the calling thread's index (0..threads),
@@ -59,6 +86,14 @@ pub trait Peer: Send + Sync {
 
     /// The same for each key, with one durable commit for the whole batch.
     fn insert_batch(&self, worker: usize, keys: &[&[u8]], expires_ms: u64) -> Res<Vec<bool>>;
+
+    /// The same for every key of `keys` (`KEY_LEN` bytes each), one durable operation per
+    /// key, with `in_flight` requests outstanding at any time, driven by tasks on `rt`; the
+    /// answers in key order. Only the peers that [`supports`] `fsync-async` implement it.
+    fn insert_in_flight(&self, rt: &Runtime, keys: &Arc<[u8]>, in_flight: usize) -> Res<Vec<bool>> {
+        let _ = (rt, keys, in_flight);
+        Err("this peer has no async client".into())
+    }
 
     /// Memory reported by the peer itself, for peers whose data lives in another process
     /// (Redis `used_memory`); `None` means "measure this process's RSS".
@@ -86,6 +121,11 @@ pub struct Ctx<'a> {
     pub dir: &'a Path,
     pub threads: usize,
     pub redis: &'a str,
+    /// At `fsync-async`: the runtime whose tasks drive the peer, the requests in flight,
+    /// and (Redis) the pipeline depth per connection: in_flight / pipeline connections.
+    pub rt: Option<&'a Runtime>,
+    pub in_flight: usize,
+    pub pipeline: usize,
 }
 
 pub fn open(peer: &str, ctx: &Ctx<'_>) -> Res<Box<dyn Peer>> {
@@ -109,25 +149,65 @@ fn s<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
+/// Part `i` of `parts` of `0..n` (contiguous, sizes differing by at most one).
+pub fn share(n: usize, parts: usize, i: usize) -> Range<usize> {
+    i * n / parts..(i + 1) * n / parts
+}
+
+fn key_at(keys: &[u8], i: usize) -> &[u8] {
+    &keys[i * KEY_LEN..(i + 1) * KEY_LEN]
+}
+
+/// Spawns every task on `rt` and joins them: their answers, concatenated in task order.
+fn run_tasks<F>(rt: &Runtime, tasks: Vec<F>) -> Res<Vec<bool>>
+where
+    F: Future<Output = Res<Vec<bool>>> + Send + 'static,
+{
+    rt.block_on(async move {
+        let handles: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+        let mut answers = Vec::new();
+        let mut first_err = None;
+        for h in handles {
+            match h.await {
+                Ok(Ok(a)) => answers.extend(a),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert_with(|| format!("a task failed: {e}"));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(answers),
+        }
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // oncelog
 
 struct Oncelog {
-    store: oncelog::Store,
+    // Shared with the tasks of `fsync-async`.
+    store: Arc<oncelog::Store>,
 }
 
 impl Oncelog {
     fn open(ctx: &Ctx<'_>) -> Res<Oncelog> {
-        let durability = match ctx.level {
-            Level::Os => oncelog::Durability::Buffered,
-            Level::Fsync | Level::FsyncBatch => oncelog::Durability::Sync,
+        let durability = if ctx.level.durable() {
+            oncelog::Durability::Sync
+        } else {
+            oncelog::Durability::Buffered
         };
         let store = oncelog::Options::new()
             .durability(durability)
             .open(ctx.dir.join("oncelog"))
             .map_err(s)
             .map_err(err("oncelog open"))?;
-        Ok(Oncelog { store })
+        Ok(Oncelog {
+            store: Arc::new(store),
+        })
     }
 }
 
@@ -142,8 +222,39 @@ impl Peer for Oncelog {
         Ok(answers.iter().map(|c| c.is_new()).collect())
     }
 
+    /// One task per request in flight, each claiming its share of the keys one after
+    /// another with `claim_async`; the commit thread's syncs wake them.
+    fn insert_in_flight(&self, rt: &Runtime, keys: &Arc<[u8]>, in_flight: usize) -> Res<Vec<bool>> {
+        let n = keys.len() / KEY_LEN;
+        let syncs = self.store.stats().syncs;
+        let tasks = (0..in_flight)
+            .map(|t| {
+                let (store, keys) = (Arc::clone(&self.store), Arc::clone(keys));
+                let mine = share(n, in_flight, t);
+                async move {
+                    let mut answers = Vec::with_capacity(mine.len());
+                    for i in mine {
+                        let claim = store.claim_async(key_at(&keys, i), TTL).await;
+                        answers.push(claim.map_err(s)?.is_new());
+                    }
+                    Ok(answers)
+                }
+            })
+            .collect();
+        let answers = run_tasks(rt, tasks)?;
+        let syncs = self.store.stats().syncs - syncs;
+        if syncs > 0 {
+            eprintln!(
+                "    oncelog: {syncs} syncs, {:.0} claims per sync",
+                n as f64 / syncs as f64
+            );
+        }
+        Ok(answers)
+    }
+
     fn finish(self: Box<Self>) -> Res<DiskUse> {
-        self.store.close().map_err(s)?;
+        let store = Arc::try_unwrap(self.store).map_err(|_| "oncelog: store still shared")?;
+        store.close().map_err(s)?;
         Ok(DiskUse::InDir)
     }
 }
@@ -258,9 +369,10 @@ impl Redb {
         let tx = db.begin_write().map_err(s)?;
         tx.open_table(REDB_TABLE).map_err(s)?;
         tx.commit().map_err(s)?;
-        let durability = match ctx.level {
-            Level::Os => redb::Durability::None,
-            Level::Fsync | Level::FsyncBatch => redb::Durability::Immediate,
+        let durability = if ctx.level.durable() {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
         };
         Ok(Redb { db, durability })
     }
@@ -402,9 +514,10 @@ impl Sqlite {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(format!("sqlite: journal_mode is {mode}, not wal"));
         }
-        let sync = match ctx.level {
-            Level::Os => "NORMAL",
-            Level::Fsync | Level::FsyncBatch => "FULL",
+        let sync = if ctx.level.durable() {
+            "FULL"
+        } else {
+            "NORMAL"
         };
         conn.execute_batch(&format!(
             "PRAGMA synchronous={sync};
@@ -464,12 +577,16 @@ impl Peer for Sqlite {
 }
 
 // ---------------------------------------------------------------------------------------
-// Redis: SET k v NX EX 259200, one connection per worker thread.
+// Redis: SET k v NX EX 259200, one connection per worker thread; at `fsync-async`,
+// in_flight / pipeline connections, each keeping `pipeline` commands in flight.
 
 const REDIS_TTL_SECS: &[u8] = b"259200";
 
 struct Redis {
     conns: Vec<Mutex<Resp>>,
+    /// `fsync-async` only: the pipelined connections (one task drives each).
+    pipes: Vec<Arc<tokio::sync::Mutex<AsyncResp>>>,
+    pipeline: usize,
     aof: Option<PathBuf>,
     aof_before: u64,
 }
@@ -524,9 +641,10 @@ impl Redis {
             conns.push(Resp::connect(ctx.redis)?);
         }
         let c = &mut conns[0];
-        let fsync = match ctx.level {
-            Level::Os => "everysec",
-            Level::Fsync | Level::FsyncBatch => "always",
+        let fsync = if ctx.level.durable() {
+            "always"
+        } else {
+            "everysec"
         };
         c.ok(&[b"FLUSHALL"])?;
         c.ok(&[b"CONFIG", b"SET", b"appendonly", b"yes"])?;
@@ -547,8 +665,23 @@ impl Redis {
             Some(p) => measure::allocated_bytes(p).map_err(s)?,
             None => 0,
         };
+        let mut pipes = Vec::new();
+        if ctx.level == Level::FsyncAsync {
+            let rt = ctx.rt.ok_or("redis: fsync-async needs a runtime")?;
+            let count = ctx.in_flight / ctx.pipeline.max(1);
+            pipes = rt.block_on(async {
+                let mut pipes = Vec::with_capacity(count);
+                for _ in 0..count.max(1) {
+                    let c = AsyncResp::connect(ctx.redis).await?;
+                    pipes.push(Arc::new(tokio::sync::Mutex::new(c)));
+                }
+                Ok::<_, String>(pipes)
+            })?;
+        }
         Ok(Redis {
             conns: conns.into_iter().map(Mutex::new).collect(),
+            pipes,
+            pipeline: ctx.pipeline.max(1),
             aof,
             aof_before,
         })
@@ -591,6 +724,46 @@ impl Peer for Redis {
             answers.push(redis_answer(c.read()?)?);
         }
         Ok(answers)
+    }
+
+    /// One task per connection, each over its share of the keys with a sliding window:
+    /// `pipeline` commands outstanding, one more queued per reply (the queued ones go out
+    /// together when the buffered replies run out).
+    fn insert_in_flight(&self, rt: &Runtime, keys: &Arc<[u8]>, in_flight: usize) -> Res<Vec<bool>> {
+        if self.pipes.len() * self.pipeline != in_flight {
+            return Err(format!(
+                "redis: {} connections × pipeline {} is not {in_flight} in flight",
+                self.pipes.len(),
+                self.pipeline
+            ));
+        }
+        let n = keys.len() / KEY_LEN;
+        let depth = self.pipeline;
+        let tasks = self
+            .pipes
+            .iter()
+            .enumerate()
+            .map(|(t, pipe)| {
+                let (pipe, keys) = (Arc::clone(pipe), Arc::clone(keys));
+                let mine = share(n, self.pipes.len(), t);
+                async move {
+                    let mut c = pipe.lock().await;
+                    let mut answers = Vec::with_capacity(mine.len());
+                    let mut next = mine.start;
+                    while answers.len() < mine.len() {
+                        let outstanding = next - mine.start - answers.len();
+                        let top = mine.end.min(next + depth - outstanding);
+                        while next < top {
+                            c.queue(&redis_set_nx(key_at(&keys, next)));
+                            next += 1;
+                        }
+                        answers.push(redis_answer(c.read().await?)?);
+                    }
+                    Ok(answers)
+                }
+            })
+            .collect();
+        run_tasks(rt, tasks)
     }
 
     fn server_memory(&self) -> Res<Option<u64>> {
