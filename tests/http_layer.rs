@@ -72,7 +72,10 @@ async fn orders(State(h): State<Arc<Handler>>, req: Request) -> Response {
     *response.status_mut() = StatusCode::from_u16(status).unwrap();
     let headers = response.headers_mut();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
-    headers.insert("location", HeaderValue::from_str(&format!("/orders/{run}")).unwrap());
+    headers.insert(
+        "location",
+        HeaderValue::from_str(&format!("/orders/{run}")).unwrap(),
+    );
     headers.insert("x-not-kept", HeaderValue::from_static("1"));
     if let Some(cc) = header("x-cache-control") {
         headers.insert("cache-control", HeaderValue::from_str(&cc).unwrap());
@@ -88,7 +91,10 @@ struct Server {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn serve_with(store: Arc<Store>, configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer) -> Server {
+fn serve_with(
+    store: Arc<Store>,
+    configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
+) -> Server {
     let handler = Arc::new(Handler::default());
     let layer = configure(IdempotencyLayer::new(store));
     let router = Router::new()
@@ -284,8 +290,17 @@ fn server_errors_and_no_store_free_the_key() {
     let failing = [("idempotency-key", "k"), ("x-status", "503")];
     let r = s.post(&failing, "{}");
     assert_eq!(r.status, 503);
-    assert!(r.body.contains("\"run\":1"), "the handler's own answer: {r:?}");
-    let r = s.post(&[("idempotency-key", "k"), ("x-cache-control", "private, No-Store")], "{}");
+    assert!(
+        r.body.contains("\"run\":1"),
+        "the handler's own answer: {r:?}"
+    );
+    let r = s.post(
+        &[
+            ("idempotency-key", "k"),
+            ("x-cache-control", "private, No-Store"),
+        ],
+        "{}",
+    );
     assert_eq!(r.status, 201);
     assert!(!r.replayed());
     let ok = s.post(&[("idempotency-key", "k")], "{}");
@@ -303,7 +318,11 @@ fn server_errors_and_no_store_free_the_key() {
     assert_eq!(r.status, 404);
     assert!(s.post(&[("idempotency-key", "four")], "{}").replayed());
     let s = serve(|l| l.final_status(|st| st.is_success()));
-    assert_eq!(s.post(&[("idempotency-key", "four"), ("x-status", "404")], "{}").status, 404);
+    assert_eq!(
+        s.post(&[("idempotency-key", "four"), ("x-status", "404")], "{}")
+            .status,
+        404
+    );
     assert_eq!(s.post(&[("idempotency-key", "four")], "{}").status, 201);
     assert_eq!(s.handler.runs(), 2);
 }
@@ -404,7 +423,10 @@ fn scopes_keep_tenants_apart() {
     assert!(!b.replayed());
     assert_ne!(a.body, b.body);
     // Another tenant's body under the same key is no mismatch either.
-    let c = s.post(&[("idempotency-key", "k"), ("x-tenant", "initech")], "{\"x\":1}");
+    let c = s.post(
+        &[("idempotency-key", "k"), ("x-tenant", "initech")],
+        "{\"x\":1}",
+    );
     assert_eq!(c.status, 201);
     let a2 = s.post(&[("idempotency-key", "k"), ("x-tenant", "acme")], "{}");
     assert!(a2.replayed());
@@ -453,7 +475,11 @@ fn responses_too_large_to_keep_are_never_replayed_truncated() {
 fn request_bodies_over_the_limit_are_413() {
     let s = serve(|l| l.max_request_body(1000));
     assert_problem(&s.post(&[("idempotency-key", "k")], &"x".repeat(1001)), 413);
-    assert_eq!(s.post(&[("idempotency-key", "k")], &"x".repeat(1000)).status, 201);
+    assert_eq!(
+        s.post(&[("idempotency-key", "k")], &"x".repeat(1000))
+            .status,
+        201
+    );
     assert_eq!(s.handler.runs(), 1);
 }
 
@@ -476,7 +502,10 @@ impl IoHook for FailingSyncs {
 fn store_failures_are_503_and_the_handler_does_not_run() {
     let dir = tempfile::tempdir().unwrap();
     let hook = Arc::new(FailingSyncs::default());
-    let store = Options::new().io_hook(hook.clone()).open(dir.path()).unwrap();
+    let store = Options::new()
+        .io_hook(hook.clone())
+        .open(dir.path())
+        .unwrap();
     let s = serve_with(Arc::new(store), |l| l);
     assert_eq!(s.post(&[("idempotency-key", "before")], "{}").status, 201);
     hook.armed.store(true, Ordering::SeqCst);

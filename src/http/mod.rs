@@ -350,7 +350,10 @@ impl Config {
         if key.len() > self.max_key_len {
             return Err("the key is too long");
         }
-        if !key.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+        if !key
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
             return Err("the key is not visible ASCII (quotes and backslashes excluded)");
         }
         Ok(Some(key))
@@ -471,7 +474,10 @@ where
         Err(why) => return left(problem(StatusCode::BAD_REQUEST, why)),
     };
     let Some(store_key) = config.store_key(&parts, &key) else {
-        return left(problem(StatusCode::INTERNAL_SERVER_ERROR, "the scope is too long"));
+        return left(problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the scope is too long",
+        ));
     };
     let fp = config.fingerprint(&parts, &body);
     let waited_until = Instant::now() + config.wait_in_flight;
@@ -491,7 +497,9 @@ where
                     attempt: ticket.attempt(),
                 });
                 let req = Request::from_parts(parts, ReqBody::from(body));
-                return run(inner, store, config, req, ticket).await.map(|r| r.map(Either::Left));
+                return run(inner, store, config, req, ticket)
+                    .await
+                    .map(|r| r.map(Either::Left));
             }
             Ok(Begin::InFlight { until }) => {
                 let now = Instant::now();
@@ -533,7 +541,11 @@ where
     let answer = inner.call(req);
     let handler = tokio::spawn(async move {
         let (parts, body) = answer.await?.into_parts();
-        let body = body.collect().await.map(|c| c.to_bytes()).map_err(Into::into);
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(Into::into);
         Ok::<_, S::Error>((parts, body))
     });
     match tokio::spawn(supervise(handler, store, config, ticket)).await {
@@ -584,12 +596,16 @@ async fn supervise<E>(
             return Ok(failed("the handler panicked"));
         }
     };
-    let no_store = parts.headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
-        })
-    });
+    let no_store = parts
+        .headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+            })
+        });
     if no_store || !config.is_final(parts.status) {
         // If freeing the key fails, the lease runs out instead.
         drop(store.abandon_async(&ticket).await);
@@ -700,8 +716,14 @@ mod tests {
         let body = Bytes::new();
         let key = |h: &[(&str, &str)]| c.key(&parts(h), &body);
         assert_eq!(key(&[]), Ok(None));
-        assert_eq!(key(&[("idempotency-key", "abc-1")]), Ok(Some("abc-1".into())));
-        assert_eq!(key(&[("idempotency-key", "\"abc-1\"")]), Ok(Some("abc-1".into())));
+        assert_eq!(
+            key(&[("idempotency-key", "abc-1")]),
+            Ok(Some("abc-1".into()))
+        );
+        assert_eq!(
+            key(&[("idempotency-key", "\"abc-1\"")]),
+            Ok(Some("abc-1".into()))
+        );
         assert!(key(&[("idempotency-key", "")]).is_err());
         assert!(key(&[("idempotency-key", "\"\"")]).is_err());
         assert!(key(&[("idempotency-key", "a b")]).is_err());
@@ -744,9 +766,14 @@ mod tests {
     #[test]
     fn problem_bodies_are_json() {
         let r = problem(StatusCode::BAD_REQUEST, "say \"hi\"\n\\");
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
         let body = r.into_body();
-        let bytes = futures::executor::block_on(body.collect()).unwrap().to_bytes();
+        let bytes = futures::executor::block_on(body.collect())
+            .unwrap()
+            .to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["status"], 400);
         assert_eq!(v["detail"], "say \"hi\"\n\\");

@@ -33,7 +33,13 @@ impl Reply {
 }
 
 /// Writes the request; the connection is left open for the caller.
-pub fn open(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> TcpStream {
+pub fn open(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> TcpStream {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
