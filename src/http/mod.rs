@@ -67,6 +67,18 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// How often a request that waits for an in-flight one looks again.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 
+/// The key under which the layer keeps a request's lease and response in the store: the
+/// scope's length (2 bytes, big-endian), the scope, the client's key. For tools and tests
+/// that look at the store directly ([`Store::get`]); a scope must be at most 2048 bytes.
+pub fn store_key(scope: &str, key: &str) -> Vec<u8> {
+    let len = u16::try_from(scope.len()).unwrap_or(u16::MAX);
+    let mut out = Vec::with_capacity(2 + scope.len() + key.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(scope.as_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
 /// What the handler of a request that took a lease finds in the request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Idempotency {
@@ -359,15 +371,10 @@ impl Config {
         Ok(Some(key))
     }
 
-    /// The store key: the scope's length, the scope, the client's key.
+    /// The store key, or `None` if the scope is over 2048 bytes.
     fn store_key(&self, parts: &request::Parts, key: &str) -> Option<Vec<u8>> {
         let scope = self.scope.as_ref().map(|f| f(parts)).unwrap_or_default();
-        let len = u16::try_from(scope.len()).ok().filter(|&n| n <= 2048)?;
-        let mut out = Vec::with_capacity(2 + scope.len() + key.len());
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(scope.as_bytes());
-        out.extend_from_slice(key.as_bytes());
-        Some(out)
+        (scope.len() <= 2048).then(|| store_key(&scope, key))
     }
 }
 
@@ -468,7 +475,7 @@ where
             return Ok(inner.call(req).await?.map(Either::Right));
         }
         Ok(None) => {
-            let why = "this request needs an Idempotency-Key";
+            let why = "this request has no idempotency key";
             return left(problem(StatusCode::BAD_REQUEST, why));
         }
         Err(why) => return left(problem(StatusCode::BAD_REQUEST, why)),
