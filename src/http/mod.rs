@@ -486,6 +486,36 @@ where
             "the scope is too long",
         ));
     };
+    // From here on the request's fate is decided in a task of its own, which a client
+    // that goes away does not cancel: a lease once taken is always completed or freed.
+    let task = tokio::spawn(settle(inner, store, config, parts, body, key, store_key));
+    match task.await {
+        Ok(answer) => answer.map(|r| r.map(Either::Left)),
+        Err(_) => left(problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request's task failed",
+        )),
+    }
+}
+
+/// Takes the key (or finds it in flight, done or reused) and answers.
+async fn settle<S, ReqBody, ResBody>(
+    inner: S,
+    store: Arc<Store>,
+    config: Arc<Config>,
+    parts: request::Parts,
+    body: Bytes,
+    key: String,
+    store_key: Vec<u8>,
+) -> Result<Response<Full<Bytes>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: From<Bytes> + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
     let fp = config.fingerprint(&parts, &body);
     let waited_until = Instant::now() + config.wait_in_flight;
     loop {
@@ -495,7 +525,7 @@ where
         match begin {
             Err(_) => {
                 let why = "the idempotency store is unavailable; the request was not run";
-                return left(problem(StatusCode::SERVICE_UNAVAILABLE, why));
+                return Ok(problem(StatusCode::SERVICE_UNAVAILABLE, why));
             }
             Ok(Begin::Acquired(ticket)) => {
                 let mut parts = parts;
@@ -504,9 +534,7 @@ where
                     attempt: ticket.attempt(),
                 });
                 let req = Request::from_parts(parts, ReqBody::from(body));
-                return run(inner, store, config, req, ticket)
-                    .await
-                    .map(|r| r.map(Either::Left));
+                return run(inner, store, config, req, ticket).await;
             }
             Ok(Begin::InFlight { until }) => {
                 let now = Instant::now();
@@ -514,12 +542,12 @@ where
                     tokio::time::sleep(WAIT_POLL.min(waited_until - now)).await;
                     continue;
                 }
-                return left(in_flight(until));
+                return Ok(in_flight(until));
             }
-            Ok(Begin::Done(seen)) => return left(replay(&seen)),
+            Ok(Begin::Done(seen)) => return Ok(replay(&seen)),
             Ok(Begin::Mismatch(_)) => {
                 let why = "this idempotency key was used for a different request";
-                return left(problem(StatusCode::UNPROCESSABLE_ENTITY, why));
+                return Ok(problem(StatusCode::UNPROCESSABLE_ENTITY, why));
             }
         }
     }
@@ -527,9 +555,9 @@ where
 
 type HandlerResult<E> = Result<(::http::response::Parts, Result<Bytes, BoxError>), E>;
 
-/// Runs the handler in its own task and supervises it from another: the supervisor extends
-/// the lease while the handler runs, then stores or frees the key. Neither is cancelled
-/// when the client goes away (the future that awaits them is).
+/// Runs the handler in a task of its own (so that a panic is caught) and supervises it: the
+/// lease is extended while the handler runs, then the key is completed or freed. Called
+/// from the request's own task, which a client going away does not cancel.
 async fn run<S, ReqBody, ResBody>(
     mut inner: S,
     store: Arc<Store>,
@@ -555,13 +583,7 @@ where
             .map_err(Into::into);
         Ok::<_, S::Error>((parts, body))
     });
-    match tokio::spawn(supervise(handler, store, config, ticket)).await {
-        Ok(answer) => answer,
-        Err(_) => Ok(problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the request's supervisor failed",
-        )),
-    }
+    supervise(handler, store, config, ticket).await
 }
 
 async fn supervise<E>(
