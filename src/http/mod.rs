@@ -79,7 +79,11 @@ pub fn store_key(scope: &str, key: &str) -> Vec<u8> {
     out
 }
 
-/// What the handler of a request that took a lease finds in the request's extensions.
+/// What the handler of a request that took a lease finds in the request's extensions
+/// (axum: `Extension<Idempotency>`). Requests the layer lets through without a key
+/// (uncovered methods, [`IdempotencyLayer::pass_through_without_key`]) carry none, so a
+/// handler that serves those too takes `Option<Extension<Idempotency>>`, or reads
+/// `request.extensions().get::<Idempotency>()`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Idempotency {
     key: String,
