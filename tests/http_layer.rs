@@ -54,6 +54,9 @@ async fn orders(State(h): State<Arc<Handler>>, req: Request) -> Response {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+    if header("x-panic").is_some() {
+        panic!("the handler fails (on purpose)");
+    }
     if let Some(ms) = header("x-work-ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -515,4 +518,16 @@ fn store_failures_are_503_and_the_handler_does_not_run() {
     // A stored answer already on disk needs no write: it is still replayed.
     assert!(s.post(&[("idempotency-key", "before")], "{}").replayed());
     assert_eq!(s.handler.runs(), 1);
+}
+
+#[test]
+fn a_handler_that_panics_frees_the_key() {
+    let s = serve(|l| l);
+    let r = s.post(&[("idempotency-key", "boom"), ("x-panic", "1")], "{}");
+    assert_problem(&r, 500);
+    assert!(!r.replayed());
+    let ok = s.post(&[("idempotency-key", "boom")], "{}");
+    assert_eq!(ok.status, 201, "{ok:?}");
+    assert_eq!(ok.body, r#"{"run":2,"attempt":2,"key":"boom"}"#);
+    assert!(s.post(&[("idempotency-key", "boom")], "{}").replayed());
 }
