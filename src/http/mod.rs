@@ -37,6 +37,7 @@ mod outcome;
 
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -559,9 +560,9 @@ where
 
 type HandlerResult<E> = Result<(::http::response::Parts, Result<Bytes, BoxError>), E>;
 
-/// Runs the handler in a task of its own (so that a panic is caught) and supervises it: the
-/// lease is extended while the handler runs, then the key is completed or freed. Called
-/// from the request's own task, which a client going away does not cancel.
+/// Runs the handler and supervises it: the lease is extended while the handler runs, then
+/// the key is completed or freed. Called from the request's own task, which a client going
+/// away does not cancel.
 async fn run<S, ReqBody, ResBody>(
     mut inner: S,
     store: Arc<Store>,
@@ -578,7 +579,7 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let answer = inner.call(req);
-    let handler = tokio::spawn(async move {
+    let handler = async move {
         let (parts, body) = answer.await?.into_parts();
         let body = body
             .collect()
@@ -586,33 +587,50 @@ where
             .map(|c| c.to_bytes())
             .map_err(Into::into);
         Ok::<_, S::Error>((parts, body))
-    });
+    };
     supervise(handler, store, config, ticket).await
 }
 
+type Heartbeat<'a> = Pin<Box<dyn Future<Output = crate::Result<()>> + Send + 'a>>;
+
 async fn supervise<E>(
-    mut handler: tokio::task::JoinHandle<HandlerResult<E>>,
+    handler: impl Future<Output = HandlerResult<E>> + Send,
     store: Arc<Store>,
     config: Arc<Config>,
     ticket: Ticket,
 ) -> Result<Response<Full<Bytes>>, E> {
     let every = config.lease / 3;
-    let joined = loop {
-        let mut tick = pin!(tokio::time::sleep(every));
-        let next = poll_fn(|cx| {
-            if let Poll::Ready(joined) = Pin::new(&mut handler).poll(cx) {
-                return Poll::Ready(Some(joined));
-            }
-            tick.as_mut().poll(cx).map(|()| None)
-        })
-        .await;
-        match next {
-            Some(joined) => break joined,
-            // A failed heartbeat is not fatal: the lease still runs until its deadline,
-            // and completing may still succeed.
-            None => drop(store.extend_async(&ticket, config.lease).await),
+    let mut handler = pin!(handler);
+    let mut tick = pin!(tokio::time::sleep(every));
+    let mut heartbeat: Option<Heartbeat<'_>> = None;
+    // The handler, the heartbeat's timer and a heartbeat in progress, polled together; a
+    // panic in the handler is caught here as a task of its own would catch it. A failed
+    // heartbeat is not fatal: the lease still runs until its deadline, and completing may
+    // still succeed.
+    let joined = poll_fn(|cx| {
+        match catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
+            Ok(Poll::Ready(out)) => return Poll::Ready(Ok(out)),
+            Ok(Poll::Pending) => {}
+            Err(_) => return Poll::Ready(Err(())),
         }
-    };
+        if let Some(beat) = heartbeat.as_mut() {
+            if beat.as_mut().poll(cx).is_ready() {
+                heartbeat = None;
+            }
+        }
+        if heartbeat.is_none() && tick.as_mut().poll(cx).is_ready() {
+            let mut beat: Heartbeat<'_> = Box::pin(store.extend_async(&ticket, config.lease));
+            if beat.as_mut().poll(cx).is_pending() {
+                heartbeat = Some(beat);
+            }
+            tick.as_mut().reset(tokio::time::Instant::now() + every);
+            // Registers the timer again (it cannot be due yet).
+            let _ = tick.as_mut().poll(cx);
+        }
+        Poll::Pending
+    })
+    .await;
+    drop(heartbeat);
     let failed = |why: &str| problem(StatusCode::INTERNAL_SERVER_ERROR, why);
     let (parts, body) = match joined {
         Ok(Ok((parts, Ok(body)))) => (parts, body),
@@ -624,7 +642,7 @@ async fn supervise<E>(
             drop(store.abandon_async(&ticket).await);
             return Err(e);
         }
-        Err(_) => {
+        Err(()) => {
             drop(store.abandon_async(&ticket).await);
             return Ok(failed("the handler panicked"));
         }
