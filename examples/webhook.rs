@@ -2,30 +2,32 @@
 //! concurrent retries, crashes and restarts.
 //!
 //! Senders such as Stripe deliver an event at least once: they retry on timeouts and 5xx,
-//! sometimes while the first delivery is still being processed. This server takes a lease
-//! on the event id with [`Store::begin_with_fingerprint_async`] before it ships anything
-//! (the async methods wait for their fsync without holding a worker thread):
+//! sometimes while the first delivery is still being processed. This server puts
+//! [`oncelog::http::IdempotencyLayer`] in front of its fulfilment handler, with the event's
+//! id (from the verified body) as the idempotency key; what remains here is the signature
+//! check and the fulfilment:
 //!
-//! | store answers | the server | HTTP |
+//! | the layer finds the event id | the server | HTTP |
 //! |---|---|---|
-//! | `Acquired` | ships, then stores the outcome with `complete` | 200, the outcome |
-//! | `InFlight` | nothing: another delivery holds the lease | 409, `Retry-After` |
-//! | `Done` | nothing: replays the stored outcome | 200, `Idempotent-Replayed: true` |
-//! | `Mismatch` | nothing: the id was reused for another payload | 422 |
+//! | new | ships; the layer stores the answer | 200, the outcome |
+//! | in flight | nothing: another delivery holds the lease | 409, `Retry-After` |
+//! | done | nothing: the layer replays the stored answer | 200, `Idempotent-Replayed: true` |
+//! | reused for another payload | nothing | 422 |
+//! | fulfilment failed (500) | the layer frees the id for the sender's retry | 500 |
 //!
-//! If the server dies between `begin` and `complete`, the lease outlives it: the event
-//! answers 409 until the lease runs out, then the next delivery acquires it with
-//! `attempt() > 1` and first asks the fulfilment system whether the dead attempt shipped.
-//! Signatures are checked before the store is touched, so a forged request cannot hold an
-//! event id hostage.
+//! If the server dies while a delivery holds the id, the lease outlives it: the event
+//! answers 409 until the lease runs out, then the next delivery runs as attempt 2
+//! (`Idempotency::attempt() > 1`) and first asks the fulfilment system whether the dead
+//! attempt shipped. Signatures are checked before the layer touches the store, so a forged
+//! request cannot hold an event id hostage.
 //!
 //! Run it (the store is opened with `Durability::Sync`):
 //!
 //! ```text
-//! cargo run --example webhook -- --dir /tmp/wh
+//! cargo run --features http --example webhook -- --dir /tmp/wh
 //!   --addr 127.0.0.1:8080   where to listen (port 0 picks one); prints `listening on ADDR`
-//!   --lease-ms 30000        how long a delivery holds an event; keep it well above the
-//!                           slowest fulfilment, or two deliveries may both ship
+//!   --lease-ms 30000        how long a delivery holds an event; the layer extends it while
+//!                           the fulfilment runs, so this bounds the wait after a crash
 //!   --work-ms 50            how long the simulated fulfilment takes
 //!   --ledger FILE           the simulated fulfilment system, one line per shipment
 //!                           (default: shipments.log next to the store directory)
@@ -51,117 +53,66 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
+use axum::{Extension, Router};
 use hmac::{Hmac, KeyInit, Mac};
-use oncelog::{fingerprint, Begin, Durability, Options, Store, Ticket};
+use oncelog::http::{Idempotency, IdempotencyLayer};
+use oncelog::{fingerprint, Durability, Options};
 use sha2::Sha256;
 
 /// How far a signature's timestamp may be from our clock (Stripe's default).
 const TOLERANCE_SECS: u64 = 300;
 /// How long a finished event's outcome is kept: longer than the sender retries (Stripe: 3 days).
 const OUTCOME_TTL: Duration = Duration::from_secs(72 * 3600);
+/// The largest event body accepted.
+const MAX_BODY: usize = 1 << 20;
 
 const JSON: [(header::HeaderName, &str); 1] = [(header::CONTENT_TYPE, "application/json")];
 
 struct App {
-    store: Store,
     secret: Vec<u8>,
-    lease: Duration,
     ledger: Ledger,
 }
 
-async fn webhook(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Refuses a request whose signature does not check out, before the idempotency layer
+/// (inside this one) takes a lease on its event id.
+async fn verify(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = to_bytes(body, MAX_BODY).await else {
+        return (StatusCode::BAD_REQUEST, "unreadable body").into_response();
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    if let Err(why) = verify_signature(&headers, &body, &app.secret, now.as_secs()) {
+    if let Err(why) = verify_signature(&parts.headers, &body, &app.secret, now.as_secs()) {
         return (StatusCode::BAD_REQUEST, why).into_response();
     }
-    let Some(id) = event_id(&body) else {
-        return (StatusCode::BAD_REQUEST, "no usable event id").into_response();
-    };
-    // The store's async methods wait for their fsync without blocking a worker: thousands
-    // of deliveries in flight share each sync.
-    handle_event(&app, &id, &body).await
+    next.run(Request::from_parts(parts, Body::from(body))).await
 }
 
-async fn handle_event(app: &Arc<App>, id: &str, body: &[u8]) -> Response {
-    let fp = fingerprint(body);
-    let begin = match app
-        .store
-        .begin_with_fingerprint_async(id, app.lease, &fp)
-        .await
-    {
-        Ok(begin) => begin,
-        Err(e) => return internal_error("begin", &e),
-    };
-    match begin {
-        Begin::Acquired(ticket) => fulfil(app, id, &ticket).await,
-        Begin::InFlight { until } => {
-            let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            let retry_after = secs.max(1).to_string();
-            let headers = [(header::RETRY_AFTER, retry_after)];
-            (StatusCode::CONFLICT, headers, "event in flight").into_response()
-        }
-        Begin::Done(seen) => {
-            let replayed = [("idempotent-replayed", "true")];
-            (
-                StatusCode::OK,
-                JSON,
-                replayed,
-                seen.outcome.unwrap_or_default(),
-            )
-                .into_response()
-        }
-        Begin::Mismatch(_) => {
-            let why = "event id reused with a different payload";
-            (StatusCode::UNPROCESSABLE_ENTITY, why).into_response()
-        }
-    }
-}
-
-/// Ships the event (unless an earlier attempt already did), then records the outcome.
-async fn fulfil(app: &Arc<App>, id: &str, ticket: &Ticket) -> Response {
+/// Ships the event (unless an earlier attempt already did) and answers with the outcome,
+/// which the layer stores and replays to later deliveries.
+async fn webhook(State(app): State<Arc<App>>, Extension(idem): Extension<Idempotency>) -> Response {
+    let id = idem.key().to_owned();
     // Attempt 1 knows nobody shipped before; later attempts must ask.
-    let reconcile = ticket.attempt() > 1;
-    // The simulated fulfilment system is blocking file I/O: it, not the store, runs on the
-    // blocking pool.
+    let reconcile = idem.attempt() > 1;
+    // The simulated fulfilment system is blocking file I/O: it runs on the blocking pool.
     let shipped = {
-        let (app, id, deadline) = (Arc::clone(app), id.to_owned(), ticket.deadline());
-        tokio::task::spawn_blocking(move || app.ledger.ship(&id, reconcile, deadline)).await
+        let (app, id) = (Arc::clone(&app), id.clone());
+        tokio::task::spawn_blocking(move || app.ledger.ship(&id, reconcile)).await
     };
-    let shipped = shipped.unwrap_or_else(|e| Err(io::Error::other(e)));
-    if let Err(e) = shipped {
-        // Free the event at once so that the sender's retry can try again.
-        if let Err(e) = app.store.abandon_async(ticket).await {
-            eprintln!("webhook: abandon {id}: {e}");
-        }
-        return internal_error("fulfilment", &e);
+    if let Err(e) = shipped.unwrap_or_else(|e| Err(io::Error::other(e))) {
+        // A 5xx: the layer frees the event at once so that the sender's retry can try again.
+        eprintln!("webhook: fulfilment of {id}: {e}");
+        return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
     }
-    let outcome =
-        serde_json::json!({ "shipment": format!("shp_{id}"), "attempt": ticket.attempt() });
-    let outcome = outcome.to_string();
-    // If this fails the shipment still happened: the lease runs out, and the next attempt
-    // finds the shipment when it reconciles.
-    if let Err(e) = app
-        .store
-        .complete_async(ticket, outcome.as_bytes(), OUTCOME_TTL)
-        .await
-    {
-        return internal_error("complete", &e);
-    }
-    (StatusCode::OK, JSON, outcome).into_response()
-}
-
-fn internal_error(what: &str, e: &dyn std::error::Error) -> Response {
-    eprintln!("webhook: {what}: {e}");
-    (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+    let outcome = serde_json::json!({ "shipment": format!("shp_{id}"), "attempt": idem.attempt() });
+    (StatusCode::OK, JSON, outcome.to_string()).into_response()
 }
 
 /// Checks `Stripe-Signature: t=<unix secs>,v1=<hex HMAC-SHA256 of "{t}.{body}">`.
@@ -224,24 +175,19 @@ fn event_id(body: &[u8]) -> Option<String> {
 struct Ledger {
     path: PathBuf,
     work: Duration,
-    /// Makes "is the lease still ours, did anyone ship, ship" one step, so that a delivery
-    /// that overran its lease cannot ship alongside the one that took over. This only
-    /// works within one process: a real fulfilment system needs its own guard (an
-    /// idempotency key of its own), or a lease far longer than the slowest work.
+    /// Makes "did anyone ship, ship" one step within this process. A real fulfilment
+    /// system needs its own guard (an idempotency key of its own) against a delivery of
+    /// another process that died after shipping.
     lock: Mutex<()>,
 }
 
 impl Ledger {
-    fn ship(&self, id: &str, reconcile: bool, deadline: SystemTime) -> io::Result<()> {
+    fn ship(&self, id: &str, reconcile: bool) -> io::Result<()> {
         std::thread::sleep(self.work); // the slow part of the work
         let _guard = self
             .lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Past the deadline another delivery may hold the event: do not race it.
-        if SystemTime::now() >= deadline {
-            return Err(io::Error::other("lease ran out before shipping"));
-        }
         if reconcile && self.contains(id)? {
             return Ok(()); // a crashed attempt shipped it but did not record the outcome
         }
@@ -337,19 +283,28 @@ async fn run() -> Result<(), String> {
         .map_err(|e| format!("open {}: {e}", args.dir.display()))?;
     let parent = args.dir.parent().unwrap_or(Path::new(""));
     let ledger = args.ledger.unwrap_or_else(|| parent.join("shipments.log"));
-    let app = App {
-        store,
+    let app = Arc::new(App {
         secret: secret.into_bytes(),
-        lease: args.lease,
         ledger: Ledger {
             path: ledger,
             work: args.work,
             lock: Mutex::new(()),
         },
-    };
+    });
+    // The key is the event id from the (already verified) body; the fingerprint is the
+    // body alone, so that a resent event with another payload is refused with 422.
+    let idempotency = IdempotencyLayer::new(Arc::new(store))
+        .key_from(|_, body| event_id(body))
+        .fingerprint(|_, body| fingerprint(body).to_vec())
+        .lease(args.lease)
+        .ttl(OUTCOME_TTL)
+        .max_request_body(MAX_BODY);
+    // The layer added last runs first: the signature is checked before the store is touched.
     let router = Router::new()
         .route("/webhook", post(webhook))
-        .with_state(Arc::new(app));
+        .route_layer(idempotency)
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&app), verify))
+        .with_state(app);
     let listener = tokio::net::TcpListener::bind(&args.addr)
         .await
         .map_err(|e| format!("bind {}: {e}", args.addr))?;

@@ -46,6 +46,8 @@ mod engine;
 mod error;
 pub mod format;
 mod fs;
+#[cfg(feature = "http")]
+pub mod http;
 mod index;
 mod iohook;
 mod lease;

@@ -10,8 +10,9 @@
 //! attempt shipped and then "crashed" before `complete` is reconciled rather than shipped
 //! again, and bad signatures, stale timestamps and reused ids are refused.
 //!
-//! The example binary is built by `cargo test` with the other targets; `cargo test --test
-//! webhook` alone does not build examples, so this test runs `cargo build --example
+//! The example and this test need the `http` feature (the example is built on
+//! `oncelog::http::IdempotencyLayer`); `cargo test --features http --test webhook` alone
+//! does not build examples, so this test runs `cargo build --features http --example
 //! webhook` first (a no-op when it is fresh).
 
 use std::collections::HashMap;
@@ -58,6 +59,8 @@ fn example_binary() -> PathBuf {
             .args([
                 "build",
                 "--quiet",
+                "--features",
+                "http",
                 "--example",
                 "webhook",
                 "--profile",
@@ -74,8 +77,8 @@ fn example_binary() -> PathBuf {
     let bin = profile_dir.join("examples").join("webhook");
     assert!(
         bin.is_file(),
-        "example binary not found at {}: build it with `cargo build --example webhook` \
-         (plain `cargo test` builds it too)",
+        "example binary not found at {}: build it with `cargo build --features http --example webhook` \
+         (`cargo test --features http` builds it too)",
         bin.display()
     );
     bin
@@ -286,7 +289,9 @@ fn every_event_ships_exactly_once_across_kills() {
             .open(&dir)
             .expect("open");
         let fp = fingerprint(event(SHIPPED_BEFORE, 100).as_bytes());
-        let begin = store.begin_with_fingerprint(SHIPPED_BEFORE, Duration::from_millis(1), &fp);
+        // The key the idempotency layer keeps the event under (no scope).
+        let key = oncelog::http::store_key("", SHIPPED_BEFORE);
+        let begin = store.begin_with_fingerprint(key, Duration::from_millis(1), &fp);
         assert!(matches!(begin, Ok(Begin::Acquired(_))), "{begin:?}");
         std::fs::write(&ledger, format!("{SHIPPED_BEFORE}\n")).expect("write ledger");
     }

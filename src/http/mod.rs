@@ -1,0 +1,832 @@
+//! Idempotency-Key middleware for tower and axum (cargo feature `http`).
+//!
+//! [`IdempotencyLayer`] wraps any tower service over `http` requests and makes each request
+//! that carries an idempotency key run its handler once: the first request with a key
+//! takes a lease on it ([`Store::begin_with_fingerprint_async`]), runs the handler and stores
+//! its response as the lease's outcome; later requests with the key get that response back,
+//! marked `Idempotent-Replayed: true`. It follows the IETF draft "The Idempotency-Key HTTP
+//! Header Field" (draft-ietf-httpapi-idempotency-key-header):
+//!
+//! | request | answer |
+//! |---|---|
+//! | method not covered (default: only POST and PATCH are) | the handler's, untouched |
+//! | covered, no key | 400 (or, with [`IdempotencyLayer::pass_through_without_key`], the handler's) |
+//! | key empty, longer than the limit, or not visible ASCII; two key headers | 400 |
+//! | body over [`IdempotencyLayer::max_request_body`] | 413 |
+//! | first with its key | the handler runs; its answer, stored if final |
+//! | same key and fingerprint, done | the stored answer, with `Idempotent-Replayed: true` |
+//! | same key, first still running | 409 with `Retry-After`, or the stored answer if it finishes within [`IdempotencyLayer::wait_in_flight`] |
+//! | same key, different fingerprint (method, path, query, body) | 422 |
+//! | handler answered a non-final status (default: 5xx) or `Cache-Control: no-store` | the handler's answer; nothing stored, a retry runs the handler again |
+//! | stored answer was too large to keep | 500, never a truncated replay |
+//! | the store fails | 503; the handler does not run |
+//!
+//! The layer's own errors are `application/problem+json` (RFC 9457) bodies.
+//!
+//! The handler runs in its own tokio task: a client that disconnects does not cancel it,
+//! and while it runs the lease is extended every third of the lease time (a heartbeat), so
+//! a slow handler is not run a second time. If the process dies mid-handler, the lease
+//! outlives it: the key answers 409 until the lease runs out, then the next request runs
+//! the handler as attempt 2, which can check whether attempt 1 did its side effect before
+//! doing it again ([`Idempotency::attempt`], in the request's extensions).
+//!
+//! The layer needs a tokio runtime (it spawns the handler and times the heartbeat); the
+//! store itself needs none.
+
+mod outcome;
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use ::http::header::{self, HeaderName, HeaderValue};
+use ::http::{request, Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{fingerprint, Begin, Seen, Store, Ticket, MAX_OUTCOME_LEN};
+use outcome::Stored;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type KeyFn = dyn Fn(&request::Parts, &Bytes) -> Option<String> + Send + Sync;
+type ScopeFn = dyn Fn(&request::Parts) -> String + Send + Sync;
+type FingerprintFn = dyn Fn(&request::Parts, &Bytes) -> Vec<u8> + Send + Sync;
+type FinalFn = dyn Fn(StatusCode) -> bool + Send + Sync;
+
+/// The header the layer adds to a replayed response.
+pub const REPLAYED: &str = "idempotent-replayed";
+/// The header the key comes from by default.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// How often a request that waits for an in-flight one looks again.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// The key under which the layer keeps a request's lease and response in the store: the
+/// scope's length (2 bytes, big-endian), the scope, the client's key. For tools and tests
+/// that look at the store directly ([`Store::get`]); a scope must be at most 2048 bytes.
+pub fn store_key(scope: &str, key: &str) -> Vec<u8> {
+    let len = u16::try_from(scope.len()).unwrap_or(u16::MAX);
+    let mut out = Vec::with_capacity(2 + scope.len() + key.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(scope.as_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// What the handler of a request that took a lease finds in the request's extensions
+/// (axum: `Extension<Idempotency>`). Requests the layer lets through without a key
+/// (uncovered methods, [`IdempotencyLayer::pass_through_without_key`]) carry none, so a
+/// handler that serves those too takes `Option<Extension<Idempotency>>`, or reads
+/// `request.extensions().get::<Idempotency>()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    key: String,
+    attempt: u32,
+}
+
+impl Idempotency {
+    /// The idempotency key, as the client sent it (without the scope).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// 1 for the first attempt; above 1, an earlier attempt took the key and did not finish
+    /// (its process died, or its lease ran out), so it may have done part of the work:
+    /// check before doing it again.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+struct Config {
+    methods: Vec<Method>,
+    header: HeaderName,
+    key_from: Option<Arc<KeyFn>>,
+    scope: Option<Arc<ScopeFn>>,
+    fingerprint: Option<Arc<FingerprintFn>>,
+    is_final: Option<Arc<FinalFn>>,
+    pass_through_without_key: bool,
+    lease: Duration,
+    ttl: Duration,
+    wait_in_flight: Duration,
+    keep_headers: Vec<HeaderName>,
+    max_request_body: usize,
+    max_key_len: usize,
+}
+
+/// A tower [`Layer`] that gives the services it wraps Idempotency-Key semantics, backed by a
+/// [`Store`]. See the [module docs](self) for the answers.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use oncelog::http::IdempotencyLayer;
+/// use oncelog::Store;
+///
+/// # let dir = tempfile::tempdir()?;
+/// let store = Arc::new(Store::open(dir.path())?);
+/// let layer = IdempotencyLayer::new(store)
+///     .scope(|req| {
+///         let tenant = req.headers.get("x-tenant").and_then(|v| v.to_str().ok());
+///         tenant.unwrap_or("").to_owned()
+///     })
+///     .lease(Duration::from_secs(10))
+///     .ttl(Duration::from_secs(24 * 3600));
+/// // axum: Router::new().route("/orders", post(create)).layer(layer)
+/// # let _ = layer;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    store: Arc<Store>,
+    config: Arc<Config>,
+}
+
+impl fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        f.debug_struct("IdempotencyLayer")
+            .field("methods", &c.methods)
+            .field("header", &c.header)
+            .field("lease", &c.lease)
+            .field("ttl", &c.ttl)
+            .field("wait_in_flight", &c.wait_in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdempotencyLayer {
+    /// A layer over `store` with the defaults: POST and PATCH covered, the key from the
+    /// `Idempotency-Key` header (at most 255 bytes), no scope, a 30 s lease extended while
+    /// the handler runs, responses kept for 24 h, 409 at once for a key in flight, status
+    /// codes below 500 final, `Content-Type` and `Location` kept, request bodies up to
+    /// 1 MiB.
+    pub fn new(store: Arc<Store>) -> IdempotencyLayer {
+        IdempotencyLayer {
+            store,
+            config: Arc::new(Config {
+                methods: vec![Method::POST, Method::PATCH],
+                header: HeaderName::from_static(IDEMPOTENCY_KEY),
+                key_from: None,
+                scope: None,
+                fingerprint: None,
+                is_final: None,
+                pass_through_without_key: false,
+                lease: Duration::from_secs(30),
+                ttl: Duration::from_secs(24 * 3600),
+                wait_in_flight: Duration::ZERO,
+                keep_headers: vec![header::CONTENT_TYPE, header::LOCATION],
+                max_request_body: 1 << 20,
+                max_key_len: 255,
+            }),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Config)) -> IdempotencyLayer {
+        match Arc::get_mut(&mut self.config) {
+            Some(config) => f(config),
+            None => {
+                let mut config = Config::clone_from(&self.config);
+                f(&mut config);
+                self.config = Arc::new(config);
+            }
+        }
+        self
+    }
+
+    /// The methods the layer covers; requests with other methods pass through untouched.
+    pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> IdempotencyLayer {
+        let methods = methods.into_iter().collect();
+        self.with(|c| c.methods = methods)
+    }
+
+    /// Reads the key from this header instead of `Idempotency-Key`.
+    pub fn header(self, name: HeaderName) -> IdempotencyLayer {
+        self.with(|c| c.header = name)
+    }
+
+    /// Takes the key from the request instead of a header: `f` sees the request's parts
+    /// and its whole body (a webhook's event id is in the body) and returns the key, or
+    /// `None` for a request without one. The key must pass the same checks as a header's.
+    pub fn key_from(
+        self,
+        f: impl Fn(&request::Parts, &Bytes) -> Option<String> + Send + Sync + 'static,
+    ) -> IdempotencyLayer {
+        self.with(|c| c.key_from = Some(Arc::new(f)))
+    }
+
+    /// Scopes keys (by tenant, API key, user): two requests share a stored response only if
+    /// `f` returns the same scope for both, so one client cannot replay another's.
+    pub fn scope(
+        self,
+        f: impl Fn(&request::Parts) -> String + Send + Sync + 'static,
+    ) -> IdempotencyLayer {
+        self.with(|c| c.scope = Some(Arc::new(f)))
+    }
+
+    /// Replaces the request fingerprint (default: XXH3-128 of method, path, query and body)
+    /// with `f`, which must return 1 to [`MAX_FINGERPRINT_LEN`](crate::MAX_FINGERPRINT_LEN)
+    /// bytes (otherwise the store refuses the request: 503). A reused key whose fingerprint
+    /// differs is answered 422.
+    pub fn fingerprint(
+        self,
+        f: impl Fn(&request::Parts, &Bytes) -> Vec<u8> + Send + Sync + 'static,
+    ) -> IdempotencyLayer {
+        self.with(|c| c.fingerprint = Some(Arc::new(f)))
+    }
+
+    /// Which handler statuses are final, stored and replayed (default: below 500). A
+    /// response with another status frees the key, so that a retry runs the handler again.
+    pub fn final_status(
+        self,
+        f: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
+    ) -> IdempotencyLayer {
+        self.with(|c| c.is_final = Some(Arc::new(f)))
+    }
+
+    /// Lets a covered request without a key through to the handler (default: 400).
+    pub fn pass_through_without_key(self, yes: bool) -> IdempotencyLayer {
+        self.with(|c| c.pass_through_without_key = yes)
+    }
+
+    /// How long a request holds its key before the handler answers; the layer extends it
+    /// every third of this while the handler runs. After a crash, the key answers 409 for
+    /// up to this long. At least 3 ms.
+    pub fn lease(self, lease: Duration) -> IdempotencyLayer {
+        let lease = lease.max(Duration::from_millis(3));
+        self.with(|c| c.lease = lease)
+    }
+
+    /// How long a final response is kept and replayed.
+    pub fn ttl(self, ttl: Duration) -> IdempotencyLayer {
+        self.with(|c| c.ttl = ttl)
+    }
+
+    /// A request whose key is in flight waits up to `bound` for the first request to
+    /// finish and gets its stored response (or runs the handler, if the first gave up);
+    /// only after that is it answered 409. Default zero: 409 at once.
+    pub fn wait_in_flight(self, bound: Duration) -> IdempotencyLayer {
+        self.with(|c| c.wait_in_flight = bound)
+    }
+
+    /// The response headers kept and replayed with status and body (default
+    /// `Content-Type` and `Location`).
+    pub fn keep_headers(self, names: impl IntoIterator<Item = HeaderName>) -> IdempotencyLayer {
+        let names = names.into_iter().collect();
+        self.with(|c| c.keep_headers = names)
+    }
+
+    /// The largest request body the layer buffers (for the fingerprint and `key_from`);
+    /// a larger one is answered 413.
+    pub fn max_request_body(self, bytes: usize) -> IdempotencyLayer {
+        self.with(|c| c.max_request_body = bytes)
+    }
+
+    /// The longest key accepted (default 255 bytes, at most 2048).
+    pub fn max_key_len(self, bytes: usize) -> IdempotencyLayer {
+        let bytes = bytes.min(2048);
+        self.with(|c| c.max_key_len = bytes)
+    }
+}
+
+impl Config {
+    fn clone_from(c: &Config) -> Config {
+        Config {
+            methods: c.methods.clone(),
+            header: c.header.clone(),
+            key_from: c.key_from.clone(),
+            scope: c.scope.clone(),
+            fingerprint: c.fingerprint.clone(),
+            is_final: c.is_final.clone(),
+            pass_through_without_key: c.pass_through_without_key,
+            lease: c.lease,
+            ttl: c.ttl,
+            wait_in_flight: c.wait_in_flight,
+            keep_headers: c.keep_headers.clone(),
+            max_request_body: c.max_request_body,
+            max_key_len: c.max_key_len,
+        }
+    }
+
+    fn is_final(&self, status: StatusCode) -> bool {
+        match &self.is_final {
+            Some(f) => f(status),
+            None => !status.is_server_error(),
+        }
+    }
+
+    fn fingerprint(&self, parts: &request::Parts, body: &Bytes) -> Vec<u8> {
+        if let Some(f) = &self.fingerprint {
+            return f(parts, body);
+        }
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut input = Vec::with_capacity(body.len() + target.len() + 32);
+        for part in [parts.method.as_str().as_bytes(), target.as_bytes()] {
+            input.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            input.extend_from_slice(part);
+        }
+        input.extend_from_slice(body);
+        fingerprint(&input).to_vec()
+    }
+
+    /// The client's key: `Ok(None)` if the request has none.
+    fn key(&self, parts: &request::Parts, body: &Bytes) -> Result<Option<String>, &'static str> {
+        let key = match &self.key_from {
+            Some(f) => match f(parts, body) {
+                Some(key) => key,
+                None => return Ok(None),
+            },
+            None => {
+                let mut values = parts.headers.get_all(&self.header).iter();
+                let Some(value) = values.next() else {
+                    return Ok(None);
+                };
+                if values.next().is_some() {
+                    return Err("more than one idempotency key header");
+                }
+                let value = value.to_str().map_err(|_| "the key is not visible ASCII")?;
+                // The draft's syntax is a structured-field string ("..."); bare keys, as
+                // most clients send them, are accepted too.
+                let value = match value.strip_prefix('"') {
+                    Some(rest) => rest.strip_suffix('"').ok_or("unterminated quoted key")?,
+                    None => value,
+                };
+                value.to_owned()
+            }
+        };
+        if key.is_empty() {
+            return Err("the key is empty");
+        }
+        if key.len() > self.max_key_len {
+            return Err("the key is too long");
+        }
+        if !key
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            return Err("the key is not visible ASCII (quotes and backslashes excluded)");
+        }
+        Ok(Some(key))
+    }
+
+    /// The store key, or `None` if the scope is over 2048 bytes.
+    fn store_key(&self, parts: &request::Parts, key: &str) -> Option<Vec<u8>> {
+        let scope = self.scope.as_ref().map(|f| f(parts)).unwrap_or_default();
+        (scope.len() <= 2048).then(|| store_key(&scope, key))
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = IdempotencyService<S>;
+
+    fn layer(&self, inner: S) -> IdempotencyService<S> {
+        IdempotencyService {
+            inner,
+            store: Arc::clone(&self.store),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+/// The service [`IdempotencyLayer`] wraps around a handler.
+#[derive(Clone)]
+pub struct IdempotencyService<S> {
+    inner: S,
+    store: Arc<Store>,
+    config: Arc<Config>,
+}
+
+impl<S> fmt::Debug for IdempotencyService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyService").finish_non_exhaustive()
+    }
+}
+
+/// The body of the layer's responses: its own (buffered) or, for requests it does not
+/// cover, the handler's.
+pub type LayerBody<B> = Either<Full<Bytes>, B>;
+
+type Answer<B, E> = Result<Response<LayerBody<B>>, E>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<LayerBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Answer<ResBody, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The clone that was made ready is the one that serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if !self.config.methods.contains(req.method()) {
+            let answer = inner.call(req);
+            return Box::pin(async move { Ok(answer.await?.map(Either::Right)) });
+        }
+        let (store, config) = (Arc::clone(&self.store), Arc::clone(&self.config));
+        Box::pin(handle(inner, store, config, req))
+    }
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    mut inner: S,
+    store: Arc<Store>,
+    config: Arc<Config>,
+    req: Request<ReqBody>,
+) -> Answer<ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let left = |r: Response<Full<Bytes>>| Ok(r.map(Either::Left));
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, config.max_request_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            let why = "the request body is larger than this endpoint buffers";
+            return left(problem(StatusCode::PAYLOAD_TOO_LARGE, why));
+        }
+        Err(_) => return left(problem(StatusCode::BAD_REQUEST, "the request body failed")),
+    };
+    let key = match config.key(&parts, &body) {
+        Ok(Some(key)) => key,
+        Ok(None) if config.pass_through_without_key => {
+            let req = Request::from_parts(parts, ReqBody::from(body));
+            return Ok(inner.call(req).await?.map(Either::Right));
+        }
+        Ok(None) => {
+            let why = "this request has no idempotency key";
+            return left(problem(StatusCode::BAD_REQUEST, why));
+        }
+        Err(why) => return left(problem(StatusCode::BAD_REQUEST, why)),
+    };
+    let Some(store_key) = config.store_key(&parts, &key) else {
+        return left(problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the scope is too long",
+        ));
+    };
+    // From here on the request's fate is decided in a task of its own, which a client
+    // that goes away does not cancel: a lease once taken is always completed or freed.
+    let task = tokio::spawn(settle(inner, store, config, parts, body, key, store_key));
+    match task.await {
+        Ok(answer) => answer.map(|r| r.map(Either::Left)),
+        Err(_) => left(problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request's task failed",
+        )),
+    }
+}
+
+/// Takes the key (or finds it in flight, done or reused) and answers.
+async fn settle<S, ReqBody, ResBody>(
+    inner: S,
+    store: Arc<Store>,
+    config: Arc<Config>,
+    parts: request::Parts,
+    body: Bytes,
+    key: String,
+    store_key: Vec<u8>,
+) -> Result<Response<Full<Bytes>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: From<Bytes> + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let fp = config.fingerprint(&parts, &body);
+    let waited_until = Instant::now() + config.wait_in_flight;
+    loop {
+        let begin = store
+            .begin_with_fingerprint_async(&store_key, config.lease, &fp)
+            .await;
+        match begin {
+            Err(_) => {
+                let why = "the idempotency store is unavailable; the request was not run";
+                return Ok(problem(StatusCode::SERVICE_UNAVAILABLE, why));
+            }
+            Ok(Begin::Acquired(ticket)) => {
+                let mut parts = parts;
+                parts.extensions.insert(Idempotency {
+                    key,
+                    attempt: ticket.attempt(),
+                });
+                let req = Request::from_parts(parts, ReqBody::from(body));
+                return run(inner, store, config, req, ticket).await;
+            }
+            Ok(Begin::InFlight { until }) => {
+                let now = Instant::now();
+                if now < waited_until {
+                    tokio::time::sleep(WAIT_POLL.min(waited_until - now)).await;
+                    continue;
+                }
+                return Ok(in_flight(until));
+            }
+            Ok(Begin::Done(seen)) => return Ok(replay(&seen)),
+            Ok(Begin::Mismatch(_)) => {
+                let why = "this idempotency key was used for a different request";
+                return Ok(problem(StatusCode::UNPROCESSABLE_ENTITY, why));
+            }
+        }
+    }
+}
+
+type HandlerResult<E> = Result<(::http::response::Parts, Result<Bytes, BoxError>), E>;
+
+/// Runs the handler and supervises it: the lease is extended while the handler runs, then
+/// the key is completed or freed. Called from the request's own task, which a client going
+/// away does not cancel.
+async fn run<S, ReqBody, ResBody>(
+    mut inner: S,
+    store: Arc<Store>,
+    config: Arc<Config>,
+    req: Request<ReqBody>,
+    ticket: Ticket,
+) -> Result<Response<Full<Bytes>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let answer = inner.call(req);
+    let handler = async move {
+        let (parts, body) = answer.await?.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(Into::into);
+        Ok::<_, S::Error>((parts, body))
+    };
+    supervise(handler, store, config, ticket).await
+}
+
+type Heartbeat<'a> = Pin<Box<dyn Future<Output = crate::Result<()>> + Send + 'a>>;
+
+async fn supervise<E>(
+    handler: impl Future<Output = HandlerResult<E>> + Send,
+    store: Arc<Store>,
+    config: Arc<Config>,
+    ticket: Ticket,
+) -> Result<Response<Full<Bytes>>, E> {
+    let every = config.lease / 3;
+    let mut handler = pin!(handler);
+    let mut tick = pin!(tokio::time::sleep(every));
+    let mut heartbeat: Option<Heartbeat<'_>> = None;
+    // The handler, the heartbeat's timer and a heartbeat in progress, polled together; a
+    // panic in the handler is caught here as a task of its own would catch it. A failed
+    // heartbeat is not fatal: the lease still runs until its deadline, and completing may
+    // still succeed.
+    let joined = poll_fn(|cx| {
+        match catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
+            Ok(Poll::Ready(out)) => return Poll::Ready(Ok(out)),
+            Ok(Poll::Pending) => {}
+            Err(_) => return Poll::Ready(Err(())),
+        }
+        if let Some(beat) = heartbeat.as_mut() {
+            if beat.as_mut().poll(cx).is_ready() {
+                heartbeat = None;
+            }
+        }
+        if heartbeat.is_none() && tick.as_mut().poll(cx).is_ready() {
+            let mut beat: Heartbeat<'_> = Box::pin(store.extend_async(&ticket, config.lease));
+            if beat.as_mut().poll(cx).is_pending() {
+                heartbeat = Some(beat);
+            }
+            tick.as_mut().reset(tokio::time::Instant::now() + every);
+            // Registers the timer again (it cannot be due yet).
+            let _ = tick.as_mut().poll(cx);
+        }
+        Poll::Pending
+    })
+    .await;
+    drop(heartbeat);
+    let failed = |why: &str| problem(StatusCode::INTERNAL_SERVER_ERROR, why);
+    let (parts, body) = match joined {
+        Ok(Ok((parts, Ok(body)))) => (parts, body),
+        Ok(Ok((_, Err(_)))) => {
+            drop(store.abandon_async(&ticket).await);
+            return Ok(failed("the handler's response body failed"));
+        }
+        Ok(Err(e)) => {
+            drop(store.abandon_async(&ticket).await);
+            return Err(e);
+        }
+        Err(()) => {
+            drop(store.abandon_async(&ticket).await);
+            return Ok(failed("the handler panicked"));
+        }
+    };
+    let no_store = parts
+        .headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+            })
+        });
+    if no_store || !config.is_final(parts.status) {
+        // If freeing the key fails, the lease runs out instead.
+        drop(store.abandon_async(&ticket).await);
+    } else {
+        let stored = outcome::encode(parts.status, &parts.headers, &config.keep_headers, &body)
+            .filter(|o| o.len() <= MAX_OUTCOME_LEN)
+            .unwrap_or_else(|| outcome::encode_too_large(parts.status));
+        // If storing fails, the handler's work is done all the same: its answer goes to
+        // the client, and the key stays leased until the lease runs out; a retry after
+        // that runs the handler as attempt 2.
+        drop(store.complete_async(&ticket, &stored, config.ttl).await);
+    }
+    Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+fn replay(seen: &Seen) -> Response<Full<Bytes>> {
+    let mut response = match seen.outcome.as_ref().and_then(outcome::decode) {
+        Some(Stored::Full {
+            status,
+            headers,
+            body,
+        }) => {
+            let mut response = Response::new(Full::new(body));
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            response
+        }
+        Some(Stored::TooLarge { status }) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!(
+                "the request was processed (status {}), but its response was too large to \
+                 keep and cannot be replayed",
+                status.as_u16()
+            ),
+        ),
+        None => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request was processed, but its stored response cannot be read",
+        ),
+    };
+    response
+        .headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static("true"));
+    response
+}
+
+fn in_flight(until: SystemTime) -> Response<Full<Bytes>> {
+    let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
+    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    let mut response = problem(
+        StatusCode::CONFLICT,
+        "a request with this idempotency key is being processed",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// An `application/problem+json` response (RFC 9457).
+fn problem(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
+    let body = format!(
+        "{{\"type\":\"about:blank\",\"title\":\"{}\",\"status\":{},\"detail\":\"{}\"}}",
+        json_escape(status.canonical_reason().unwrap_or("")),
+        status.as_u16(),
+        json_escape(detail)
+    );
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> request::Parts {
+        let mut req = Request::post("/orders?x=1");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        let layer = IdempotencyLayer::new(Arc::new(
+            Store::open(tempfile::tempdir().unwrap().path()).unwrap(),
+        ));
+        let c = &layer.config;
+        let body = Bytes::new();
+        let key = |h: &[(&str, &str)]| c.key(&parts(h), &body);
+        assert_eq!(key(&[]), Ok(None));
+        assert_eq!(
+            key(&[("idempotency-key", "abc-1")]),
+            Ok(Some("abc-1".into()))
+        );
+        assert_eq!(
+            key(&[("idempotency-key", "\"abc-1\"")]),
+            Ok(Some("abc-1".into()))
+        );
+        assert!(key(&[("idempotency-key", "")]).is_err());
+        assert!(key(&[("idempotency-key", "\"\"")]).is_err());
+        assert!(key(&[("idempotency-key", "a b")]).is_err());
+        assert!(key(&[("idempotency-key", "\"ab")]).is_err());
+        assert!(key(&[("idempotency-key", &"k".repeat(255))]).is_ok());
+        assert!(key(&[("idempotency-key", &"k".repeat(256))]).is_err());
+        assert!(key(&[("idempotency-key", "a"), ("idempotency-key", "b")]).is_err());
+    }
+
+    #[test]
+    fn scopes_cannot_collide() {
+        let layer = IdempotencyLayer::new(Arc::new(
+            Store::open(tempfile::tempdir().unwrap().path()).unwrap(),
+        ))
+        .scope(|p| p.headers["x-tenant"].to_str().unwrap().to_owned());
+        let c = &layer.config;
+        let a = c.store_key(&parts(&[("x-tenant", "ab")]), "c").unwrap();
+        let b = c.store_key(&parts(&[("x-tenant", "a")]), "bc").unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn default_fingerprint_covers_method_target_and_body() {
+        let layer = IdempotencyLayer::new(Arc::new(
+            Store::open(tempfile::tempdir().unwrap().path()).unwrap(),
+        ));
+        let c = &layer.config;
+        let p = parts(&[]);
+        let fp = c.fingerprint(&p, &Bytes::from_static(b"a"));
+        assert_eq!(fp.len(), 16);
+        assert_ne!(fp, c.fingerprint(&p, &Bytes::from_static(b"b")));
+        let mut q = parts(&[]);
+        q.uri = "/orders?x=2".parse().unwrap();
+        assert_ne!(fp, c.fingerprint(&q, &Bytes::from_static(b"a")));
+        q.uri = "/orders?x=1".parse().unwrap();
+        q.method = Method::PATCH;
+        assert_ne!(fp, c.fingerprint(&q, &Bytes::from_static(b"a")));
+    }
+
+    #[test]
+    fn problem_bodies_are_json() {
+        let r = problem(StatusCode::BAD_REQUEST, "say \"hi\"\n\\");
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = r.into_body();
+        let bytes = futures::executor::block_on(body.collect())
+            .unwrap()
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["status"], 400);
+        assert_eq!(v["detail"], "say \"hi\"\n\\");
+    }
+}
