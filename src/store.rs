@@ -122,12 +122,12 @@ impl Store {
     /// Claims `key` for `ttl`: [`Claim::New`] exactly once per key per TTL window, across
     /// threads, crashes and restarts; [`Claim::Duplicate`] otherwise.
     ///
-    /// Keys are 1 to [`MAX_KEY_LEN`] bytes, any bytes (a key is its bytes: no encoding,
-    /// no normalisation). The TTL must be at least 1 ms (it is rounded up to whole
-    /// milliseconds), and the expiry, now plus the TTL, at most the last millisecond of year
-    /// 9999; otherwise the call fails with [`Error::InvalidTtl`] before the key is looked
-    /// up, even if the key is claimed. Under [`Durability::Sync`] the call returns once the
-    /// claim is on stable storage.
+    /// Keys are 1 to [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes, any bytes (a key is its
+    /// bytes: no encoding, no normalisation). The TTL must be at least 1 ms (it is rounded
+    /// up to whole milliseconds), and the expiry, now plus the TTL, at most the last
+    /// millisecond of year 9999; otherwise the call fails with [`Error::InvalidTtl`] before
+    /// the key is looked up, even if the key is claimed. Under [`Durability::Sync`] the call
+    /// returns once the claim is on stable storage.
     ///
     /// If it returns an error, nothing was claimed — except after a failed sync (the store is
     /// then poisoned), when the record may or may not have reached the disk: reopen and ask
