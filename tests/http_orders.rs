@@ -6,98 +6,32 @@
 //! `cargo test --features http --test http_orders` builds the example first (a no-op when
 //! it is fresh).
 
+mod common;
 mod http_client;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::example::{example_binary, ledger_lines, ExampleServer};
 use http_client::{send, Reply};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary is in target/<profile>/deps");
-    if let Ok(cargo) = std::env::var("CARGO") {
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--features",
-                "http",
-                "--example",
-                "orders",
-            ])
-            .args(["--profile", profile])
-            .arg("--target-dir")
-            .arg(profile_dir.parent().expect("target directory"))
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .status()
-            .expect("run cargo build --example orders");
-        assert!(status.success(), "cargo build --example orders failed");
-    }
-    let bin = profile_dir.join("examples").join("orders");
-    assert!(bin.is_file(), "no example binary at {}", bin.display());
-    bin
-}
-
-/// The server process; killed with SIGKILL when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(bin: &Path, dir: &Path, ledger: &Path, work_ms: u64, lease_ms: u64) -> Server {
-        let mut child = Command::new(bin)
-            .arg("--dir")
-            .arg(dir)
-            .arg("--ledger")
-            .arg(ledger)
-            .args(["--addr", "127.0.0.1:0"])
-            .args(["--work-ms", &work_ms.to_string()])
-            .args(["--lease-ms", &lease_ms.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn the example");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx.recv_timeout(WAIT).expect("server printed no address");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Server { child, addr }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    fn order(&self, tenant: &str, key: &str) -> Option<Reply> {
-        order(&self.addr, tenant, key)
-    }
+/// Starts the orders example on `dir` and `ledger`.
+fn start(bin: &Path, dir: &Path, ledger: &Path, work_ms: u64, lease_ms: u64) -> ExampleServer {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--dir")
+        .arg(dir)
+        .arg("--ledger")
+        .arg(ledger)
+        .args(["--work-ms", &work_ms.to_string()])
+        .args(["--lease-ms", &lease_ms.to_string()]);
+    ExampleServer::start(cmd, WAIT)
 }
 
 fn order(addr: &str, tenant: &str, key: &str) -> Option<Reply> {
@@ -109,26 +43,12 @@ fn order(addr: &str, tenant: &str, key: &str) -> Option<Reply> {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn ledger_lines(ledger: &Path) -> Vec<String> {
-    std::fs::read_to_string(ledger)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn every_answer_seen_before_a_kill_is_replayed_after_restart() {
-    let bin = example_binary();
+    let bin = example_binary("orders");
     let tmp = tempfile::tempdir().unwrap();
     let (dir, ledger) = (tmp.path().join("store"), tmp.path().join("orders.log"));
-    let mut server = Server::start(&bin, &dir, &ledger, 5, 5000);
+    let mut server = start(&bin, &dir, &ledger, 5, 5000);
     let seen: Mutex<HashMap<(String, String), Reply>> = Mutex::new(HashMap::new());
     let stop = AtomicBool::new(false);
     thread::scope(|scope| {
@@ -157,9 +77,9 @@ fn every_answer_seen_before_a_kill_is_replayed_after_restart() {
         stop.store(true, Ordering::SeqCst);
     });
     let seen = seen.into_inner().unwrap();
-    let server = Server::start(&bin, &dir, &ledger, 5, 5000);
+    let server = start(&bin, &dir, &ledger, 5, 5000);
     for ((tenant, key), first) in &seen {
-        let again = server.order(tenant, key).expect("an answer after restart");
+        let again = order(&server.addr, tenant, key).expect("an answer after restart");
         assert!(again.replayed(), "{key}: {again:?}");
         assert_eq!(again.answer(), first.answer(), "{key}");
         assert_eq!(again.header("location"), first.header("location"));
@@ -175,12 +95,12 @@ fn every_answer_seen_before_a_kill_is_replayed_after_restart() {
 
 #[test]
 fn a_handler_killed_mid_run_is_409_until_its_lease_ends_then_attempt_2() {
-    let bin = example_binary();
+    let bin = example_binary("orders");
     let tmp = tempfile::tempdir().unwrap();
     let (dir, ledger) = (tmp.path().join("store"), tmp.path().join("orders.log"));
     // The handler takes 30 s, so it is still running when the server is killed; the lease
     // is 3 s, extended every second while it runs.
-    let mut server = Server::start(&bin, &dir, &ledger, 30_000, 3000);
+    let mut server = start(&bin, &dir, &ledger, 30_000, 3000);
     let first = {
         let addr = server.addr.clone();
         thread::spawn(move || {
@@ -203,15 +123,15 @@ fn a_handler_killed_mid_run_is_409_until_its_lease_ends_then_attempt_2() {
     );
     let placed = ledger_lines(&ledger);
     assert_eq!(placed.len(), 1);
-    let order = placed[0].split(' ').nth(2).unwrap().to_owned();
+    let placed_order = placed[0].split(' ').nth(2).unwrap().to_owned();
 
-    let server = Server::start(&bin, &dir, &ledger, 10, 3000);
-    let busy = server.order("acme", "k1").expect("an answer");
+    let server = start(&bin, &dir, &ledger, 10, 3000);
+    let busy = order(&server.addr, "acme", "k1").expect("an answer");
     assert_eq!(busy.status, 409, "{busy:?}");
     assert!(busy.header("retry-after").is_some());
     let waiting = Instant::now();
     let answer = loop {
-        let reply = server.order("acme", "k1").expect("an answer");
+        let reply = order(&server.addr, "acme", "k1").expect("an answer");
         if reply.status != 409 {
             break reply;
         }
@@ -227,15 +147,15 @@ fn a_handler_killed_mid_run_is_409_until_its_lease_ends_then_attempt_2() {
     assert!(!answer.replayed());
     assert_eq!(
         answer.body,
-        format!(r#"{{"order":"{order}","tenant":"acme","attempt":2}}"#),
+        format!(r#"{{"order":"{placed_order}","tenant":"acme","attempt":2}}"#),
         "attempt 2 reconciled with the order attempt 1 placed"
     );
     assert_eq!(ledger_lines(&ledger).len(), 1, "placed once");
-    let again = server.order("acme", "k1").expect("an answer");
+    let again = order(&server.addr, "acme", "k1").expect("an answer");
     assert!(again.replayed());
     assert_eq!(again.answer(), answer.answer());
     // Another tenant's k1 is its own order.
-    let other = server.order("globex", "k1").expect("an answer");
+    let other = order(&server.addr, "globex", "k1").expect("an answer");
     assert_eq!(other.status, 201);
     assert!(!other.replayed());
     assert_eq!(ledger_lines(&ledger).len(), 2);

@@ -15,15 +15,17 @@
 //! does not build examples, so this test runs `cargo build --features http --example
 //! webhook` first (a no-op when it is fresh).
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::example::{example_binary, ledger_lines, ExampleServer};
 use hmac::{Hmac, KeyInit, Mac};
 use oncelog::{fingerprint, Begin, Durability, Options};
 use sha2::Sha256;
@@ -42,103 +44,21 @@ const BACKOFF: Duration = Duration::from_millis(20);
 /// The event that a simulated earlier attempt shipped without recording its outcome.
 const SHIPPED_BEFORE: &str = "evt_shipped_before_crash";
 
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/webhook-<hash> -> target/<profile>/examples/webhook
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary is in target/<profile>/deps");
-    if let Ok(cargo) = std::env::var("CARGO") {
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let target_dir = profile_dir.parent().expect("target directory");
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--features",
-                "http",
-                "--example",
-                "webhook",
-                "--profile",
-                profile,
-            ])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .status()
-            .expect("run cargo build --example webhook");
-        assert!(status.success(), "cargo build --example webhook failed");
-    }
-    let bin = profile_dir.join("examples").join("webhook");
-    assert!(
-        bin.is_file(),
-        "example binary not found at {}: build it with `cargo build --features http --example webhook` \
-         (`cargo test --features http` builds it too)",
-        bin.display()
-    );
-    bin
+/// Starts the webhook example on `dir` and `ledger`.
+fn start(bin: &Path, dir: &Path, ledger: &Path) -> ExampleServer {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--dir")
+        .arg(dir)
+        .arg("--ledger")
+        .arg(ledger)
+        .args(["--lease-ms", &LEASE_MS.to_string()])
+        .args(["--work-ms", &WORK_MS.to_string()])
+        .env("WEBHOOK_SECRET", SECRET);
+    ExampleServer::start(cmd, Duration::from_secs(20))
 }
 
-/// The server process; killed when dropped so that a failing test leaves none behind.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(bin: &Path, dir: &Path, ledger: &Path) -> Server {
-        let mut child = Command::new(bin)
-            .arg("--dir")
-            .arg(dir)
-            .arg("--ledger")
-            .arg(ledger)
-            .args(["--addr", "127.0.0.1:0"])
-            .args(["--lease-ms", &LEASE_MS.to_string()])
-            .args(["--work-ms", &WORK_MS.to_string()])
-            .env("WEBHOOK_SECRET", SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn the example");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        // Reads the address line, then drains stdout so that the server never writes to a
-        // closed pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server printed no address line (see its stderr above)");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Server { child, addr }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/webhook", self.addr)
-    }
-
-    fn kill(&mut self) {
-        // Child::kill sends SIGKILL on Unix.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn url(server: &ExampleServer) -> String {
+    format!("http://{}/webhook", server.addr)
 }
 
 fn unix_now() -> u64 {
@@ -266,17 +186,9 @@ fn deliver(agent: &ureq::Agent, addr: &RwLock<String>, tally: &Tally, id: &str, 
     }
 }
 
-fn ledger_lines(ledger: &Path) -> Vec<String> {
-    match std::fs::read_to_string(ledger) {
-        Ok(text) => text.lines().map(str::to_owned).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => panic!("read ledger: {e}"),
-    }
-}
-
 #[test]
 fn every_event_ships_exactly_once_across_kills() {
-    let bin = example_binary();
+    let bin = example_binary("webhook");
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("store");
     let ledger = tmp.path().join("shipments.log");
@@ -298,7 +210,7 @@ fn every_event_ships_exactly_once_across_kills() {
 
     let mut ids: Vec<String> = (0..EVENTS).map(|i| format!("evt_{i:02}")).collect();
     ids.push(SHIPPED_BEFORE.to_owned());
-    let mut server = Server::start(&bin, &dir, &ledger);
+    let mut server = start(&bin, &dir, &ledger);
     let addr = Arc::new(RwLock::new(server.addr.clone()));
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
@@ -333,7 +245,7 @@ fn every_event_ships_exactly_once_across_kills() {
         if due && conflict {
             server.kill();
             kills += 1;
-            server = Server::start(&bin, &dir, &ledger);
+            server = start(&bin, &dir, &ledger);
             *addr.write().expect("addr lock") = server.addr.clone();
         } else {
             thread::sleep(Duration::from_millis(2));
@@ -385,7 +297,7 @@ fn every_event_ships_exactly_once_across_kills() {
 
     // Refused before the store: nothing shipped, and the id stays usable.
     let agent = agent();
-    let url = server.url();
+    let url = url(&server);
     let fresh = event("evt_refused", 100);
     let now = unix_now();
     let refused = [

@@ -1,11 +1,12 @@
 //! Helpers shared by the integration tests: clocks, options, keys, a filled store, leases,
 //! environment knobs, a seeded generator, directory listings, and a walk over the records
 //! of a segment file (through the crate's public decoder). Byte-level surgery on segment
-//! files is in `segfile`; the power-loss simulator in `powercut` and the operation-sequence
+//! files is in `segfile`; the example servers as processes in `example`; the power-loss simulator in `powercut` and the operation-sequence
 //! interpreter in `opseq` (both also built into the fuzz targets, so they use nothing from
 //! here).
 #![allow(dead_code)]
 
+pub mod example;
 pub mod opseq;
 pub mod powercut;
 pub mod segfile;
