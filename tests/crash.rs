@@ -77,7 +77,7 @@ fn durability_of(round: u64) -> (&'static str, Durability) {
 }
 
 fn spawn_filter(dir: &Path, mode: &str, batch: u64) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_oncelog"))
+    Command::new(common::example::oncelog_binary())
         .arg("filter")
         .arg("--dir")
         .arg(dir)

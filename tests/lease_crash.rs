@@ -1,6 +1,8 @@
 //! A lease holder killed with SIGKILL: its lease survives the crash with its deadline, the
 //! key cannot be acquired before the deadline, and can be after it (as the next attempt).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -18,7 +20,7 @@ fn open(dir: &std::path::Path, at: SystemTime) -> Store {
 #[test]
 fn a_killed_holder_keeps_the_key_until_its_lease_runs_out() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_oncelog"))
+    let mut child = Command::new(common::example::oncelog_binary())
         .args(["begin", "--dir"])
         .arg(dir.path())
         .args(["--lease", "1h", "--hold", "evt_1"])
@@ -82,7 +84,7 @@ fn a_killed_holder_keeps_the_key_until_its_lease_runs_out() {
 fn a_holder_that_lets_go_abandons_its_lease() {
     let dir = tempfile::tempdir().unwrap();
     // stdin closed at once: --hold abandons right after acquiring.
-    let out = Command::new(env!("CARGO_BIN_EXE_oncelog"))
+    let out = Command::new(common::example::oncelog_binary())
         .args(["begin", "--dir"])
         .arg(dir.path())
         .args(["--lease", "1h", "--hold", "evt_2"])
@@ -92,7 +94,7 @@ fn a_holder_that_lets_go_abandons_its_lease() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("abandoned evt_2 attempt=1"), "{text}");
-    let out = Command::new(env!("CARGO_BIN_EXE_oncelog"))
+    let out = Command::new(common::example::oncelog_binary())
         .args(["begin", "--dir"])
         .arg(dir.path())
         .args(["--lease", "1h", "evt_2"])
@@ -101,7 +103,7 @@ fn a_holder_that_lets_go_abandons_its_lease() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("acquired evt_2 attempt=2 "), "{text}");
     // get shows the in-flight attempt and its deadline.
-    let out = Command::new(env!("CARGO_BIN_EXE_oncelog"))
+    let out = Command::new(common::example::oncelog_binary())
         .args(["get", "--dir"])
         .arg(dir.path())
         .arg("evt_2")

@@ -20,7 +20,7 @@ fn the_command_line_tool_salvages_when_asked_and_says_what_it_dropped() {
     let rec = records(&seg)[7].clone();
     flip(&seg, rec.offset + 9);
     let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_oncelog"))
+        std::process::Command::new(common::example::oncelog_binary())
             .args(args)
             .arg("--dir")
             .arg(dir.path())

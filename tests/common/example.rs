@@ -1,5 +1,6 @@
-//! Running one of the `examples/` servers as a real process: building it, starting it on a
-//! free loopback port, killing it with SIGKILL, and reading its fulfilment ledger.
+//! Running the `oncelog` tool or one of the `examples/` servers as a real process: building
+//! it, starting it on a free loopback port, killing it with SIGKILL, and reading its
+//! fulfilment ledger.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,31 +12,59 @@ use std::time::Duration;
 /// the test runs under cargo: `cargo test --test X` alone does not build examples, and
 /// building a fresh one is a no-op.
 pub fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary is in target/<profile>/deps");
-    if let Ok(cargo) = std::env::var("CARGO") {
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--features", "http", "--example", name])
-            .args(["--profile", profile])
-            .arg("--target-dir")
-            .arg(profile_dir.parent().expect("target directory"))
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .status()
-            .unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
-        assert!(status.success(), "cargo build --example {name} failed");
-    }
+    let profile_dir = profile_dir();
+    build(&["--features", "http", "--example", name]);
     let bin = profile_dir.join("examples").join(name);
     assert!(bin.is_file(), "no example binary at {}", bin.display());
     bin
+}
+
+/// The `oncelog` tool's binary (the `oncelog-cli` crate in `cli/`), built first when the
+/// test runs under cargo: the root package's tests cannot name another crate's binary with
+/// `CARGO_BIN_EXE_*`.
+/// Built once per test binary.
+pub fn oncelog_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        build(&["-p", "oncelog-cli", "--bin", "oncelog"]);
+        let bin = profile_dir().join("oncelog");
+        assert!(bin.is_file(), "no oncelog binary at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// `target/<profile>`, where this test binary was built (it is in `target/<profile>/deps`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary is in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// `cargo build ARGS` into this test binary's target directory and profile, when the test
+/// runs under cargo (building what is fresh is a no-op).
+fn build(args: &[&str]) {
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return;
+    };
+    let profile_dir = profile_dir();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let status = Command::new(cargo)
+        .args(["build", "--quiet"])
+        .args(args)
+        .args(["--profile", profile])
+        .arg("--target-dir")
+        .arg(profile_dir.parent().expect("target directory"))
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo build {args:?}: {e}"));
+    assert!(status.success(), "cargo build {args:?} failed");
 }
 
 /// An example server process; killed with SIGKILL when dropped, so that a failing test
