@@ -49,6 +49,22 @@ impl Store {
         Ok(answer)
     }
 
+    /// [`claim_with_outcome`](Store::claim_with_outcome), waiting for durability without
+    /// blocking the thread.
+    ///
+    /// **Cancel safety:** as for [`claim_async`](Store::claim_async): a future dropped after
+    /// its first poll has claimed the key with its outcome.
+    pub async fn claim_with_outcome_async(
+        &self,
+        key: impl AsRef<[u8]>,
+        outcome: &[u8],
+        ttl: Duration,
+    ) -> Result<Claim> {
+        let (answer, wait) = self.claim_with_outcome_now(key.as_ref(), outcome, ttl)?;
+        self.engine().settled(wait).await?;
+        Ok(answer)
+    }
+
     /// [`claim_many`](Store::claim_many), waiting for durability without blocking the
     /// thread: one durable write for the whole batch.
     ///

@@ -92,6 +92,49 @@ impl Ticket {
     pub fn first_seen(&self) -> SystemTime {
         from_millis(self.first_seen)
     }
+
+    /// The ticket as text without its key, for holders in another process (a client of a
+    /// server built on the store): `attempt.token.first_seen.deadline`, the fencing token in
+    /// hex and the times in Unix milliseconds. Treat it as opaque; [`Ticket::from_text`]
+    /// with the same key turns it back into the ticket.
+    ///
+    /// The token comes from a seed drawn at random when the store opened, so it cannot be
+    /// worked out from the key and the attempt; still, it is a fencing token, not a secret
+    /// credential: whoever has the text and the key holds the attempt, so hand it only to
+    /// the holder.
+    pub fn to_text(&self) -> String {
+        format!(
+            "{}.{:016x}.{}.{}",
+            self.attempt, self.token, self.first_seen, self.deadline
+        )
+    }
+
+    /// The ticket that [`to_text`](Ticket::to_text) wrote for `key`; `None` if `text` is not
+    /// in that form or `key` is not a valid key. A ticket made up or given for another key
+    /// parses but is stale: the store's calls refuse it with [`Error::StaleTicket`].
+    pub fn from_text(key: impl AsRef<[u8]>, text: &str) -> Option<Ticket> {
+        let key = key.as_ref();
+        check_key(key).ok()?;
+        let mut parts = text.split('.');
+        let attempt = parts.next()?.parse().ok()?;
+        let token = parts.next()?;
+        if token.len() != 16 {
+            return None;
+        }
+        let token = u64::from_str_radix(token, 16).ok()?;
+        let first_seen = parts.next()?.parse().ok()?;
+        let deadline = parts.next()?.parse().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Ticket {
+            key: key.into(),
+            attempt,
+            token,
+            first_seen,
+            deadline,
+        })
+    }
 }
 
 /// A 16-byte fingerprint of a request payload, for

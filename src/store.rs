@@ -13,7 +13,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::engine::{check_key, Engine, Memory, Seen, Status};
 use crate::error::{Error, Result};
-use crate::format::{encode_state, RecordKind, StateValue};
+use crate::format::{encode_state, RecordKind, StateValue, MAX_OUTCOME_LEN};
 use crate::index::Stripe;
 use crate::log::{Appended, RecordSpec};
 use crate::maintain::{CompactionReport, Maintenance};
@@ -141,12 +141,64 @@ impl Store {
     /// `claim` up to the wait for durability: the answer, and the lsn to settle before
     /// giving it.
     pub(crate) fn claim_now(&self, key: &[u8], ttl: Duration) -> Result<(Claim, u64)> {
+        self.claim_with_outcome_now(key, &[], ttl)
+    }
+
+    /// Claims `key` for `ttl` as [`claim`](Store::claim) does, and stores `outcome` (at most
+    /// [`MAX_OUTCOME_LEN`](crate::MAX_OUTCOME_LEN) bytes) with the claim, in the same single
+    /// record: a later duplicate gets it back in [`Seen::outcome`], as do [`get`](Store::get)
+    /// and a [`begin`](Store::begin) of the key ([`Begin::Done`](crate::Begin::Done)); the
+    /// key's state is [`Claimed`](crate::KeyState::Claimed). For a dedupe store that also
+    /// answers "what happened the first time" (Redis's `SET key value NX`). An empty outcome
+    /// is a plain claim.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::time::Duration;
+    /// use oncelog::{Claim, Store};
+    ///
+    /// let store = Store::open(dir.path())?;
+    /// let ttl = Duration::from_secs(3600);
+    /// assert!(store.claim_with_outcome("order-7", b"shipped", ttl)?.is_new());
+    /// match store.claim_with_outcome("order-7", b"again", ttl)? {
+    ///     Claim::Duplicate(seen) => assert_eq!(seen.outcome.as_deref(), Some(&b"shipped"[..])),
+    ///     Claim::New => unreachable!("the key is claimed"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// Fails as `claim` does, and with [`Error::OutcomeTooLarge`] (before anything is
+    /// claimed) if `outcome` is too long.
+    pub fn claim_with_outcome(
+        &self,
+        key: impl AsRef<[u8]>,
+        outcome: &[u8],
+        ttl: Duration,
+    ) -> Result<Claim> {
+        let (answer, wait) = self.claim_with_outcome_now(key.as_ref(), outcome, ttl)?;
+        self.engine.settle(wait)?;
+        Ok(answer)
+    }
+
+    /// `claim_with_outcome` up to the wait for durability.
+    pub(crate) fn claim_with_outcome_now(
+        &self,
+        key: &[u8],
+        outcome: &[u8],
+        ttl: Duration,
+    ) -> Result<(Claim, u64)> {
         check_key(key)?;
+        if outcome.len() > MAX_OUTCOME_LEN {
+            return Err(Error::OutcomeTooLarge {
+                len: outcome.len(),
+                max: MAX_OUTCOME_LEN,
+            });
+        }
         let engine = &*self.engine;
         let (now, expires) = engine.window(ttl)?;
         let hash = engine.hash(key);
         let mut stripe = engine.lock(hash);
-        claim_locked(engine, &mut stripe, key, hash, now, expires)
+        claim_locked(engine, &mut stripe, key, outcome, hash, now, expires)
     }
 
     /// Claims many keys with one durable write: the answers are in the order of `keys`, as
@@ -212,7 +264,7 @@ impl Store {
         let specs: Vec<RecordSpec<'_>> = to_write
             .iter()
             .zip(values.iter_mut())
-            .map(|(&(i, memory), value)| claim_spec(key(i), memory, now, expires, value))
+            .map(|(&(i, memory), value)| claim_spec(key(i), &[], memory, now, expires, value))
             .collect();
         let mut written: Vec<Appended> = Vec::with_capacity(specs.len());
         engine.append_all(&specs, |_, a| written.push(a))?;
@@ -401,6 +453,7 @@ fn claim_locked(
     engine: &Engine,
     stripe: &mut Stripe,
     key: &[u8],
+    outcome: &[u8],
     hash: u64,
     now: u64,
     expires: u64,
@@ -414,42 +467,46 @@ fn claim_locked(
         Status::Free(memory) => memory,
     };
     let mut value = Vec::new();
-    let spec = claim_spec(key, memory, now, expires, &mut value);
+    let spec = claim_spec(key, outcome, memory, now, expires, &mut value);
     let w = engine.write(place, hash, &spec)?;
     stripe.counters.new += 1;
     stripe.counters.expired_reclaimed += u64::from(w.replaced);
     Ok((Claim::New, w.lsn_end))
 }
 
-/// A claim of a key that is free: a plain claim record, or, if the key remembers past
-/// attempts, a done record that keeps that memory's `expires` (retention is monotone, see
-/// `lease`). `value` holds the done record's value.
+/// A claim of a key that is free: a plain claim record; or a done record, if the claim
+/// carries an outcome or the key remembers past attempts (a done record keeps that memory's
+/// attempt, first sighting and `expires`: retention is monotone, see `lease`). `value`
+/// holds the done record's value.
 fn claim_spec<'a>(
     key: &'a [u8],
+    outcome: &[u8],
     memory: Option<Memory>,
     now: u64,
     expires: u64,
     value: &'a mut Vec<u8>,
 ) -> RecordSpec<'a> {
-    let Some(m) = memory else {
+    if memory.is_none() && outcome.is_empty() {
         return RecordSpec::plain(RecordKind::Claim, key, now, expires);
-    };
+    }
     encode_state(
         value,
         &StateValue {
             token: 0,
             until: expires,
             fingerprint: &[],
-            outcome: &[],
+            outcome,
         },
     );
+    let (attempt, first_seen, keep) =
+        memory.map_or((1, now, 0), |m| (m.next_attempt, m.first_seen, m.keep));
     RecordSpec {
         kind: RecordKind::Done,
         key,
         value,
-        attempt: m.next_attempt,
-        time: m.first_seen,
-        expires: expires.max(m.keep),
+        attempt,
+        time: first_seen,
+        expires: expires.max(keep),
     }
 }
 

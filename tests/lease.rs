@@ -491,3 +491,110 @@ fn many_threads_begin_one_key_exactly_one_acquires() {
         assert_eq!(winners, vec![2], "round {round}: {again:?}");
     }
 }
+
+#[test]
+fn a_claim_with_an_outcome_keeps_it_for_duplicates_and_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = open(dir.path(), &clock);
+    assert!(store
+        .claim_with_outcome("k", b"first", DAY)
+        .unwrap()
+        .is_new());
+    let Claim::Duplicate(seen) = store.claim_with_outcome("k", b"second", DAY).unwrap() else {
+        panic!("the key is claimed");
+    };
+    assert_eq!(seen.outcome.as_deref(), Some(&b"first"[..]));
+    assert_eq!(seen.state, KeyState::Claimed);
+    assert_eq!(seen.attempt, 1);
+    assert_eq!(seen.expires_at, clock.now() + DAY);
+    // A plain claim and a begin see the same key done, with the first outcome.
+    assert!(!store.claim("k", DAY).unwrap().is_new());
+    match store.begin("k", LEASE).unwrap() {
+        Begin::Done(seen) => assert_eq!(seen.outcome.as_deref(), Some(&b"first"[..])),
+        other => panic!("expected done, got {other:?}"),
+    }
+    // An empty outcome is a plain claim.
+    assert!(store
+        .claim_with_outcome("plain", b"", DAY)
+        .unwrap()
+        .is_new());
+    assert_eq!(
+        store.get("plain").unwrap().unwrap().state,
+        KeyState::Claimed
+    );
+    // Too long: refused before anything is claimed.
+    let big = vec![0u8; MAX_OUTCOME_LEN + 1];
+    assert!(matches!(
+        store.claim_with_outcome("big", &big, DAY),
+        Err(Error::OutcomeTooLarge { .. })
+    ));
+    assert!(store.get("big").unwrap().is_none());
+    drop(store);
+
+    let store = open(dir.path(), &clock);
+    let seen = store.get("k").unwrap().unwrap();
+    assert_eq!(seen.outcome.as_deref(), Some(&b"first"[..]));
+    assert_eq!(seen.state, KeyState::Claimed);
+    // It expires like any claim, and the key is new again.
+    clock.advance(DAY);
+    assert!(store.get("k").unwrap().is_none());
+    assert!(store
+        .claim_with_outcome("k", b"third", DAY)
+        .unwrap()
+        .is_new());
+}
+
+#[test]
+fn a_claim_with_an_outcome_keeps_the_attempt_memory_of_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = open(dir.path(), &clock);
+    let t = acquire(&store, "k");
+    store.abandon(&t).unwrap();
+    assert!(store
+        .claim_with_outcome("k", b"done", DAY)
+        .unwrap()
+        .is_new());
+    let seen = store.get("k").unwrap().unwrap();
+    assert_eq!(seen.attempt, 2, "the abandoned attempt is remembered");
+    assert_eq!(seen.outcome.as_deref(), Some(&b"done"[..]));
+}
+
+#[test]
+fn a_ticket_as_text_holds_the_key_in_another_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = open(dir.path(), &clock);
+    let t = acquire(&store, "k");
+    let text = t.to_text();
+    let back = Ticket::from_text("k", &text).expect("parses");
+    assert_eq!(back, t);
+    // Malformed text and invalid keys do not parse.
+    for bad in [
+        "",
+        "1",
+        "1.2.3",
+        "x.0000000000000001.0.0",
+        "1.01.0.0",
+        &format!("{text}.9"),
+    ] {
+        assert!(Ticket::from_text("k", bad).is_none(), "{bad:?}");
+    }
+    assert!(Ticket::from_text("", &text).is_none());
+    // The same text for another key, or with another token, is stale.
+    let other = acquire(&store, "other");
+    let forged = Ticket::from_text("other", &text).unwrap();
+    assert!(!stale(store.complete(&forged, b"x", DAY)).is_empty());
+    let mut parts: Vec<String> = text.split('.').map(str::to_owned).collect();
+    parts[1] = format!("{:016x}", u64::from_str_radix(&parts[1], 16).unwrap() ^ 1);
+    let wrong_token = Ticket::from_text("k", &parts.join(".")).unwrap();
+    assert!(!stale(store.abandon(&wrong_token)).is_empty());
+    // The real text completes the key.
+    store.complete(&back, b"out", DAY).unwrap();
+    store.complete(&other, b"y", DAY).unwrap();
+    assert_eq!(
+        store.get("k").unwrap().unwrap().outcome.as_deref(),
+        Some(&b"out"[..])
+    );
+}

@@ -29,7 +29,8 @@ pub struct Seen {
     /// When the key may be claimed anew: the claim's or the outcome's expiry, or, while
     /// the key is in flight, its lease's deadline.
     pub expires_at: SystemTime,
-    /// The outcome stored by [`Store::complete`](crate::Store::complete), if any (an empty
+    /// The outcome stored by [`Store::complete`](crate::Store::complete) or
+    /// [`Store::claim_with_outcome`](crate::Store::claim_with_outcome), if any (an empty
     /// outcome reads as `None`, as does a key done by [`Store::claim`](crate::Store::claim)).
     pub outcome: Option<Bytes>,
     /// The attempt that claimed, holds or completed the key: 1 for a key done by `claim`,
@@ -58,8 +59,8 @@ impl Seen {
     fn from_record(h: &RecordHeader, state: Option<&StateValue<'_>>) -> Seen {
         let (kind, until) = match (h.kind, state) {
             (RecordKind::Lease, Some(s)) => (KeyState::InFlight, s.until),
-            // A done record without token was written by `claim` (of a key with past
-            // attempts), not by `complete`.
+            // A done record without token was written by a claim (of a key with past
+            // attempts, or with an outcome), not by `complete`.
             (RecordKind::Done, Some(s)) if s.token == 0 => (KeyState::Claimed, s.until),
             (RecordKind::Done, Some(s)) => (KeyState::Completed, s.until),
             _ => (KeyState::Claimed, h.expires),
