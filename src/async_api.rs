@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use crate::engine::Seen;
 use crate::error::Result;
 use crate::lease::{Begin, Ticket};
 use crate::store::{Claim, Store};
@@ -78,6 +79,16 @@ impl Store {
         let (answers, wait) = self.claim_many_now(keys, ttl)?;
         self.engine().settled(wait).await?;
         Ok(answers)
+    }
+
+    /// [`get`](Store::get), waiting without blocking the thread for the key's newest
+    /// record to be durable (an answer is never based on a record a crash could lose).
+    ///
+    /// **Cancel safety:** `get` changes nothing; dropping the future at any point is fine.
+    pub async fn get_async(&self, key: impl AsRef<[u8]>) -> Result<Option<Seen>> {
+        let (seen, wait) = self.get_now(key.as_ref())?;
+        self.engine().settled(wait).await?;
+        Ok(seen)
     }
 
     /// [`remove`](Store::remove), waiting for durability without blocking the thread.

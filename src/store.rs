@@ -291,7 +291,14 @@ impl Store {
     /// What the store knows about `key`, without claiming it: `None` if it is not claimed
     /// (never was, expired, or removed).
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Seen>> {
-        let key = key.as_ref();
+        let (seen, wait) = self.get_now(key.as_ref())?;
+        self.engine.settle(wait)?;
+        Ok(seen)
+    }
+
+    /// `get` up to the wait for durability: the answer, and the lsn to settle before giving
+    /// it (0 when the key is free).
+    pub(crate) fn get_now(&self, key: &[u8]) -> Result<(Option<Seen>, u64)> {
         check_key(key)?;
         let engine = &*self.engine;
         engine.check_poison()?;
@@ -306,13 +313,10 @@ impl Store {
                 Status::Free(_) => None,
             }
         };
-        match found {
-            Some((seen, end)) => {
-                engine.settle(end)?;
-                Ok(Some(seen))
-            }
-            None => Ok(None),
-        }
+        Ok(match found {
+            Some((seen, end)) => (Some(seen), end),
+            None => (None, 0),
+        })
     }
 
     /// Forgets `key` so that it can be claimed again; `true` if it was claimed, completed or

@@ -126,6 +126,14 @@ fn the_same_futures_run_on_other_executors() {
         };
         store.abandon_async(&t).await.unwrap();
         assert!(store.remove_async("a").await.unwrap());
+        assert!(store.get_async("a").await.unwrap().is_none());
+        assert!(store
+            .claim_with_outcome_async("e", b"out", TTL)
+            .await
+            .unwrap()
+            .is_new());
+        let seen = store.get_async("e").await.unwrap().expect("e is claimed");
+        assert_eq!(seen.outcome.as_deref(), Some(&b"out"[..]));
         store.sync_async().await.unwrap();
     });
     // A current-thread tokio runtime: the commit thread wakes its tasks from outside.
