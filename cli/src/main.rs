@@ -215,6 +215,9 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         println!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     }
+    if cmd == "serve" {
+        return cmd_serve(rest);
+    }
     let a = parse_args(rest)?;
     match cmd.as_str() {
         "claim" => cmd_claim(&a),
@@ -673,6 +676,26 @@ fn rfc3339(t: SystemTime) -> String {
         (sod / 60) % 60,
         sod % 60
     )
+}
+
+fn cmd_serve(args: &[String]) -> Result<ExitCode, String> {
+    let mut dir = None;
+    let mut config = oncelog_cli::serve::Config::new("");
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--dir" => dir = Some(PathBuf::from(value)),
+            "--listen" => config.listen = value.clone(),
+            "--durability" => config.durability = parse_durability(value)?,
+            "--requirepass" => config.requirepass = Some(value.clone()),
+            "--max-clients" => config.max_clients = positive("--max-clients", value)?,
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    config.dir = dir.ok_or("--dir is required")?;
+    oncelog_cli::serve::run(config, Options::new())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -1,0 +1,391 @@
+//! `oncelog serve`: the store behind the Redis protocol, for services in other processes
+//! and other languages.
+//!
+//! One tokio runtime serves every connection. A connection reads what its client sent,
+//! parses every complete request in it (up to [`Config::max_pipeline`]), and runs them as
+//! one batch: each request's index work happens in order, then the batch waits for the
+//! durability of all of them at once (the store's async API), then the replies go out in
+//! order. Batches of all connections meet in the store's group commit, so a thousand
+//! clients each waiting for one reply share a sync, and so do the sixteen commands of a
+//! pipeline.
+//!
+//! The invariants:
+//! - a reply is written only after what it reports is as durable as the store's
+//!   durability mode says (a `SET` answered `OK` under `sync` survives `kill -9` and power
+//!   loss);
+//! - requests of one connection take effect in the order they were sent;
+//! - a client cannot make the server hold more than [`Config::max_query_buffer`] bytes of
+//!   its input, [`Config::max_pipeline`] requests, or anything at all while it is idle;
+//! - no input crashes the server: a malformed frame gets `-ERR Protocol error: ...` and the
+//!   connection is closed.
+//!
+//! Shutdown (SIGTERM, SIGINT): stop accepting, let every connection finish the batch it is
+//! running and write its replies, then close the store (a final sync) and return.
+
+mod commands;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use oncelog::{Durability, Options, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+use crate::resp::{self, Limits, Reply};
+
+/// How a server runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The store's directory.
+    pub dir: PathBuf,
+    /// Where to listen, `host:port` (port 0: any free port).
+    pub listen: String,
+    /// The store's durability mode (shown by `INFO`; the store is opened with it).
+    pub durability: Durability,
+    /// The password `AUTH` must give before any other command, if set.
+    pub requirepass: Option<String>,
+    /// Connections served at once; one more is answered with an error and closed.
+    pub max_clients: usize,
+    /// What one request may announce.
+    pub limits: Limits,
+    /// Requests of one connection run as one batch, at most.
+    pub max_pipeline: usize,
+    /// Bytes of a client's input held while a request is incomplete, at most.
+    pub max_query_buffer: usize,
+    /// How long shutdown waits for connections to finish their batches.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// The defaults for `dir`: loopback port 6390, `sync`, no password, 10,000 clients,
+    /// batches of up to 1024 requests, 16 MiB of input per client.
+    pub fn new(dir: impl Into<PathBuf>) -> Config {
+        Config {
+            dir: dir.into(),
+            listen: "127.0.0.1:6390".into(),
+            durability: Durability::Sync,
+            requirepass: None,
+            max_clients: 10_000,
+            limits: Limits::default(),
+            max_pipeline: 1024,
+            max_query_buffer: 16 << 20,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every connection shares.
+struct Shared {
+    store: Store,
+    config: Config,
+    started: Instant,
+    port: u16,
+    clients: AtomicUsize,
+    next_client_id: AtomicU64,
+    /// Set when the store failed for good (a failed sync poisons it): the server stops.
+    failed: AtomicBool,
+    failure: Notify,
+}
+
+impl Shared {
+    /// Records that the store is poisoned: the server shuts down and exits non-zero, so
+    /// that whatever supervises it restarts it (reopening recovers the store).
+    fn fail(&self) {
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            eprintln!("oncelog serve: the store failed; shutting down");
+        }
+        self.failure.notify_one();
+    }
+}
+
+/// Opens the store at `config.dir` with `options` (whose durability should be
+/// `config.durability`), serves until SIGTERM or SIGINT, then closes the store. Prints
+/// `listening on ADDR` on stdout once it accepts connections; logs to stderr.
+pub fn run(config: Config, options: Options) -> Result<(), String> {
+    let opened = Instant::now();
+    let store = options
+        .durability(config.durability)
+        .open(&config.dir)
+        .map_err(|e| format!("open {}: {e}", config.dir.display()))?;
+    let stats = store.stats();
+    eprintln!(
+        "oncelog serve: opened {} in {:.3} s: {} records replayed, {} keys",
+        config.dir.display(),
+        opened.elapsed().as_secs_f64(),
+        stats.recovered_records,
+        stats.keys
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("oncelog-serve")
+        .build()
+        .map_err(|e| format!("start the runtime: {e}"))?;
+    let outcome = runtime.block_on(serve(store, config));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let shared = outcome?;
+    let failed = shared.failed.load(Ordering::SeqCst);
+    match Arc::try_unwrap(shared) {
+        Ok(shared) => shared
+            .store
+            .close()
+            .map_err(|e| format!("close the store: {e}"))?,
+        Err(shared) => shared
+            .store
+            .sync()
+            .map_err(|e| format!("sync the store: {e}"))?,
+    }
+    if failed {
+        return Err("the store failed (see above); restart to recover".into());
+    }
+    eprintln!("oncelog serve: stopped");
+    Ok(())
+}
+
+async fn serve(store: Store, config: Config) -> Result<Arc<Shared>, String> {
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
+    let shared = Arc::new(Shared {
+        store,
+        port: addr.port(),
+        config,
+        started: Instant::now(),
+        clients: AtomicUsize::new(0),
+        next_client_id: AtomicU64::new(1),
+        failed: AtomicBool::new(false),
+        failure: Notify::new(),
+    });
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("handle SIGTERM: {e}"))?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("handle SIGINT: {e}"))?;
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+
+    let (stop, stopped) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = shared.failure.notified() => break,
+            accepted = listener.accept() => {
+                let (socket, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: say so, let others finish.
+                        eprintln!("oncelog serve: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if shared.clients.fetch_add(1, Ordering::SeqCst) >= shared.config.max_clients {
+                    shared.clients.fetch_sub(1, Ordering::SeqCst);
+                    connections.spawn(refuse(socket));
+                    continue;
+                }
+                let (shared, stopped) = (Arc::clone(&shared), stopped.clone());
+                connections.spawn(async move {
+                    connection(&shared, socket, stopped).await;
+                    shared.clients.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        }
+    }
+    drop(listener);
+    eprintln!(
+        "oncelog serve: shutting down; {} connections finishing",
+        shared.clients.load(Ordering::SeqCst)
+    );
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(shared.config.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!("oncelog serve: connections still busy after the drain timeout; closing");
+        connections.abort_all();
+    }
+    Ok(shared)
+}
+
+/// Over `--max-clients`: Redis's answer, then close.
+async fn refuse(mut socket: TcpStream) {
+    let mut out = Vec::new();
+    Reply::err("max number of clients reached").write(&mut out, false);
+    let _ = socket.write_all(&out).await;
+}
+
+/// One client's state.
+pub(crate) struct Client {
+    pub(crate) id: u64,
+    pub(crate) authenticated: bool,
+    pub(crate) resp3: bool,
+    pub(crate) name: Option<Vec<u8>>,
+}
+
+/// Serves one connection until the client leaves, sends `QUIT` or a malformed frame, or the
+/// server stops.
+async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::Receiver<bool>) {
+    let _ = socket.set_nodelay(true);
+    let mut client = Client {
+        id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+        authenticated: shared.config.requirepass.is_none(),
+        resp3: false,
+        name: None,
+    };
+    // Both buffers start empty and are given back when they grew past what an idle client
+    // should pin.
+    let mut input: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    let limits = shared.config.limits;
+    loop {
+        let mut requests = Vec::new();
+        let mut used = 0;
+        let mut malformed = None;
+        while requests.len() < shared.config.max_pipeline {
+            match resp::parse(&input[used..], &limits) {
+                Ok(Some(request)) => {
+                    let args: Vec<_> = request
+                        .args
+                        .iter()
+                        .map(|a| a.start + used..a.end + used)
+                        .collect();
+                    used += request.len;
+                    if !args.is_empty() {
+                        requests.push(args);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    malformed = Some(e);
+                    break;
+                }
+            }
+        }
+        if !requests.is_empty() {
+            let quit = run_batch(shared, &mut client, &input, &requests, &mut out).await;
+            if socket.write_all(&out).await.is_err() || quit {
+                return;
+            }
+            out.clear();
+            if out.capacity() > 64 << 10 {
+                out = Vec::new();
+            }
+            input.drain(..used);
+            continue;
+        }
+        input.drain(..used);
+        if let Some(e) = malformed {
+            Reply::err(e).write(&mut out, client.resp3);
+            let _ = socket.write_all(&out).await;
+            return;
+        }
+        if input.len() >= shared.config.max_query_buffer {
+            Reply::err("Protocol error: client query buffer limit reached").write(&mut out, false);
+            let _ = socket.write_all(&out).await;
+            return;
+        }
+        if input.is_empty() && input.capacity() > 16 << 10 {
+            input = Vec::new();
+        }
+        input.reserve((16 << 10).min(shared.config.max_query_buffer - input.len()));
+        tokio::select! {
+            read = socket.read_buf(&mut input) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// A boxed future of a connection's batch.
+pub(crate) type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A reply that is ready, or the future that will give it.
+pub(crate) type Pending<'a> = Boxed<'a, Reply>;
+
+/// What a request turned into when it was read.
+pub(crate) enum Step<'a> {
+    /// The reply, computed at once (connection commands, errors).
+    Now(Reply),
+    /// A store operation: its future.
+    Later(Pending<'a>),
+    /// `QUIT`: reply `OK`, run nothing after it, close.
+    Quit,
+}
+
+/// Runs one batch of requests (argument ranges into `input`) and appends their replies to
+/// `out`, in order. The store operations are polled in request order, so each one's index
+/// work happens in that order; then they wait for durability together. Returns whether the
+/// client asked to quit.
+async fn run_batch(
+    shared: &Shared,
+    client: &mut Client,
+    input: &[u8],
+    requests: &[Vec<std::ops::Range<usize>>],
+    out: &mut Vec<u8>,
+) -> bool {
+    let mut steps: Vec<Pending<'_>> = Vec::with_capacity(requests.len());
+    // The protocol each reply is written in: `HELLO` may change it within the batch.
+    let mut protocols = Vec::with_capacity(requests.len());
+    let mut quit = false;
+    for args in requests {
+        let argv: Vec<&[u8]> = args.iter().map(|a| &input[a.clone()]).collect();
+        let step = commands::dispatch(shared, client, argv);
+        protocols.push(client.resp3);
+        match step {
+            Step::Now(reply) => steps.push(Box::pin(std::future::ready(reply))),
+            Step::Later(future) => steps.push(future),
+            Step::Quit => {
+                steps.push(Box::pin(std::future::ready(Reply::OK)));
+                quit = true;
+                break;
+            }
+        }
+    }
+    for (reply, resp3) in join_in_order(steps).await.iter().zip(protocols) {
+        reply.write(out, resp3);
+    }
+    quit
+}
+
+/// Runs `futures` together, polled in order, and gives their outputs in order.
+pub(crate) async fn join_in_order<'a, T: Send + 'a>(futures: Vec<Boxed<'a, T>>) -> Vec<T> {
+    let mut slots: Vec<(Option<Boxed<'a, T>>, Option<T>)> =
+        futures.into_iter().map(|f| (Some(f), None)).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (future, out) in slots.iter_mut() {
+            if let Some(f) = future {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        *out = Some(v);
+                        *future = None;
+                    }
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    slots.into_iter().filter_map(|(_, v)| v).collect()
+}

@@ -1,0 +1,615 @@
+//! `oncelog serve` driven by a Redis client it did not write (the `redis` crate) and by raw
+//! bytes over TCP: every command's replies, pipelining, many connections claiming the same
+//! keys, leases across connections, auth, limits, malformed frames, SIGTERM, kill -9.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::{Connection, Value};
+
+/// A running `oncelog serve`; SIGKILLed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_oncelog"))
+            .arg("serve")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn oncelog serve");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("expected `listening on ADDR`, got {line:?}"))
+            .to_string();
+        Server { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    fn connect(&self) -> Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .expect("connect")
+    }
+
+    fn raw(&self) -> TcpStream {
+        let s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// Waits for the process to exit; its status and stderr.
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut err).unwrap();
+        }
+        (status, err)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn q(con: &mut Connection, args: &[&str]) -> redis::RedisResult<Value> {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c.query(con)
+}
+
+fn ok(con: &mut Connection, args: &[&str]) -> Value {
+    q(con, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn err(con: &mut Connection, args: &[&str]) -> String {
+    match q(con, args) {
+        Err(e) => e.to_string(),
+        Ok(v) => panic!("{args:?}: expected an error, got {v:?}"),
+    }
+}
+
+fn bulk(v: &[u8]) -> Value {
+    Value::BulkString(v.to_vec())
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Int(n) => *n,
+        other => panic!("expected an integer, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_command_answers_as_redis_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.connect();
+
+    assert_eq!(
+        ok(&mut c, &["SET", "k", "v1", "NX", "EX", "100"]),
+        Value::Okay
+    );
+    assert_eq!(
+        ok(&mut c, &["SET", "k", "v2", "NX", "EX", "100"]),
+        Value::Nil
+    );
+    assert_eq!(
+        ok(&mut c, &["set", "k", "v3", "px", "5000", "nx"]),
+        Value::Nil
+    );
+    assert_eq!(ok(&mut c, &["GET", "k"]), bulk(b"v1"));
+    assert_eq!(ok(&mut c, &["GET", "absent"]), Value::Nil);
+    let ttl = int(&ok(&mut c, &["TTL", "k"]));
+    assert!((99..=100).contains(&ttl), "TTL {ttl}");
+    let pttl = int(&ok(&mut c, &["PTTL", "k"]));
+    assert!((90_000..=100_000).contains(&pttl), "PTTL {pttl}");
+    assert_eq!(int(&ok(&mut c, &["TTL", "absent"])), -2);
+    assert_eq!(int(&ok(&mut c, &["PTTL", "absent"])), -2);
+    // Absolute expiries, and one already past: answered as a set, nothing written.
+    let in_an_hour = (std::time::SystemTime::now() + Duration::from_secs(3600))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let exat = in_an_hour.as_secs().to_string();
+    let pxat = in_an_hour.as_millis().to_string();
+    assert_eq!(
+        ok(&mut c, &["SET", "a", "x", "NX", "EXAT", &exat]),
+        Value::Okay
+    );
+    assert_eq!(
+        ok(&mut c, &["SET", "b", "x", "NX", "PXAT", &pxat]),
+        Value::Okay
+    );
+    assert_eq!(
+        ok(&mut c, &["SET", "past", "x", "NX", "EXAT", "1000"]),
+        Value::Okay
+    );
+    assert_eq!(ok(&mut c, &["GET", "past"]), Value::Nil);
+    assert_eq!(
+        ok(&mut c, &["SET", "a", "x", "NX", "EXAT", "1000"]),
+        Value::Nil
+    );
+
+    assert_eq!(int(&ok(&mut c, &["EXISTS", "k", "k", "absent", "a"])), 3);
+    assert_eq!(int(&ok(&mut c, &["DBSIZE"])), 3);
+    assert_eq!(int(&ok(&mut c, &["DEL", "k", "absent", "b"])), 2);
+    assert_eq!(ok(&mut c, &["GET", "k"]), Value::Nil);
+    assert_eq!(int(&ok(&mut c, &["UNLINK", "a"])), 1);
+    assert_eq!(
+        ok(&mut c, &["SET", "k", "again", "NX", "EX", "100"]),
+        Value::Okay
+    );
+
+    // The forms oncelog cannot honour exactly: an error naming the supported one, and
+    // nothing written.
+    for form in [
+        &["SET", "f", "v"][..],
+        &["SET", "f", "v", "NX"],
+        &["SET", "f", "v", "EX", "10"],
+        &["SET", "f", "v", "XX", "EX", "10"],
+        &["SET", "f", "v", "NX", "KEEPTTL"],
+        &["SET", "f", "v", "NX", "GET", "EX", "10"],
+    ] {
+        let e = err(&mut c, form);
+        assert!(e.contains("SET key value NX"), "{form:?}: {e}");
+    }
+    assert!(err(&mut c, &["SET", "f", "v", "NX", "EX", "0"]).contains("invalid expire time"));
+    assert!(err(&mut c, &["SET", "f", "v", "NX", "EX", "1x"]).contains("not an integer"));
+    assert!(err(&mut c, &["SET", "f", "v", "NX", "EX", "1", "PX", "5"]).contains("syntax"));
+    let long = "v".repeat(oncelog::MAX_OUTCOME_LEN + 1);
+    assert!(err(&mut c, &["SET", "f", &long, "NX", "EX", "10"]).contains("too long"));
+    assert!(err(&mut c, &["SET", "", "v", "NX", "EX", "10"]).contains("key"));
+    assert_eq!(ok(&mut c, &["GET", "f"]), Value::Nil);
+
+    assert_eq!(ok(&mut c, &["PING"]), Value::SimpleString("PONG".into()));
+    assert_eq!(ok(&mut c, &["PING", "hi"]), bulk(b"hi"));
+    assert_eq!(ok(&mut c, &["ECHO", "x y"]), bulk(b"x y"));
+    assert_eq!(ok(&mut c, &["SELECT", "0"]), Value::Okay);
+    assert!(err(&mut c, &["SELECT", "1"]).contains("out of range"));
+    assert!(err(&mut c, &["GET"]).contains("wrong number of arguments for 'get'"));
+    assert!(err(&mut c, &["NOSUCH", "a"]).contains("unknown command 'NOSUCH'"));
+    assert!(err(&mut c, &["AUTH", "pw"]).contains("without any password"));
+
+    let id = int(&ok(&mut c, &["CLIENT", "ID"]));
+    assert!(id > 0);
+    assert_eq!(ok(&mut c, &["CLIENT", "GETNAME"]), Value::Nil);
+    assert_eq!(ok(&mut c, &["CLIENT", "SETNAME", "worker-1"]), Value::Okay);
+    assert_eq!(ok(&mut c, &["CLIENT", "GETNAME"]), bulk(b"worker-1"));
+    assert_eq!(
+        ok(&mut c, &["CLIENT", "SETINFO", "LIB-NAME", "x"]),
+        Value::Okay
+    );
+    assert!(int(&ok(&mut c, &["COMMAND", "COUNT"])) >= 20);
+    let Value::Array(table) = ok(&mut c, &["COMMAND"]) else {
+        panic!("COMMAND is an array")
+    };
+    assert_eq!(table.len() as i64, int(&ok(&mut c, &["COMMAND", "COUNT"])));
+    let info: String = redis::cmd("INFO").query(&mut c).unwrap();
+    for field in [
+        "# Server",
+        "oncelog_version:",
+        "durability:sync",
+        "db0:keys=1,",
+    ] {
+        assert!(info.contains(field), "INFO lacks {field}:\n{info}");
+    }
+    let keyspace: String = redis::cmd("INFO").arg("keyspace").query(&mut c).unwrap();
+    assert!(keyspace.starts_with("# Keyspace") && !keyspace.contains("# Server"));
+
+    // RESP3 after HELLO 3: a map, and nulls as `_`.
+    let mut raw = server.raw();
+    raw.write_all(b"HELLO 3\r\nGET nothing\r\nHELLO 2\r\nGET nothing\r\n")
+        .unwrap();
+    let text = read_until(&mut raw, b"$-1\r\n");
+    assert!(text.starts_with("%7\r\n"), "{text}");
+    assert!(text.contains("$5\r\nproto\r\n:3\r\n"), "{text}");
+    assert!(text.contains("\r\n_\r\n*14\r\n"), "{text}");
+    assert!(text.contains("$5\r\nproto\r\n:2\r\n"), "{text}");
+}
+
+/// Reads from `s` until what was read ends with `end`.
+fn read_until(s: &mut TcpStream, end: &[u8]) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(end) {
+        let n = s.read(&mut buf).expect("read");
+        assert!(
+            n > 0,
+            "closed early after {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn pipelined_commands_take_effect_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.connect();
+    let mut pipe = redis::pipe();
+    for i in 0..600 {
+        let k = format!("p{}", i % 200);
+        pipe.cmd("SET").arg(&k).arg(i).arg("NX").arg("EX").arg(60);
+        pipe.cmd("GET").arg(&k);
+        if i % 7 == 0 {
+            pipe.cmd("DEL").arg(&k);
+        }
+    }
+    let replies: Vec<Value> = pipe.query(&mut c).unwrap();
+    // Replay the same sequence against a model, in order.
+    let mut model: HashMap<String, String> = HashMap::new();
+    let mut want = Vec::new();
+    for i in 0..600 {
+        let k = format!("p{}", i % 200);
+        if model.contains_key(&k) {
+            want.push(Value::Nil);
+        } else {
+            model.insert(k.clone(), i.to_string());
+            want.push(Value::Okay);
+        }
+        want.push(bulk(model[&k].as_bytes()));
+        if i % 7 == 0 {
+            model.remove(&k);
+            want.push(Value::Int(1));
+        }
+    }
+    assert_eq!(replies, want);
+}
+
+#[test]
+fn many_connections_claim_each_key_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let firsts = Arc::new(Mutex::new(HashMap::<u32, usize>::new()));
+    std::thread::scope(|s| {
+        for t in 0..64usize {
+            let (server, firsts) = (&server, Arc::clone(&firsts));
+            s.spawn(move || {
+                let mut c = server.connect();
+                for i in 0..300u32 {
+                    // Overlapping keys, each thread in its own order.
+                    let k = (i * 7 + t as u32 * 13) % 1000;
+                    let v: Value = redis::cmd("SET")
+                        .arg(format!("evt_{k}"))
+                        .arg(t)
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(3600)
+                        .query(&mut c)
+                        .unwrap();
+                    if v == Value::Okay {
+                        *firsts.lock().unwrap().entry(k).or_default() += 1;
+                    }
+                }
+            });
+        }
+    });
+    let firsts = firsts.lock().unwrap();
+    assert!(firsts.values().all(|&n| n == 1), "a key was new twice");
+    let mut c = server.connect();
+    assert_eq!(int(&ok(&mut c, &["DBSIZE"])), firsts.len() as i64);
+    // Whoever won a key is who GET names.
+    for &k in firsts.keys().take(50) {
+        let Value::BulkString(_) = ok(&mut c, &["GET", &format!("evt_{k}")]) else {
+            panic!("evt_{k} has no value")
+        };
+    }
+}
+
+#[test]
+fn leases_fence_across_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (mut a, mut b) = (server.connect(), server.connect());
+    let Value::Array(begun) = ok(&mut a, &["ONCE.BEGIN", "job", "300", "FP", "payload-1"]) else {
+        panic!("ONCE.BEGIN answers an array")
+    };
+    assert_eq!(begun[0], bulk(b"acquired"));
+    let Value::BulkString(ticket_a) = &begun[1] else {
+        panic!("a ticket")
+    };
+    let ticket_a = String::from_utf8(ticket_a.clone()).unwrap();
+    assert_eq!(begun[2], Value::Int(1));
+    let Value::Array(busy) = ok(&mut b, &["ONCE.BEGIN", "job", "300", "FP", "payload-1"]) else {
+        panic!("an array")
+    };
+    assert_eq!(busy[0], bulk(b"in-flight"));
+    let Value::Array(other) = ok(&mut b, &["ONCE.BEGIN", "job", "300", "FP", "payload-2"]) else {
+        panic!("an array")
+    };
+    assert_eq!(other[0], bulk(b"mismatch"));
+    assert!(err(&mut b, &["ONCE.COMPLETE", "job", "1.00.0.0", "x", "1000"]).contains("ticket"));
+    assert!(err(&mut b, &["ONCE.EXTEND", "job", &ticket_a, "0"]).contains("milliseconds"));
+    let Value::Array(state) = ok(&mut b, &["ONCE.GET", "job"]) else {
+        panic!("an array")
+    };
+    assert_eq!(state[0], bulk(b"in-flight"));
+
+    // A's lease runs out; B takes over as attempt 2; A is fenced off.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ticket_b = loop {
+        let Value::Array(r) = ok(&mut b, &["ONCE.BEGIN", "job", "60000", "FP", "payload-1"]) else {
+            panic!("an array")
+        };
+        if r[0] == bulk(b"acquired") {
+            assert_eq!(r[2], Value::Int(2));
+            let Value::BulkString(t) = &r[1] else {
+                panic!("a ticket")
+            };
+            break String::from_utf8(t.clone()).unwrap();
+        }
+        assert!(Instant::now() < deadline, "the lease never ran out");
+        std::thread::yield_now();
+    };
+    let e = err(
+        &mut a,
+        &["ONCE.COMPLETE", "job", &ticket_a, "late", "60000"],
+    );
+    assert!(e.starts_with("STALE"), "{e}");
+    assert!(err(&mut a, &["ONCE.EXTEND", "job", &ticket_a, "1000"]).starts_with("STALE"));
+    assert_eq!(
+        ok(&mut b, &["ONCE.EXTEND", "job", &ticket_b, "60000"]),
+        Value::Okay
+    );
+    assert_eq!(
+        ok(
+            &mut b,
+            &["ONCE.COMPLETE", "job", &ticket_b, "shipped", "60000"]
+        ),
+        Value::Okay
+    );
+    let Value::Array(done) = ok(&mut a, &["ONCE.BEGIN", "job", "300", "FP", "payload-1"]) else {
+        panic!("an array")
+    };
+    assert_eq!(done, vec![bulk(b"done"), bulk(b"shipped"), Value::Int(2)]);
+    let Value::Array(state) = ok(&mut a, &["ONCE.GET", "job"]) else {
+        panic!("an array")
+    };
+    assert_eq!(state[0], bulk(b"completed"));
+    assert_eq!(state[4], bulk(b"shipped"));
+    assert_eq!(ok(&mut a, &["GET", "job"]), bulk(b"shipped"));
+    assert_eq!(ok(&mut a, &["ONCE.GET", "nothing"]), Value::Nil);
+
+    // Abandon frees the key for the next attempt.
+    let Value::Array(r) = ok(&mut a, &["ONCE.BEGIN", "job2", "60000"]) else {
+        panic!("an array")
+    };
+    let Value::BulkString(t) = &r[1] else {
+        panic!("a ticket")
+    };
+    let t = String::from_utf8(t.clone()).unwrap();
+    assert_eq!(ok(&mut a, &["ONCE.ABANDON", "job2", &t]), Value::Okay);
+    assert!(err(&mut a, &["ONCE.ABANDON", "job2", &t]).starts_with("STALE"));
+    let Value::Array(r) = ok(&mut b, &["ONCE.BEGIN", "job2", "60000"]) else {
+        panic!("an array")
+    };
+    assert_eq!((&r[0], &r[2]), (&bulk(b"acquired"), &Value::Int(2)));
+}
+
+#[test]
+fn a_password_is_required_when_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--requirepass", "s3cret"]);
+    let mut c = server.connect();
+    assert!(err(&mut c, &["GET", "k"]).contains("NOAUTH"));
+    assert!(err(&mut c, &["SET", "k", "v", "NX", "EX", "9"]).contains("NOAUTH"));
+    assert!(err(&mut c, &["AUTH", "wrong"]).contains("WRONGPASS"));
+    assert!(err(&mut c, &["AUTH", "someone", "s3cret"]).contains("WRONGPASS"));
+    assert!(err(&mut c, &["HELLO", "3"]).contains("NOAUTH"));
+    assert_eq!(ok(&mut c, &["AUTH", "s3cret"]), Value::Okay);
+    assert_eq!(ok(&mut c, &["SET", "k", "v", "NX", "EX", "9"]), Value::Okay);
+    // A client that authenticates itself from the URL, as applications do.
+    let url = format!("redis://:s3cret@{}/", server.addr);
+    let mut d = redis::Client::open(url).unwrap().get_connection().unwrap();
+    assert_eq!(ok(&mut d, &["GET", "k"]), bulk(b"v"));
+    let url = format!("redis://default:s3cret@{}/?protocol=resp3", server.addr);
+    let mut e = redis::Client::open(url).unwrap().get_connection().unwrap();
+    assert_eq!(ok(&mut e, &["GET", "k"]), bulk(b"v"));
+    assert_eq!(ok(&mut e, &["GET", "absent"]), Value::Nil);
+}
+
+#[test]
+fn malformed_frames_and_limits_close_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-clients", "3"]);
+    for bad in [
+        &b"*1\r\n$x\r\n"[..],
+        b"*1\r\n$99999999\r\n",
+        b"*100000\r\n",
+        b"*1\r\n:5\r\n",
+        b"*2\r\n$3\r\nGET\r\n$1\r\nkXX",
+    ] {
+        let mut s = server.raw();
+        s.write_all(b"PING\r\n").unwrap();
+        s.write_all(bad).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .expect("the server closes the connection");
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with("+PONG\r\n-ERR Protocol error"),
+            "{:?}: {got:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    // A deep pipeline is answered whole, in order, across batches.
+    let mut s = server.raw();
+    let n = 5000;
+    let mut sent = Vec::new();
+    for i in 0..n {
+        sent.extend_from_slice(format!("ECHO {i}\r\n").as_bytes());
+    }
+    s.write_all(&sent).unwrap();
+    let text = read_until(&mut s, format!("{}\r\n", n - 1).as_bytes());
+    let echoed: Vec<&str> = text.split("\r\n").filter(|l| !l.starts_with('$')).collect();
+    assert_eq!(echoed.len(), n + 1);
+    assert!(echoed
+        .iter()
+        .take(n)
+        .enumerate()
+        .all(|(i, l)| *l == i.to_string()));
+
+    // --max-clients 3: three held connections, the fourth is refused.
+    let held: Vec<Connection> = (0..2).map(|_| server.connect()).collect();
+    let mut fourth = server.raw();
+    let mut got = String::new();
+    fourth.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "-ERR max number of clients reached\r\n");
+    drop(held);
+    drop(s);
+    // Once they leave, there is room again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = server.raw();
+        c.write_all(b"PING\r\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).unwrap();
+        if &buf[..n] == b"+PONG\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no room after clients left");
+        std::thread::yield_now();
+    }
+}
+
+/// Keys that clients saw acknowledged, with the value each wrote.
+fn claim_until(
+    server: &Server,
+    prefix: &str,
+    threads: usize,
+    stop_after: usize,
+) -> Vec<(String, String)> {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let acked = Arc::clone(&acked);
+            s.spawn(move || {
+                let Ok(mut c) = redis::Client::open(server.url()).unwrap().get_connection() else {
+                    return;
+                };
+                for i in 0.. {
+                    let (k, v) = (format!("{prefix}t{t}-{i}"), format!("v{i}"));
+                    let r: redis::RedisResult<Value> = redis::cmd("SET")
+                        .arg(&k)
+                        .arg(&v)
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(3600)
+                        .query(&mut c);
+                    match r {
+                        Ok(Value::Okay) => acked.lock().unwrap().push((k, v)),
+                        Ok(other) => panic!("{k}: {other:?}"),
+                        Err(_) => return,
+                    }
+                    if acked.lock().unwrap().len() >= stop_after {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+}
+
+fn assert_kept(dir: &Path, acked: &[(String, String)]) {
+    let store = oncelog::Store::open(dir).unwrap();
+    for (k, v) in acked {
+        let seen = store.get(k).unwrap().unwrap_or_else(|| panic!("{k} lost"));
+        assert_eq!(seen.outcome.as_deref(), Some(v.as_bytes()), "{k}");
+    }
+}
+
+#[test]
+fn sigterm_finishes_what_is_in_flight_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let acked = claim_until(&server, "", 8, 2000);
+    // A pipeline in flight when the signal comes: every reply it gets is kept.
+    let mut s = server.raw();
+    let mut sent = Vec::new();
+    for i in 0..1000 {
+        sent.extend_from_slice(format!("SET late{i} v NX EX 3600\r\n").as_bytes());
+    }
+    s.write_all(&sent).unwrap();
+    server.signal("-TERM");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let answered = String::from_utf8_lossy(&got).matches("+OK\r\n").count();
+    let (status, stderr) = server.wait();
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    assert_kept(dir.path(), &acked);
+    let late: Vec<(String, String)> = (0..answered)
+        .map(|i| (format!("late{i}"), "v".to_string()))
+        .collect();
+    assert_kept(dir.path(), &late);
+}
+
+#[test]
+fn kill_9_loses_nothing_that_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let server = Server::start(dir.path(), &[]);
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        std::thread::scope(|s| {
+            let a = Arc::clone(&acked);
+            let server = &server;
+            s.spawn(move || {
+                let got = claim_until(server, &format!("r{round}"), 16, usize::MAX);
+                a.lock().unwrap().extend(got);
+            });
+            // Kill once some claims are acknowledged, while the rest are in flight.
+            let mut c = server.connect();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while int(&ok(&mut c, &["DBSIZE"])) < 500 * (round + 1) {
+                assert!(Instant::now() < deadline, "claims do not progress");
+                std::thread::yield_now();
+            }
+            server.signal("-KILL");
+        });
+        drop(server);
+        let acked = acked.lock().unwrap();
+        assert!(!acked.is_empty());
+        assert_kept(dir.path(), &acked);
+    }
+}
