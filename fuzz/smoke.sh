@@ -22,9 +22,10 @@ RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
     cargo build --release --manifest-path fuzz/Cargo.toml --target "$host" \
     --target-dir "$out" --bins
 
-for target in segment_decode hint_decode open_dir open_dir_crcfix salvage_dir ops_model; do
+for target in segment_decode hint_decode open_dir open_dir_crcfix salvage_dir ops_model resp_parse; do
     case $target in
         ops_model) seeds=fuzz/seeds/ops_model ;;
+        resp_parse) seeds=fuzz/seeds/resp ;;
         *) seeds=fuzz/seeds/segment ;;
     esac
     work=$out/corpus/$target
