@@ -84,8 +84,9 @@ enum Command {
     Remove(RemoveArgs),
     /// Print the store's counters and sizes.
     ///
-    /// One `name value` line each. compactions, segments_deleted and
-    /// bytes_reclaimed count since this open.
+    /// One `name value` line each, or with --json one JSON object with the same
+    /// names (durations in milliseconds) and the directory as `dir`.
+    /// compactions, segments_deleted and bytes_reclaimed count since this open.
     #[command(verbatim_doc_comment)]
     Stats(StatsArgs),
     /// Run maintenance now and print what it did.
@@ -244,6 +245,9 @@ struct RemoveArgs {
 struct StatsArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -551,51 +555,85 @@ fn cmd_remove(a: RemoveArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A value of `stats`: text as it is, and in JSON a string or a number.
+enum Value {
+    Text(String),
+    Number(String),
+}
+
 fn cmd_stats(a: StatsArgs) -> Result<ExitCode, String> {
     let store = open(&a.store, Durability::Sync)?;
     let s = store.stats();
-    let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1e3);
-    let rows: [(&str, String); 18] = [
-        ("dir", store.path().display().to_string()),
-        ("keys", s.keys.to_string()),
-        ("live_keys", s.live_keys.to_string()),
-        ("expired_unswept", s.expired_unswept.to_string()),
-        ("segments", s.segments.to_string()),
-        ("disk_bytes", s.disk_bytes.to_string()),
-        ("live_bytes", s.live_bytes.to_string()),
-        ("index_bytes", s.index_bytes.to_string()),
-        ("recovered_records", s.recovered_records.to_string()),
+    let n = |v: u64| Value::Number(v.to_string());
+    let rows: [(&str, Value); 18] = [
+        ("dir", Value::Text(store.path().display().to_string())),
+        ("keys", n(s.keys)),
+        ("live_keys", n(s.live_keys)),
+        ("expired_unswept", n(s.expired_unswept)),
+        ("segments", n(s.segments)),
+        ("disk_bytes", n(s.disk_bytes)),
+        ("live_bytes", n(s.live_bytes)),
+        ("index_bytes", n(s.index_bytes)),
+        ("recovered_records", n(s.recovered_records)),
+        ("recovery_hinted_segments", n(s.recovery_hinted_segments)),
+        ("recovery_truncated_bytes", n(s.recovery_truncated_bytes)),
         (
-            "recovery_hinted_segments",
-            s.recovery_hinted_segments.to_string(),
+            "recovery_time_ms",
+            Value::Number(format!("{:.3}", s.recovery_time.as_secs_f64() * 1e3)),
         ),
-        (
-            "recovery_truncated_bytes",
-            s.recovery_truncated_bytes.to_string(),
-        ),
-        ("recovery_time_ms", ms(s.recovery_time)),
-        (
-            "recovery_salvaged_bytes",
-            s.recovery_salvaged_bytes.to_string(),
-        ),
-        (
-            "recovery_salvaged_places",
-            s.recovery_salvaged_places.to_string(),
-        ),
+        ("recovery_salvaged_bytes", n(s.recovery_salvaged_bytes)),
+        ("recovery_salvaged_places", n(s.recovery_salvaged_places)),
         (
             "recovery_salvaged_segments",
-            s.recovery_salvaged_segments.to_string(),
+            n(s.recovery_salvaged_segments),
         ),
-        ("compactions", s.compactions.to_string()),
-        ("segments_deleted", s.segments_deleted.to_string()),
-        ("bytes_reclaimed", s.bytes_reclaimed.to_string()),
+        ("compactions", n(s.compactions)),
+        ("segments_deleted", n(s.segments_deleted)),
+        ("bytes_reclaimed", n(s.bytes_reclaimed)),
     ];
-    for (name, value) in rows {
-        say!("{name:<28}{value}")?;
+    let mut out = io::stdout().lock();
+    if a.json {
+        let fields: Vec<String> = rows
+            .iter()
+            .map(|(name, value)| match value {
+                Value::Text(t) => format!("\"{name}\":{}", json_string(t)),
+                Value::Number(v) => format!("\"{name}\":{v}"),
+            })
+            .collect();
+        writeln!(out, "{{{}}}", fields.join(",")).map_err(|e| e.to_string())?;
+    } else {
+        for (name, value) in &rows {
+            let (Value::Text(v) | Value::Number(v)) = value;
+            writeln!(out, "{name:<28}{v}").map_err(|e| e.to_string())?;
+        }
+        writeln!(
+            out,
+            "(compactions, segments_deleted and bytes_reclaimed count since this open)"
+        )
+        .map_err(|e| e.to_string())?;
     }
-    say!("(compactions, segments_deleted and bytes_reclaimed count since this open)")?;
+    drop(out);
     store.close().map_err(|e| error_chain(&e))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `s` as a JSON string: quoted, with `"`, `\` and control characters escaped.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn cmd_compact(a: CompactArgs) -> Result<ExitCode, String> {
@@ -841,6 +879,12 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("/tmp/a b"), r#""/tmp/a b""#);
+        assert_eq!(json_string("q\"b\\n\n\t\u{1}é"), r#""q\"b\\n\n\t\u0001é""#);
     }
 
     #[test]

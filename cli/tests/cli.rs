@@ -1,5 +1,5 @@
 //! The `oncelog` binary run as a process: help, version, usage errors and their exit codes,
-//! and the exit codes and output that scripts rely on.
+//! `stats --json`, and the exit codes and output that scripts rely on.
 
 use std::io::Write;
 use std::path::Path;
@@ -39,7 +39,7 @@ fn every_command_has_help_that_names_its_options() {
         ("get", &["--dir", "--recovery", "in-flight", "absent"]),
         ("begin", &["--lease", "--fingerprint", "--hold", "acquired"]),
         ("remove", &["--dir", "--durability", "claimed again"]),
-        ("stats", &["--dir", "--recovery", "counters"]),
+        ("stats", &["--dir", "--json", "--recovery"]),
         ("compact", &["--dir", "hint files"]),
         (
             "bench",
@@ -195,7 +195,49 @@ fn filter_prints_first_seen_ids_in_order() {
 }
 
 #[test]
-fn nothing_is_printed_on_stderr_when_it_is_not_a_terminal() {
+fn stats_json_is_one_object_with_the_text_form_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let claimed = in_dir(dir.path(), &["claim", "--ttl", "1h", "a", "b", "c", "a"]);
+    assert_eq!(claimed.status.code(), Some(1));
+    let out = in_dir(dir.path(), &["stats", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("stats --json is JSON");
+    assert_eq!(json["keys"], 3);
+    assert_eq!(json["live_keys"], 3);
+    assert_eq!(json["dir"], dir.path().to_str().unwrap());
+    assert!(json["recovery_time_ms"].is_number(), "{json}");
+    // The same names as the text form, and the same values.
+    let text_form = stdout(&in_dir(dir.path(), &["stats"]));
+    let object = json.as_object().unwrap();
+    let mut rows = 0;
+    for line in text_form.lines().filter(|l| !l.starts_with('(')) {
+        let (name, value) = line.split_once(' ').unwrap();
+        let got = &object[name];
+        rows += 1;
+        match (name, got) {
+            ("dir", v) => assert_eq!(v, value.trim()),
+            ("recovery_time_ms", v) => assert!(v.is_f64() || v.is_u64(), "{v}"),
+            (_, v) => assert_eq!(v.to_string(), value.trim(), "{name}"),
+        }
+    }
+    assert_eq!(rows, object.len(), "{text_form}\n{json}");
+}
+
+#[test]
+fn stats_json_escapes_the_directory() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("a \"quoted\" \\ dir\tx");
+    let out = in_dir(&dir, &["stats", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["dir"], dir.to_str().unwrap());
+    assert_eq!(json["keys"], 0);
+}
+
+#[test]
+fn a_command_that_succeeds_prints_nothing_on_stderr() {
     let dir = tempfile::tempdir().unwrap();
     let out = in_dir(dir.path(), &["claim", "--ttl", "1h", "k"]);
     assert_eq!(out.status.code(), Some(0));
