@@ -19,6 +19,7 @@ use oncelog::{
     fingerprint, Begin, Claim, Durability, KeyState, Options, RecoveryMode, Seen, Store,
     MAX_KEY_LEN,
 };
+use oncelog_cli::progress::with_open_progress;
 
 /// `println!` that fails with an error instead of panicking when stdout is gone (a closed
 /// pipe, a full disk).
@@ -310,8 +311,8 @@ struct BenchCmd {
     no_hints: bool,
 }
 
-/// Opens the store as every command but `bench` does, reporting on stderr what a salvage
-/// dropped.
+/// Opens the store as every command but `bench` does, showing progress on a terminal and
+/// reporting on stderr what a salvage dropped.
 fn open(a: &StoreArgs, durability: Durability) -> Result<Store, String> {
     let dir = &a.dir;
     // One-shot commands: maintenance runs only when asked for (`compact`).
@@ -319,7 +320,9 @@ fn open(a: &StoreArgs, durability: Durability) -> Result<Store, String> {
         .durability(durability)
         .background_maintenance(false)
         .recovery_mode(a.recovery);
-    let store = opts.open(dir).map_err(|e| error_chain(&e))?;
+    let store = with_open_progress(opts)
+        .open(dir)
+        .map_err(|e| error_chain(&e))?;
     let s = store.stats();
     if s.recovery_salvaged_places > 0 {
         eprintln!(
