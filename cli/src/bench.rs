@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use oncelog::{Durability, Options, Store};
 
+use oncelog_cli::progress::with_open_progress;
+
 use crate::measure::{fmt_ns, rss_bytes, Histogram};
 
 /// What to run.
@@ -364,11 +366,13 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     let rss_before = rss_bytes();
     let opened = Instant::now();
     let store = Arc::new(
-        Options::new()
-            .durability(args.durability)
-            .hints(!args.no_hints)
-            .open(&args.dir)
-            .map_err(|e| format!("open {}: {e}", args.dir.display()))?,
+        with_open_progress(
+            Options::new()
+                .durability(args.durability)
+                .hints(!args.no_hints),
+        )
+        .open(&args.dir)
+        .map_err(|e| format!("open {}: {e}", args.dir.display()))?,
     );
     let open_time = opened.elapsed();
     let keys_before = store.stats().keys;
@@ -554,8 +558,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     }
     if args.reopen {
         let t = Instant::now();
-        let store = Options::new()
-            .durability(args.durability)
+        let store = with_open_progress(Options::new().durability(args.durability))
             .open(&args.dir)
             .map_err(|e| format!("reopen: {e}"))?;
         let took = t.elapsed();

@@ -1,5 +1,8 @@
 //! The `oncelog` command-line tool: claim keys, filter a stream of ids, inspect a store,
 //! generate load.
+//!
+//! Each command is one variant of [`Command`] with its own arguments struct and one arm of
+//! [`Command::run`]; a new command is added the same way.
 
 mod bench;
 mod measure;
@@ -11,87 +14,140 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use clap::{Args, Parser, Subcommand};
 use oncelog::{
     fingerprint, Begin, Claim, Durability, KeyState, Options, RecoveryMode, Seen, Store,
     MAX_KEY_LEN,
 };
+use oncelog_cli::progress::with_open_progress;
 
-const USAGE: &str = "\
-oncelog — a persistent dedupe store
+/// `println!` that fails with an error instead of panicking when stdout is gone (a closed
+/// pipe, a full disk).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(io::stdout(), $($arg)*).map_err(|e| format!("writing to stdout: {e}"))
+    };
+}
 
-USAGE:
-    oncelog claim  --dir DIR --ttl TTL [--durability MODE] KEY...
-    oncelog filter --dir DIR --ttl TTL [--durability MODE] [--batch N]
-    oncelog get    --dir DIR KEY...
-    oncelog begin  --dir DIR --lease TTL [--fingerprint TEXT] [--hold] KEY
-    oncelog remove --dir DIR [--durability MODE] KEY...
-    oncelog stats  --dir DIR
-    oncelog compact --dir DIR
-    oncelog bench  --dir DIR [--threads N] [--async N] [--keys N] [--key-len N] [--dup-ratio F]
-                   [--ttl TTL] [--durability MODE] [--batch N] [--duration TTL] [--no-reopen]
-                   [--short-ttl TTL --short-ratio F] [--expire]
-                   [--hints-before-reopen | --no-hints]
+/// oncelog — a persistent dedupe store
+#[derive(Parser)]
+#[command(
+    name = "oncelog",
+    version,
+    arg_required_else_help = true,
+    after_help = "\
+Durations: 500ms, 90s, 15m, 72h, 3d, 1w, or sums such as 1h30m.
+Keys are 1 to 4096 bytes; put `--` before keys that begin with `-`.
+Exit code 2 means an error (printed to stderr). `oncelog COMMAND --help` tells more.
+Opening a large store shows its progress on stderr when stderr is a terminal."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-COMMANDS:
-    claim    Claim each KEY; prints `new KEY` or `duplicate KEY ...`.
-             Exit code 0 if every key was new, 1 if any was a duplicate.
-    filter   Read ids from stdin, one per line; print only those seen for the first time
-             (within TTL), in input order. A persistent `sort -u` for streams. Empty
-             lines are skipped. Ids are claimed in batches of up to N (default 1024),
-             one durable write per batch; output is flushed after each batch.
-    get      Show each KEY's state without changing it: `claimed`, `completed` (with its
-             attempt and outcome), `in-flight` (with its attempt and lease deadline), or
-             `absent`. Exit code 0 if all are claimed, completed or in flight, 1 otherwise.
-    begin    Begin KEY for --lease: prints `acquired KEY attempt=N deadline=...`, or
-             `in-flight`, `done` or `mismatch` (--fingerprint: the payload's text, hashed)
-             as `get` would. Exit code 0 if acquired, 1 otherwise. The lease is left to
-             run out, as if the holder had crashed; with --hold the tool keeps it until
-             stdin is closed, then abandons it.
-    remove   Forget each KEY so it can be claimed again.
-    stats    Print the store's counters and sizes.
-    compact  Run maintenance now: sweep expired keys out of the index, delete segments
-             nothing needs, compact sparse ones, write hint files. Prints what it did.
-    bench    Claim generated event-id-like keys from N threads (default 2) until N keys
-             (default 1000000) of --key-len bytes (default 32) are claimed or --duration
-             is up; a fraction --dup-ratio (default 0) of claims repeat earlier keys.
-             Prints claims/s, latency percentiles, what background maintenance did
-             meanwhile, syncs, RAM and disk per key, then reopens the store and prints
-             the recovery rate and how many segments were read from hint files (skip
-             with --no-reopen). --batch N > 1 claims through claim_many. --async N:
-             N concurrent tasks claim through claim_async (claim_many_async with
-             --batch), run on --threads worker threads by a small built-in executor.
-             Defaults:
-             --ttl 72h, --durability buffered. Use an empty directory.
-             --short-ttl TTL --short-ratio F: a fraction F (default 0) of claims (of
-             batches, with --batch) get the short TTL instead, so segments turn sparse
-             and background maintenance compacts them during the run.
-             --expire: after the run, wait until every claim has expired, run
-             compaction, and print index, resident memory and disk before and after.
-             Background maintenance writes hint files as it goes, so the reopen reads
-             the segments it reached from hints: --hints-before-reopen compacts before
-             closing so every sealed segment has one; --no-hints writes none, so the
-             reopen reads every segment.
+#[derive(Subcommand)]
+enum Command {
+    /// Claim each KEY; prints `new KEY` or `duplicate KEY ...`.
+    ///
+    /// A duplicate's line is `duplicate KEY first_seen=... expires_at=...` (RFC 3339, UTC).
+    /// Exit code 0 if every key was new, 1 if any was a duplicate.
+    #[command(verbatim_doc_comment)]
+    Claim(ClaimArgs),
+    /// Read ids from stdin, one per line; print only those seen for the first time.
+    ///
+    /// Prints the ids seen for the first time (within TTL), in input order: a
+    /// persistent `sort -u` for streams. Empty lines are skipped. Ids are claimed
+    /// in batches of up to --batch, one durable write per batch; output is flushed
+    /// after each batch, so an id is printed only once its claim is acknowledged.
+    #[command(verbatim_doc_comment)]
+    Filter(FilterArgs),
+    /// Show each KEY's state without changing it.
+    ///
+    /// Prints `claimed`, `completed` (with its attempt and outcome), `in-flight`
+    /// (with its attempt and lease deadline), or `absent`. Exit code 0 if all are
+    /// claimed, completed or in flight, 1 otherwise.
+    #[command(verbatim_doc_comment)]
+    Get(GetArgs),
+    /// Begin KEY for --lease: take its lease, as a worker would.
+    ///
+    /// Prints `acquired KEY attempt=N deadline=...`, or `in-flight`, `done` or
+    /// `mismatch` (--fingerprint: the payload's text, hashed) as `get` would.
+    /// Exit code 0 if acquired, 1 otherwise. The lease is left to run out, as if
+    /// the holder had crashed; with --hold the tool keeps it until stdin is
+    /// closed, then abandons it.
+    #[command(verbatim_doc_comment)]
+    Begin(BeginArgs),
+    /// Forget each KEY so it can be claimed again.
+    ///
+    /// Prints `removed KEY`, or `absent KEY` for a key the store did not hold.
+    #[command(verbatim_doc_comment)]
+    Remove(RemoveArgs),
+    /// Print the store's counters and sizes.
+    ///
+    /// One `name value` line each, or with --json one JSON object with the same
+    /// names (durations in milliseconds) and the directory as `dir`.
+    /// compactions, segments_deleted and bytes_reclaimed count since this open.
+    #[command(verbatim_doc_comment)]
+    Stats(StatsArgs),
+    /// Run maintenance now and print what it did.
+    ///
+    /// Sweeps expired keys out of the index, deletes segments nothing needs,
+    /// compacts sparse ones and writes hint files.
+    #[command(verbatim_doc_comment)]
+    Compact(CompactArgs),
+    /// Generate load; print claims/s, latency, memory, disk and recovery time.
+    ///
+    /// Claims generated event-id-like keys from --threads threads until --keys
+    /// keys of --key-len bytes are claimed or --duration is up; a fraction
+    /// --dup-ratio of claims repeat earlier keys. Prints claims/s, latency
+    /// percentiles, what background maintenance did meanwhile, syncs, RAM and disk
+    /// per key, then reopens the store and prints the recovery rate and how many
+    /// segments were read from hint files (skip with --no-reopen). --batch N > 1
+    /// claims through claim_many. --async N: N concurrent tasks claim through
+    /// claim_async (claim_many_async with --batch), run on --threads worker
+    /// threads by a small built-in executor. Use an empty directory.
+    ///
+    /// Background maintenance writes hint files as it goes, so the reopen reads
+    /// the segments it reached from hints: --hints-before-reopen compacts before
+    /// closing so every sealed segment has one; --no-hints writes none, so the
+    /// reopen reads every segment.
+    #[command(verbatim_doc_comment)]
+    Bench(BenchCmd),
+    /// Serve the store over the Redis protocol (RESP2, RESP3 after HELLO 3).
+    ///
+    /// For replicas of a service and programs in any language: every Redis client
+    /// works. `SET key value NX EX seconds` answers OK the first time and nil while
+    /// the key lives; GET, DEL, EXISTS, TTL, PTTL, DBSIZE, INFO and the connection
+    /// commands answer as in Redis; ONCE.BEGIN, ONCE.COMPLETE, ONCE.ABANDON,
+    /// ONCE.EXTEND and ONCE.GET are the two-phase operations (README "oncelog
+    /// serve"). Every reply is as durable as --durability says, with one group
+    /// commit shared by all connections. Prints `listening on ADDR` on stdout once
+    /// it accepts connections; logs to stderr. SIGTERM or SIGINT: stop accepting,
+    /// finish what is in flight, sync, exit 0.
+    #[command(verbatim_doc_comment)]
+    Serve(ServeArgs),
+}
 
-OPTIONS:
-    --dir DIR           The store directory (created if missing).
-    --ttl TTL           How long a claim lasts: e.g. 500ms, 90s, 15m, 72h, 3d, 1w, 1h30m.
-    --lease TTL         begin: how long the lease lasts.
-    --durability MODE   sync (default), buffered, or periodic:INTERVAL (e.g. periodic:100ms).
-    --recovery MODE     What opening the store tolerates (every command but bench):
-                        tolerate (default: cut a torn tail of the newest segment, refuse
-                        damage elsewhere), strict (refuse any damage, change nothing), or
-                        salvage (rewrite damaged segments without what does not decode;
-                        what was dropped is printed to stderr, and `stats` counts it).
-                        Salvage loses the damaged records: a lost remove brings back the
-                        claim it hid. Copy the directory first.
-    --batch N           filter: most ids per batch (default 1024); bench: keys per
-                        claim_many call (default 1: plain claim).
-
-Keys are 1 to 4096 bytes. Exit code 2 means an error (printed to stderr).";
+impl Command {
+    fn run(self) -> Result<ExitCode, String> {
+        match self {
+            Command::Claim(a) => cmd_claim(a),
+            Command::Filter(a) => cmd_filter(a),
+            Command::Get(a) => cmd_get(a),
+            Command::Begin(a) => cmd_begin(a),
+            Command::Remove(a) => cmd_remove(a),
+            Command::Stats(a) => cmd_stats(a),
+            Command::Compact(a) => cmd_compact(a),
+            Command::Bench(a) => cmd_bench(a),
+            Command::Serve(a) => cmd_serve(a),
+        }
+    }
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    // Usage errors exit with 2 and --help/--version with 0, from clap.
+    match Cli::parse().command.run() {
         Ok(code) => code,
         Err(msg) => {
             eprintln!("oncelog: {msg}");
@@ -100,145 +156,214 @@ fn main() -> ExitCode {
     }
 }
 
-struct Args {
-    dir: Option<PathBuf>,
-    ttl: Option<Duration>,
-    durability: Option<Durability>,
-    batch: Option<usize>,
-    threads: usize,
-    tasks: usize,
-    keys: u64,
-    key_len: usize,
-    dup_ratio: f64,
-    duration: Option<Duration>,
-    reopen: bool,
-    short_ttl: Option<Duration>,
-    short_ratio: f64,
-    expire: bool,
-    hints_before_reopen: bool,
-    no_hints: bool,
-    lease: Option<Duration>,
+/// The store directory and how to open it: every command but `bench`.
+#[derive(Args)]
+struct StoreArgs {
+    /// The store directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// What opening the store tolerates: tolerate, strict or salvage.
+    ///
+    /// tolerate: cut a torn tail of the newest segment, refuse damage elsewhere.
+    /// strict: refuse any damage, change nothing.
+    /// salvage: rewrite damaged segments without what does not decode; what was
+    /// dropped is printed to stderr, and `stats` counts it. Salvage loses the
+    /// damaged records: a lost remove brings back the claim it hid. Copy the
+    /// directory first.
+    #[arg(
+        long,
+        value_name = "MODE",
+        value_parser = parse_recovery,
+        default_value = "tolerate",
+        verbatim_doc_comment
+    )]
+    recovery: RecoveryMode,
+}
+
+/// How writes reach the disk: the commands that write.
+#[derive(Args)]
+struct WriteArgs {
+    /// How writes reach the disk: sync, buffered, or periodic:INTERVAL (e.g. periodic:100ms).
+    #[arg(long, value_name = "MODE", value_parser = parse_durability, default_value = "sync")]
+    durability: Durability,
+}
+
+#[derive(Args)]
+struct ClaimArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    write: WriteArgs,
+    /// How long a claim lasts: e.g. 500ms, 90s, 15m, 72h, 3d, 1w, 1h30m.
+    #[arg(long, value_name = "TTL", value_parser = parse_duration)]
+    ttl: Duration,
+    /// The keys to claim.
+    #[arg(value_name = "KEY", required = true)]
+    keys: Vec<String>,
+}
+
+#[derive(Args)]
+struct FilterArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    write: WriteArgs,
+    /// How long a claim lasts: e.g. 500ms, 90s, 15m, 72h, 3d, 1w, 1h30m.
+    #[arg(long, value_name = "TTL", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Most ids per batch (one durable write each).
+    #[arg(long, value_name = "N", value_parser = positive, default_value = "1024")]
+    batch: usize,
+}
+
+#[derive(Args)]
+struct GetArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The keys to look up.
+    #[arg(value_name = "KEY", required = true)]
+    keys: Vec<String>,
+}
+
+#[derive(Args)]
+struct BeginArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    write: WriteArgs,
+    /// How long the lease lasts: e.g. 30s, 15m.
+    #[arg(long, value_name = "TTL", value_parser = parse_duration)]
+    lease: Duration,
+    /// The payload's text: hashed, it must match the fingerprint of earlier attempts.
+    #[arg(long, value_name = "TEXT")]
     fingerprint: Option<String>,
+    /// Keep the lease until stdin is closed, then abandon it.
+    #[arg(long)]
     hold: bool,
-    recovery: Option<RecoveryMode>,
-    rest: Vec<String>,
+    /// The key to begin.
+    #[arg(value_name = "KEY")]
+    key: String,
 }
 
-fn parse_args(args: &[String]) -> Result<Args, String> {
-    let mut out = Args {
-        dir: None,
-        ttl: None,
-        durability: None,
-        batch: None,
-        threads: 2,
-        tasks: 0,
-        keys: 1_000_000,
-        key_len: 32,
-        dup_ratio: 0.0,
-        duration: None,
-        reopen: true,
-        short_ttl: None,
-        short_ratio: 0.0,
-        expire: false,
-        hints_before_reopen: false,
-        no_hints: false,
-        lease: None,
-        fingerprint: None,
-        hold: false,
-        recovery: None,
-        rest: Vec::new(),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match a.as_str() {
-            "--dir" => out.dir = Some(PathBuf::from(value("--dir")?)),
-            "--ttl" => out.ttl = Some(parse_duration(&value("--ttl")?)?),
-            "--durability" => out.durability = Some(parse_durability(&value("--durability")?)?),
-            "--batch" => out.batch = Some(positive("--batch", &value("--batch")?)?),
-            "--threads" => out.threads = positive("--threads", &value("--threads")?)?,
-            "--async" => out.tasks = positive("--async", &value("--async")?)?,
-            "--keys" => out.keys = positive("--keys", &value("--keys")?)? as u64,
-            "--key-len" => out.key_len = positive("--key-len", &value("--key-len")?)?,
-            "--dup-ratio" => {
-                let v = value("--dup-ratio")?;
-                out.dup_ratio = v
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|r| (0.0..1.0).contains(r))
-                    .ok_or_else(|| format!("--dup-ratio: expected 0 <= F < 1, got {v:?}"))?;
-            }
-            "--duration" => out.duration = Some(parse_duration(&value("--duration")?)?),
-            "--no-reopen" => out.reopen = false,
-            "--short-ttl" => out.short_ttl = Some(parse_duration(&value("--short-ttl")?)?),
-            "--short-ratio" => {
-                let v = value("--short-ratio")?;
-                out.short_ratio = v
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|r| (0.0..=1.0).contains(r))
-                    .ok_or_else(|| format!("--short-ratio: expected 0 <= F <= 1, got {v:?}"))?;
-            }
-            "--expire" => out.expire = true,
-            "--hints-before-reopen" => out.hints_before_reopen = true,
-            "--no-hints" => out.no_hints = true,
-            "--lease" => out.lease = Some(parse_duration(&value("--lease")?)?),
-            "--fingerprint" => out.fingerprint = Some(value("--fingerprint")?),
-            "--hold" => out.hold = true,
-            "--recovery" => out.recovery = Some(parse_recovery(&value("--recovery")?)?),
-            "--" => out.rest.extend(it.by_ref().cloned()),
-            s if s.starts_with("--") => return Err(format!("unknown option {s}\n\n{USAGE}")),
-            _ => out.rest.push(a.clone()),
-        }
-    }
-    Ok(out)
+#[derive(Args)]
+struct RemoveArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    write: WriteArgs,
+    /// The keys to forget.
+    #[arg(value_name = "KEY", required = true)]
+    keys: Vec<String>,
 }
 
-fn positive(name: &str, v: &str) -> Result<usize, String> {
-    v.replace('_', "")
-        .parse::<usize>()
-        .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{name}: expected a positive number, got {v:?}"))
+#[derive(Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    json: bool,
 }
 
-fn run(args: &[String]) -> Result<ExitCode, String> {
-    let Some((cmd, rest)) = args.split_first() else {
-        println!("{USAGE}");
-        return Ok(ExitCode::from(2));
-    };
-    if matches!(cmd.as_str(), "-h" | "--help" | "help") {
-        println!("{USAGE}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    if cmd == "serve" {
-        return cmd_serve(rest);
-    }
-    let a = parse_args(rest)?;
-    match cmd.as_str() {
-        "claim" => cmd_claim(&a),
-        "filter" => cmd_filter(&a),
-        "get" => cmd_get(&a),
-        "begin" => cmd_begin(&a),
-        "remove" => cmd_remove(&a),
-        "stats" => cmd_stats(&a),
-        "compact" => cmd_compact(&a),
-        "bench" => cmd_bench(&a),
-        other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
-    }
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    write: WriteArgs,
+    /// Where to listen, HOST:PORT; port 0 picks a free one (printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6390")]
+    listen: String,
+    /// The password clients must give with AUTH (or HELLO ... AUTH) first.
+    #[arg(long, value_name = "PASS")]
+    requirepass: Option<String>,
+    /// Connections served at once; more are answered with an error and closed.
+    #[arg(long, value_name = "N", value_parser = positive, default_value = "10000")]
+    max_clients: usize,
 }
 
-fn open(a: &Args) -> Result<Store, String> {
-    let dir = a.dir.as_ref().ok_or("--dir is required")?;
+#[derive(Args)]
+struct CompactArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+struct BenchCmd {
+    /// The store directory: use an empty one.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Claiming threads; with --async, the worker threads that run the tasks.
+    #[arg(long, value_name = "N", value_parser = positive, default_value = "2")]
+    threads: usize,
+    /// N concurrent tasks claim through claim_async (claim_many_async with --batch).
+    #[arg(long = "async", value_name = "N", value_parser = positive)]
+    tasks: Option<usize>,
+    /// Keys to claim.
+    #[arg(long, value_name = "N", value_parser = positive, default_value = "1000000")]
+    keys: usize,
+    /// Bytes per key.
+    #[arg(long, value_name = "N", value_parser = positive, default_value = "32")]
+    key_len: usize,
+    /// The fraction of claims that repeat earlier keys (0 <= F < 1).
+    #[arg(long, value_name = "F", value_parser = dup_ratio, default_value = "0")]
+    dup_ratio: f64,
+    /// How long a claim lasts.
+    #[arg(long, value_name = "TTL", value_parser = parse_duration, default_value = "72h")]
+    ttl: Duration,
+    /// How writes reach the disk: sync, buffered, or periodic:INTERVAL (e.g. periodic:100ms).
+    #[arg(long, value_name = "MODE", value_parser = parse_durability, default_value = "buffered")]
+    durability: Durability,
+    /// Keys per claim_many call (1: plain claim).
+    #[arg(long, value_name = "N", value_parser = positive, default_value = "1")]
+    batch: usize,
+    /// Stop claiming after this long even if not every key is claimed.
+    #[arg(long, value_name = "TTL", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Do not reopen the store after the run to measure recovery.
+    #[arg(long)]
+    no_reopen: bool,
+    /// The TTL of the fraction --short-ratio of claims (of batches, with --batch), so
+    /// segments turn sparse and background maintenance compacts them during the run.
+    #[arg(long, value_name = "TTL", value_parser = parse_duration, verbatim_doc_comment)]
+    short_ttl: Option<Duration>,
+    /// The fraction of claims that get --short-ttl (0 <= F <= 1).
+    #[arg(long, value_name = "F", value_parser = short_ratio, default_value = "0")]
+    short_ratio: f64,
+    /// After the run, wait until every claim has expired, run compaction, and print
+    /// index, resident memory and disk before and after.
+    #[arg(long, verbatim_doc_comment)]
+    expire: bool,
+    /// Compact before closing, so that the reopen reads every sealed segment's hint.
+    #[arg(long, conflicts_with = "no_hints")]
+    hints_before_reopen: bool,
+    /// Write no hint files, so that the reopen reads every segment.
+    #[arg(long)]
+    no_hints: bool,
+}
+
+/// Opens the store as every command but `bench` does, showing progress on a terminal and
+/// reporting on stderr what a salvage dropped.
+fn cmd_serve(a: ServeArgs) -> Result<ExitCode, String> {
+    let mut config = oncelog_cli::serve::Config::new(a.store.dir);
+    config.listen = a.listen;
+    config.durability = a.write.durability;
+    config.requirepass = a.requirepass;
+    config.max_clients = a.max_clients;
+    // A long-running server: background maintenance on (the default).
+    let opts = with_open_progress(Options::new().recovery_mode(a.store.recovery));
+    oncelog_cli::serve::run(config, opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open(a: &StoreArgs, durability: Durability) -> Result<Store, String> {
+    let dir = &a.dir;
     // One-shot commands: maintenance runs only when asked for (`compact`).
-    let store = Options::new()
-        .durability(a.durability.unwrap_or(Durability::Sync))
+    let opts = Options::new()
+        .durability(durability)
         .background_maintenance(false)
-        .recovery_mode(a.recovery.unwrap_or_default())
+        .recovery_mode(a.recovery);
+    let store = with_open_progress(opts)
         .open(dir)
         .map_err(|e| error_chain(&e))?;
     let s = store.stats();
@@ -263,11 +388,6 @@ fn open(a: &Args) -> Result<Store, String> {
     Ok(store)
 }
 
-fn need_ttl(a: &Args) -> Result<Duration, String> {
-    a.ttl
-        .ok_or_else(|| "--ttl is required (e.g. --ttl 72h)".to_string())
-}
-
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -279,18 +399,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn cmd_claim(a: &Args) -> Result<ExitCode, String> {
-    let ttl = need_ttl(a)?;
-    if a.rest.is_empty() {
-        return Err("claim: give at least one KEY".into());
-    }
-    let store = open(a)?;
+fn cmd_claim(a: ClaimArgs) -> Result<ExitCode, String> {
+    let store = open(&a.store, a.write.durability)?;
     let answers = store
-        .claim_many(&a.rest, ttl)
+        .claim_many(&a.keys, a.ttl)
         .map_err(|e| error_chain(&e))?;
     let mut any_dup = false;
     let mut out = io::stdout().lock();
-    for (key, answer) in a.rest.iter().zip(&answers) {
+    for (key, answer) in a.keys.iter().zip(&answers) {
         let line = match answer {
             Claim::New => format!("new {key}"),
             Claim::Duplicate(seen) => {
@@ -313,16 +429,13 @@ fn cmd_claim(a: &Args) -> Result<ExitCode, String> {
     })
 }
 
-fn cmd_filter(a: &Args) -> Result<ExitCode, String> {
-    let ttl = need_ttl(a)?;
-    if !a.rest.is_empty() {
-        return Err("filter reads ids from stdin and takes no KEY arguments".into());
-    }
-    let store = open(a)?;
+fn cmd_filter(a: FilterArgs) -> Result<ExitCode, String> {
+    let ttl = a.ttl;
+    let store = open(&a.store, a.write.durability)?;
     // A reader thread feeds lines through a bounded channel so that a slow trickle of
     // input is still answered promptly: each batch takes what has arrived, up to --batch.
-    let max_batch = a.batch.unwrap_or(1024);
-    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(max_batch * 4);
+    let max_batch = a.batch;
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(max_batch.saturating_mul(4));
     std::thread::spawn(move || {
         let stdin = io::stdin();
         let mut input = stdin.lock();
@@ -388,18 +501,16 @@ fn cmd_filter(a: &Args) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_get(a: &Args) -> Result<ExitCode, String> {
-    if a.rest.is_empty() {
-        return Err("get: give at least one KEY".into());
-    }
-    let store = open(a)?;
+fn cmd_get(a: GetArgs) -> Result<ExitCode, String> {
+    // Nothing is written: the durability mode does not matter.
+    let store = open(&a.store, Durability::Sync)?;
     let mut all = true;
-    for key in &a.rest {
+    for key in &a.keys {
         match store.get(key).map_err(|e| error_chain(&e))? {
-            Some(seen) => println!("{}", describe(key, &seen)),
+            Some(seen) => say!("{}", describe(key, &seen))?,
             None => {
                 all = false;
-                println!("absent {key}");
+                say!("absent {key}")?;
             }
         }
     }
@@ -435,14 +546,9 @@ fn describe(key: &str, seen: &Seen) -> String {
     }
 }
 
-fn cmd_begin(a: &Args) -> Result<ExitCode, String> {
-    let [key] = a.rest.as_slice() else {
-        return Err("begin: give exactly one KEY".into());
-    };
-    let lease = a
-        .lease
-        .ok_or_else(|| "--lease is required (e.g. --lease 30s)".to_string())?;
-    let store = open(a)?;
+fn cmd_begin(a: BeginArgs) -> Result<ExitCode, String> {
+    let (key, lease) = (&a.key, a.lease);
+    let store = open(&a.store, a.write.durability)?;
     let answer = match &a.fingerprint {
         Some(text) => store.begin_with_fingerprint(key, lease, &fingerprint(text.as_bytes())),
         None => store.begin(key, lease),
@@ -450,30 +556,30 @@ fn cmd_begin(a: &Args) -> Result<ExitCode, String> {
     .map_err(|e| error_chain(&e))?;
     let acquired = match answer {
         Begin::Acquired(ticket) => {
-            println!(
+            say!(
                 "acquired {key} attempt={} deadline={}",
                 ticket.attempt(),
                 rfc3339(ticket.deadline())
-            );
+            )?;
             if a.hold {
                 // Hold the lease until stdin closes (or the process is killed).
                 io::stdout().flush().map_err(|e| e.to_string())?;
                 io::copy(&mut io::stdin().lock(), &mut io::sink()).map_err(|e| e.to_string())?;
                 store.abandon(&ticket).map_err(|e| error_chain(&e))?;
-                println!("abandoned {key} attempt={}", ticket.attempt());
+                say!("abandoned {key} attempt={}", ticket.attempt())?;
             }
             true
         }
         Begin::InFlight { until } => {
-            println!("in-flight {key} deadline={}", rfc3339(until));
+            say!("in-flight {key} deadline={}", rfc3339(until))?;
             false
         }
         Begin::Done(seen) => {
-            println!("done {}", describe(key, &seen));
+            say!("done {}", describe(key, &seen))?;
             false
         }
         Begin::Mismatch(seen) => {
-            println!("mismatch {}", describe(key, &seen));
+            say!("mismatch {}", describe(key, &seen))?;
             false
         }
     };
@@ -485,106 +591,134 @@ fn cmd_begin(a: &Args) -> Result<ExitCode, String> {
     })
 }
 
-fn cmd_remove(a: &Args) -> Result<ExitCode, String> {
-    if a.rest.is_empty() {
-        return Err("remove: give at least one KEY".into());
-    }
-    let store = open(a)?;
-    for key in &a.rest {
+fn cmd_remove(a: RemoveArgs) -> Result<ExitCode, String> {
+    let store = open(&a.store, a.write.durability)?;
+    for key in &a.keys {
         let removed = store.remove(key).map_err(|e| error_chain(&e))?;
-        println!("{} {key}", if removed { "removed" } else { "absent" });
+        say!("{} {key}", if removed { "removed" } else { "absent" })?;
     }
     store.close().map_err(|e| error_chain(&e))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_stats(a: &Args) -> Result<ExitCode, String> {
-    let store = open(a)?;
+/// A value of `stats`: text as it is, and in JSON a string or a number.
+enum Value {
+    Text(String),
+    Number(String),
+}
+
+fn cmd_stats(a: StatsArgs) -> Result<ExitCode, String> {
+    let store = open(&a.store, Durability::Sync)?;
     let s = store.stats();
-    let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1e3);
-    let rows: [(&str, String); 18] = [
-        ("dir", store.path().display().to_string()),
-        ("keys", s.keys.to_string()),
-        ("live_keys", s.live_keys.to_string()),
-        ("expired_unswept", s.expired_unswept.to_string()),
-        ("segments", s.segments.to_string()),
-        ("disk_bytes", s.disk_bytes.to_string()),
-        ("live_bytes", s.live_bytes.to_string()),
-        ("index_bytes", s.index_bytes.to_string()),
-        ("recovered_records", s.recovered_records.to_string()),
+    let n = |v: u64| Value::Number(v.to_string());
+    let rows: [(&str, Value); 18] = [
+        ("dir", Value::Text(store.path().display().to_string())),
+        ("keys", n(s.keys)),
+        ("live_keys", n(s.live_keys)),
+        ("expired_unswept", n(s.expired_unswept)),
+        ("segments", n(s.segments)),
+        ("disk_bytes", n(s.disk_bytes)),
+        ("live_bytes", n(s.live_bytes)),
+        ("index_bytes", n(s.index_bytes)),
+        ("recovered_records", n(s.recovered_records)),
+        ("recovery_hinted_segments", n(s.recovery_hinted_segments)),
+        ("recovery_truncated_bytes", n(s.recovery_truncated_bytes)),
         (
-            "recovery_hinted_segments",
-            s.recovery_hinted_segments.to_string(),
+            "recovery_time_ms",
+            Value::Number(format!("{:.3}", s.recovery_time.as_secs_f64() * 1e3)),
         ),
-        (
-            "recovery_truncated_bytes",
-            s.recovery_truncated_bytes.to_string(),
-        ),
-        ("recovery_time_ms", ms(s.recovery_time)),
-        (
-            "recovery_salvaged_bytes",
-            s.recovery_salvaged_bytes.to_string(),
-        ),
-        (
-            "recovery_salvaged_places",
-            s.recovery_salvaged_places.to_string(),
-        ),
+        ("recovery_salvaged_bytes", n(s.recovery_salvaged_bytes)),
+        ("recovery_salvaged_places", n(s.recovery_salvaged_places)),
         (
             "recovery_salvaged_segments",
-            s.recovery_salvaged_segments.to_string(),
+            n(s.recovery_salvaged_segments),
         ),
-        ("compactions", s.compactions.to_string()),
-        ("segments_deleted", s.segments_deleted.to_string()),
-        ("bytes_reclaimed", s.bytes_reclaimed.to_string()),
+        ("compactions", n(s.compactions)),
+        ("segments_deleted", n(s.segments_deleted)),
+        ("bytes_reclaimed", n(s.bytes_reclaimed)),
     ];
-    for (name, value) in rows {
-        println!("{name:<28}{value}");
+    let mut out = io::stdout().lock();
+    if a.json {
+        let fields: Vec<String> = rows
+            .iter()
+            .map(|(name, value)| match value {
+                Value::Text(t) => format!("\"{name}\":{}", json_string(t)),
+                Value::Number(v) => format!("\"{name}\":{v}"),
+            })
+            .collect();
+        writeln!(out, "{{{}}}", fields.join(",")).map_err(|e| e.to_string())?;
+    } else {
+        for (name, value) in &rows {
+            let (Value::Text(v) | Value::Number(v)) = value;
+            writeln!(out, "{name:<28}{v}").map_err(|e| e.to_string())?;
+        }
+        writeln!(
+            out,
+            "(compactions, segments_deleted and bytes_reclaimed count since this open)"
+        )
+        .map_err(|e| e.to_string())?;
     }
-    println!("(compactions, segments_deleted and bytes_reclaimed count since this open)");
+    drop(out);
     store.close().map_err(|e| error_chain(&e))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_compact(a: &Args) -> Result<ExitCode, String> {
-    let store = open(a)?;
+/// `s` as a JSON string: quoted, with `"`, `\` and control characters escaped.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn cmd_compact(a: CompactArgs) -> Result<ExitCode, String> {
+    // Compaction syncs what it writes whatever the mode.
+    let store = open(&a.store, Durability::Sync)?;
     let r = store.compact().map_err(|e| error_chain(&e))?;
     let s = store.stats();
-    println!("entries_swept             {}", r.entries_swept);
-    println!("segments_read             {}", r.segments_read);
-    println!("segments_written          {}", r.segments_written);
-    println!("segments_deleted          {}", r.segments_deleted);
-    println!("bytes_read                {}", r.bytes_read);
-    println!("bytes_written             {}", r.bytes_written);
-    println!("bytes_reclaimed           {}", r.bytes_reclaimed);
-    println!("hints_written             {}", r.hints_written);
-    println!(
+    say!("entries_swept             {}", r.entries_swept)?;
+    say!("segments_read             {}", r.segments_read)?;
+    say!("segments_written          {}", r.segments_written)?;
+    say!("segments_deleted          {}", r.segments_deleted)?;
+    say!("bytes_read                {}", r.bytes_read)?;
+    say!("bytes_written             {}", r.bytes_written)?;
+    say!("bytes_reclaimed           {}", r.bytes_reclaimed)?;
+    say!("hints_written             {}", r.hints_written)?;
+    say!(
         "duration_ms               {:.3}",
         r.duration.as_secs_f64() * 1e3
-    );
-    println!("segments_now              {}", s.segments);
-    println!("disk_bytes_now            {}", s.disk_bytes);
-    println!("live_bytes_now            {}", s.live_bytes);
+    )?;
+    say!("segments_now              {}", s.segments)?;
+    say!("disk_bytes_now            {}", s.disk_bytes)?;
+    say!("live_bytes_now            {}", s.live_bytes)?;
     store.close().map_err(|e| error_chain(&e))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_bench(a: &Args) -> Result<ExitCode, String> {
-    let dir = a.dir.clone().ok_or("--dir is required")?;
-    if a.hints_before_reopen && a.no_hints {
-        return Err("--hints-before-reopen and --no-hints contradict each other".into());
-    }
+fn cmd_bench(a: BenchCmd) -> Result<ExitCode, String> {
     bench::run(&bench::BenchArgs {
-        dir,
+        dir: a.dir,
         threads: a.threads,
-        tasks: a.tasks,
-        keys: a.keys,
+        tasks: a.tasks.unwrap_or(0),
+        keys: a.keys as u64,
         key_len: a.key_len,
         dup_ratio: a.dup_ratio,
-        ttl: a.ttl.unwrap_or(Duration::from_secs(72 * 3600)),
-        durability: a.durability.unwrap_or(Durability::Buffered),
-        batch: a.batch.unwrap_or(1),
+        ttl: a.ttl,
+        durability: a.durability,
+        batch: a.batch,
         duration: a.duration,
-        reopen: a.reopen,
+        reopen: !a.no_reopen,
         short_ttl: a.short_ttl,
         short_ratio: a.short_ratio,
         expire: a.expire,
@@ -594,45 +728,75 @@ fn cmd_bench(a: &Args) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A count: digits, `_` allowed between them (`10_000_000`), more than 0.
+fn positive(v: &str) -> Result<usize, String> {
+    v.replace('_', "")
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| "expected a positive whole number such as 4 or 10_000".to_string())
+}
+
+/// A fraction `0 <= F < 1` (`--dup-ratio`).
+fn dup_ratio(v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..1.0).contains(r))
+        .ok_or_else(|| "expected a fraction 0 <= F < 1, such as 0.1".to_string())
+}
+
+/// A fraction `0 <= F <= 1` (`--short-ratio`).
+fn short_ratio(v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| "expected a fraction 0 <= F <= 1, such as 0.6".to_string())
+}
+
+/// `--recovery`: `tolerate`, `strict` or `salvage`.
 fn parse_recovery(s: &str) -> Result<RecoveryMode, String> {
     match s {
         "tolerate" => Ok(RecoveryMode::TolerateTornTail),
         "strict" => Ok(RecoveryMode::Strict),
         "salvage" => Ok(RecoveryMode::Salvage),
-        _ => Err(format!(
-            "--recovery: expected tolerate, strict or salvage, got {s:?}"
-        )),
+        _ => Err("expected tolerate, strict or salvage".into()),
     }
 }
 
+/// `--durability`: `sync`, `buffered` or `periodic:INTERVAL`.
 fn parse_durability(s: &str) -> Result<Durability, String> {
     match s {
         "sync" => Ok(Durability::Sync),
         "buffered" => Ok(Durability::Buffered),
         _ => match s.strip_prefix("periodic:") {
-            Some(iv) => Ok(Durability::Periodic(parse_duration(iv)?)),
-            None => Err(format!(
-                "--durability: expected sync, buffered or periodic:INTERVAL, got {s:?}"
-            )),
+            Some(iv) => parse_duration(iv)
+                .map(Durability::Periodic)
+                .map_err(|e| format!("periodic:INTERVAL: {e}")),
+            None => {
+                Err("expected sync, buffered or periodic:INTERVAL (e.g. periodic:100ms)".into())
+            }
         },
     }
 }
 
 /// Parses `500ms`, `90s`, `15m`, `72h`, `3d`, `1w` and sums such as `1h30m`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?}: expected e.g. 500ms, 90s, 15m, 72h, 3d, 1h30m");
+    const FORMS: &str = "a number and a unit (ms, s, m, h, d or w), e.g. 500ms, 90s, 72h, 1h30m";
     let mut total = Duration::ZERO;
     let mut rest = s.trim();
     if rest.is_empty() {
-        return Err(bad());
+        return Err(format!("empty duration: expected {FORMS}"));
     }
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(bad());
+            return Err(format!(
+                "expected a number at {rest:?}: a duration is {FORMS}"
+            ));
         }
         let (num, tail) = rest.split_at(digits);
-        let n: u64 = num.parse().map_err(|_| bad())?;
+        let too_long = || format!("{s:?} is too long a duration");
+        let n: u64 = num.parse().map_err(|_| too_long())?;
         let unit_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
         let (unit, tail) = tail.split_at(unit_len);
         let part = match unit {
@@ -642,10 +806,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
             "h" => n.checked_mul(3600).map(Duration::from_secs),
             "d" => n.checked_mul(86_400).map(Duration::from_secs),
             "w" => n.checked_mul(604_800).map(Duration::from_secs),
-            _ => None,
+            "" if tail.is_empty() => {
+                return Err(format!("{num} has no unit: a duration is {FORMS}"))
+            }
+            "" => return Err(format!("unexpected {tail:?}: a duration is {FORMS}")),
+            _ => return Err(format!("unknown unit {unit:?}: a duration is {FORMS}")),
         }
-        .ok_or_else(bad)?;
-        total = total.checked_add(part).ok_or_else(bad)?;
+        .ok_or_else(too_long)?;
+        total = total.checked_add(part).ok_or_else(too_long)?;
         rest = tail;
     }
     Ok(total)
@@ -678,26 +846,6 @@ fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-fn cmd_serve(args: &[String]) -> Result<ExitCode, String> {
-    let mut dir = None;
-    let mut config = oncelog_cli::serve::Config::new("");
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--dir" => dir = Some(PathBuf::from(value)),
-            "--listen" => config.listen = value.clone(),
-            "--durability" => config.durability = parse_durability(value)?,
-            "--requirepass" => config.requirepass = Some(value.clone()),
-            "--max-clients" => config.max_clients = positive("--max-clients", value)?,
-            other => return Err(format!("unknown option {other:?}")),
-        }
-    }
-    config.dir = dir.ok_or("--dir is required")?;
-    oncelog_cli::serve::run(config, Options::new())?;
-    Ok(ExitCode::SUCCESS)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,8 +857,32 @@ mod tests {
         assert_eq!(parse_duration("3d"), Ok(Duration::from_secs(3 * 86_400)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1w"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
         for bad in ["", "h", "10", "10x", "-5s", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        // Each error says what is wrong.
+        let why = |s: &str| parse_duration(s).unwrap_err();
+        assert!(why("5x").starts_with("unknown unit \"x\""), "{}", why("5x"));
+        assert!(why("10").starts_with("10 has no unit"), "{}", why("10"));
+        assert!(
+            why("1.5h").starts_with("unexpected \".5h\""),
+            "{}",
+            why("1.5h")
+        );
+        assert!(
+            why("-5s").starts_with("expected a number"),
+            "{}",
+            why("-5s")
+        );
+        assert!(why("").starts_with("empty duration"), "{}", why(""));
+        for long in [
+            "99999999999999999999d",
+            "99999999999999999w",
+            "18446744073709551615s1s",
+        ] {
+            assert!(why(long).contains("too long"), "{}", why(long));
         }
     }
 
@@ -734,9 +906,31 @@ mod tests {
         assert_eq!(parse_recovery("strict"), Ok(RecoveryMode::Strict));
         assert_eq!(parse_recovery("salvage"), Ok(RecoveryMode::Salvage));
         assert!(parse_recovery("Salvage").is_err());
-        let a = parse_args(&["--recovery".into(), "salvage".into()]).unwrap();
-        assert_eq!(a.recovery, Some(RecoveryMode::Salvage));
-        assert!(parse_args(&["--recovery".into()]).is_err());
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["oncelog", "stats", "--dir", "d"].iter().chain(args))
+        };
+        let Command::Stats(a) = parse(&["--recovery", "salvage"]).unwrap().command else {
+            panic!("not stats");
+        };
+        assert_eq!(a.store.recovery, RecoveryMode::Salvage);
+        let Command::Stats(a) = parse(&[]).unwrap().command else {
+            panic!("not stats");
+        };
+        assert_eq!(a.store.recovery, RecoveryMode::TolerateTornTail);
+        assert!(parse(&["--recovery"]).is_err());
+        assert!(parse(&["--recovery", "lenient"]).is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("/tmp/a b"), r#""/tmp/a b""#);
+        assert_eq!(json_string("q\"b\\n\n\t\u{1}é"), r#""q\"b\\n\n\t\u0001é""#);
     }
 
     #[test]

@@ -116,6 +116,17 @@ pub fn run(config: Config, options: Options) -> Result<(), String> {
         .open(&config.dir)
         .map_err(|e| format!("open {}: {e}", config.dir.display()))?;
     let stats = store.stats();
+    if stats.recovery_salvaged_places > 0 {
+        eprintln!(
+            "oncelog serve: salvaged {}: dropped {} bytes at {} damaged places",
+            config.dir.display(),
+            stats.recovery_salvaged_bytes,
+            stats.recovery_salvaged_places
+        );
+        for place in store.salvaged() {
+            eprintln!("oncelog serve:   {place}");
+        }
+    }
     eprintln!(
         "oncelog serve: opened {} in {:.3} s: {} records replayed, {} keys",
         config.dir.display(),
