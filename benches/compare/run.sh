@@ -4,11 +4,15 @@
 # harness with the given arguments, then stops Redis and deletes its directory.
 #
 #   bash benches/compare/run.sh [--quick] [harness flags...]
+#   bash benches/compare/run.sh --serve     # oncelog serve vs redis-server (serve.sh)
 #
 # Without redis-server the harness still runs every other peer and says Redis was skipped.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ "${1:-}" == "--serve" ]]; then
+    exec bash "$here/serve.sh"
+fi
 root="$(cd "$here/../.." && pwd)"
 host=127.0.0.1
 port=6399
