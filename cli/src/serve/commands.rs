@@ -63,8 +63,10 @@ pub(super) fn dispatch<'a>(
     client: &mut Client,
     argv: Vec<&'a [u8]>,
 ) -> Step<'a> {
-    let name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
-    let Some(&(_, arity, ..)) = TABLE.iter().find(|c| c.0 == name) else {
+    let Some(&(name, arity, ..)) = TABLE
+        .iter()
+        .find(|c| c.0.as_bytes().eq_ignore_ascii_case(argv[0]))
+    else {
         return Step::Now(unknown_command(&argv));
     };
     let n = argv.len() as i64;
@@ -73,12 +75,12 @@ pub(super) fn dispatch<'a>(
             "wrong number of arguments for '{name}' command"
         )));
     }
-    if !client.authenticated && !matches!(name.as_str(), "auth" | "hello" | "quit") {
+    if !client.authenticated && !matches!(name, "auth" | "hello" | "quit") {
         return Step::Now(Reply::Error("NOAUTH Authentication required.".into()));
     }
     let store = &shared.store;
     let now = |reply| Step::Now(reply);
-    match name.as_str() {
+    match name {
         "ping" => now(match argv.get(1) {
             Some(text) if argv.len() == 2 => Reply::Bulk(text.to_vec()),
             Some(_) => Reply::err("wrong number of arguments for 'ping' command"),
@@ -223,10 +225,18 @@ fn set<'a>(shared: &'a Shared, argv: Vec<&'a [u8]>) -> Step<'a> {
     let mut expiry: Option<SystemTime> = None;
     let mut i = 3;
     while i < argv.len() {
-        let option = String::from_utf8_lossy(argv[i]).to_ascii_uppercase();
-        match option.as_str() {
-            "NX" => nx = true,
-            "EX" | "PX" | "EXAT" | "PXAT" => {
+        let mut upper = [0u8; 8];
+        let option = match argv[i] {
+            o if o.len() <= upper.len() => {
+                upper[..o.len()].copy_from_slice(o);
+                upper[..o.len()].make_ascii_uppercase();
+                &upper[..o.len()]
+            }
+            _ => b"?",
+        };
+        match option {
+            b"NX" => nx = true,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
                 let (Some(value), None) = (argv.get(i + 1), expiry) else {
                     return Step::Now(Reply::err("syntax error"));
                 };
@@ -237,10 +247,10 @@ fn set<'a>(shared: &'a Shared, argv: Vec<&'a [u8]>) -> Step<'a> {
                     return Step::Now(Reply::err("invalid expire time in 'set' command"));
                 }
                 let n = n as u64;
-                let at = match option.as_str() {
-                    "EX" => SystemTime::now().checked_add(Duration::from_secs(n)),
-                    "PX" => SystemTime::now().checked_add(Duration::from_millis(n)),
-                    "EXAT" => UNIX_EPOCH.checked_add(Duration::from_secs(n)),
+                let at = match option {
+                    b"EX" => SystemTime::now().checked_add(Duration::from_secs(n)),
+                    b"PX" => SystemTime::now().checked_add(Duration::from_millis(n)),
+                    b"EXAT" => UNIX_EPOCH.checked_add(Duration::from_secs(n)),
                     _ => UNIX_EPOCH.checked_add(Duration::from_millis(n)),
                 };
                 let Some(at) = at else {
@@ -249,7 +259,7 @@ fn set<'a>(shared: &'a Shared, argv: Vec<&'a [u8]>) -> Step<'a> {
                 expiry = Some(at);
                 i += 1;
             }
-            "XX" | "GET" | "KEEPTTL" => return Step::Now(Reply::err(ONLY)),
+            b"XX" | b"GET" | b"KEEPTTL" => return Step::Now(Reply::err(ONLY)),
             _ => return Step::Now(Reply::err("syntax error")),
         }
         i += 1;
