@@ -1,6 +1,6 @@
 //! `open` of an existing store: recovery replays every record to rebuild the index, by
 //! reading each segment (`open/records`) or, for sealed segments that have one, their hint
-//! file (`open/hinted`).
+//! file (`open/hinted`); and of an empty directory (`open/empty`).
 //!
 //! `cargo bench --bench open` (sizes up to `ONCELOG_BENCH_MAX_KEYS`, default 10M)
 
@@ -46,17 +46,43 @@ fn bench_open(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, dir: &Path, n: u
     });
 }
 
+/// `open` of an empty directory, as a new store (or a test) starts: each iteration opens a
+/// fresh directory with the defaults, claims one key (so the store is in use, as it would
+/// be) and closes it; printed once: the disk the directory then takes.
+fn open_empty(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let mut disk = None;
+    g.bench_function("empty", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let start = Instant::now();
+                let store = Options::new().open(dir.path()).expect("open");
+                total += start.elapsed();
+                assert!(store.claim("evt_1", TTL).expect("claim").is_new());
+                store.close().expect("close");
+                disk.get_or_insert_with(|| common::dir_bytes(dir.path()));
+            }
+            total
+        })
+    });
+    if let Some(bytes) = disk {
+        eprintln!("open/empty: a store with one key takes {bytes} bytes of disk");
+    }
+}
+
 fn open(c: &mut Criterion) {
     let mut g = c.benchmark_group("open");
     g.sample_size(10);
+    open_empty(&mut g);
     for n in sizes(&[1_000_000, 10_000_000]) {
         let dir = tempfile::tempdir().expect("temp dir");
         // `fill` runs without background maintenance: no hint files yet.
         common::fill(dir.path(), n, TTL);
         bench_open(&mut g, "records", dir.path(), n, false);
         // The same store with a hint file for every sealed segment (all but the newest,
-        // which `open` always reads). At 1M keys the whole store is one segment (64 MiB
-        // holds 1,048,574 records of 32-byte keys): nothing to hint, nothing to compare.
+        // which `open` always reads). Segments start at 1 MiB and double, so even the 1M
+        // store has sealed segments to hint; a store with none is skipped.
         let store = Options::new().open(dir.path()).expect("open");
         let report = store.compact().expect("compact");
         store.close().expect("close");

@@ -106,6 +106,11 @@ pub const MIN_SEGMENT_SIZE: u64 = 64 * 1024;
 pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
 /// Default segment size.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+/// The size of a store's first segment (1 MiB), unless
+/// [`Options::segment_size`] is smaller: each later segment is twice the size of the one
+/// before, up to `segment_size`, so that an empty or small store takes little disk and
+/// opens fast.
+pub const FIRST_SEGMENT_SIZE: u64 = 1 << 20;
 /// Default number of index stripes.
 pub const DEFAULT_STRIPES: usize = 1024;
 
@@ -219,9 +224,11 @@ impl Options {
         self
     }
 
-    /// Size of each segment file in bytes; the file is allocated in full when created.
-    /// Default: 64 MiB ([`DEFAULT_SEGMENT_SIZE`]); accepted: 64 KiB to 1 GiB. Existing
-    /// segments keep the size they were created with.
+    /// Size of a full segment file in bytes; each file is allocated in full when created.
+    /// A store starts with a segment of [`FIRST_SEGMENT_SIZE`] (1 MiB, or `bytes` if that
+    /// is smaller) and each new segment doubles the last one's size until it reaches
+    /// `bytes`. Default: 64 MiB ([`DEFAULT_SEGMENT_SIZE`]); accepted: 64 KiB to 1 GiB.
+    /// Existing segments keep the size they were created with.
     pub fn segment_size(mut self, bytes: u64) -> Options {
         self.segment_size = bytes;
         self

@@ -235,7 +235,8 @@ pub(crate) fn recover(dir: &Path, opts: &Options, now: u64) -> Result<(Index, Lo
             Writer::new(segment, slot, appender, scan.totals)
         }
         _ => {
-            let made = NewSegment::create(io, dir, last_id + 1, opts.segment_size, store_id, now)?;
+            let size = config.first_segment_size();
+            let made = NewSegment::create(io, dir, last_id + 1, size, store_id, now)?;
             if let Err(e) = made.rename_into_place(io) {
                 let path = made.segment.path.clone();
                 made.discard(io);

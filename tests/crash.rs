@@ -281,8 +281,9 @@ fn filler_id(j: u64) -> String {
     id
 }
 
-/// Claims long filler keys until the store's first segment is 15/16 full, so that
-/// the killed rounds cross a segment rotation (the CLI has no segment-size option).
+/// Claims long filler keys until the store's first segment (`FIRST_SEGMENT_SIZE`) is
+/// 15/16 full, so that the killed rounds cross a segment rotation (the CLI has no
+/// segment-size option).
 /// Returns how many fillers were claimed.
 fn prefill(dir: &Path) -> u64 {
     let store = Options::new()
@@ -290,7 +291,7 @@ fn prefill(dir: &Path) -> u64 {
         .open(dir)
         .expect("open to prefill");
     let record = (filler_id(0).len() as u64 + 32).div_ceil(8) * 8;
-    let n = oncelog::DEFAULT_SEGMENT_SIZE * 15 / 16 / record;
+    let n = oncelog::FIRST_SEGMENT_SIZE * 15 / 16 / record;
     let keys: Vec<String> = (0..n).map(filler_id).collect();
     for chunk in keys.chunks(1024) {
         let answers = store

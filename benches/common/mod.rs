@@ -67,3 +67,17 @@ pub fn fill(dir: &std::path::Path, n: u64, ttl: std::time::Duration) {
     }
     store.close().expect("close");
 }
+
+/// Bytes the files directly in `dir` take on disk (allocated blocks, not lengths).
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -36,6 +36,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::iohook::Io;
 
+use crate::options::FIRST_SEGMENT_SIZE;
 pub(crate) use commit::{Committer, Durable};
 use commit::{GroupCommit, Poison, Syncer};
 pub(crate) use map::{preallocate, SegmentMap};
@@ -50,8 +51,25 @@ pub(crate) use writer::{Appended, RecordSpec, Writer};
 pub(crate) struct LogConfig {
     pub(crate) dir: PathBuf,
     pub(crate) io: Io,
+    /// The largest segment the log creates (`Options::segment_size`).
     pub(crate) segment_size: u64,
     pub(crate) store_id: u128,
+}
+
+impl LogConfig {
+    /// The size of the segment a new store starts with.
+    pub(crate) fn first_segment_size(&self) -> u64 {
+        self.segment_size.min(FIRST_SEGMENT_SIZE)
+    }
+
+    /// The size of the segment that follows one of `size` bytes: twice as large, from the
+    /// first segment's size up to `segment_size`. Segments double until they reach
+    /// `segment_size`, so a store that grows to `segment_size` bytes has made about
+    /// `log2(segment_size / FIRST_SEGMENT_SIZE)` smaller ones on the way.
+    pub(crate) fn size_after(&self, size: u64) -> u64 {
+        size.saturating_mul(2)
+            .clamp(self.first_segment_size(), self.segment_size)
+    }
 }
 
 /// The segment log of one store.
@@ -209,7 +227,8 @@ impl Log {
     /// a store's log comes from recovery).
     #[cfg(test)]
     pub(crate) fn create_empty(dir: &Path, io: Io, segment_size: u64) -> Result<Log> {
-        let made = NewSegment::create(&io, dir, 1, segment_size, 1, 1_000)?;
+        let first = segment_size.min(FIRST_SEGMENT_SIZE);
+        let made = NewSegment::create(&io, dir, 1, first, 1, 1_000)?;
         made.rename_into_place(&io)
             .map_err(|e| Error::io("rename new segment", dir, e))?;
         crate::fs::sync_dir(&io, dir)?;

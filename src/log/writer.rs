@@ -143,27 +143,31 @@ impl Log {
     ) -> Result<()> {
         let mut w = self.writer.lock();
         self.check_poison()?;
-        let usable = self.config.segment_size as usize - SEGMENT_HEADER_LEN - SEAL_LEN;
+        let usable = |size: u64| size as usize - SEGMENT_HEADER_LEN - SEAL_LEN;
+        let current = w.segment.map.len() as u64;
+        // The sizes of the new segments the batch needs, each the successor of the last.
+        let mut sizes = Vec::new();
         let mut room = w.appender.remaining().saturating_sub(SEAL_LEN);
-        let mut needed = 0usize;
+        let mut size = current;
         for rec in recs {
             let len = rec.len();
             if len > room {
-                needed += 1;
-                room = usable;
+                size = self.config.size_after(size);
+                sizes.push(size);
+                room = usable(size);
             }
             room = room.saturating_sub(len);
         }
-        let mut spares = Vec::with_capacity(needed);
+        let mut spares = Vec::with_capacity(sizes.len());
         let now = recs.first().map_or(0, |r| r.time);
-        for next_id in (w.segment.id + 1..).take(needed) {
+        for (next_id, &size) in (w.segment.id + 1..).zip(&sizes) {
             if next_id == w.segment.id + 1 {
-                if let Some(spare) = self.take_prepared(next_id) {
+                if let Some(spare) = self.take_prepared(next_id, size) {
                     spares.push(spare);
                     continue;
                 }
             }
-            match self.new_segment(next_id, now) {
+            match self.new_segment(next_id, size, now) {
                 Ok(s) => spares.push(s),
                 Err(e) => {
                     for s in spares {
@@ -204,17 +208,18 @@ impl Log {
         for s in spares {
             s.discard(&self.config.io);
         }
-        if !w.next_prepared && w.appender.remaining() < usable / 2 {
+        let current = w.segment.map.len() as u64;
+        if !w.next_prepared && w.appender.remaining() < usable(current) / 2 {
             w.next_prepared = true;
-            self.prepare_next(w.segment.id + 1, now);
+            self.prepare_next(w.segment.id + 1, self.config.size_after(current), now);
         }
         Ok(())
     }
 
-    /// Creates segment `id` of this log under its temporary name.
-    fn new_segment(&self, id: u64, now: u64) -> Result<NewSegment> {
+    /// Creates segment `id` of this log, `size` bytes, under its temporary name.
+    fn new_segment(&self, id: u64, size: u64, now: u64) -> Result<NewSegment> {
         let c = &self.config;
-        NewSegment::create(&c.io, &c.dir, id, c.segment_size, c.store_id, now)
+        NewSegment::create(&c.io, &c.dir, id, size, c.store_id, now)
     }
 
     /// Starts making segment `id` in the background — created under its temporary name,
@@ -223,7 +228,7 @@ impl Log {
     /// lock. Best effort: if the thread cannot start or fails, rotation creates the segment
     /// itself and reports any error then. A crash meanwhile leaves only a temporary file,
     /// which `open` deletes.
-    fn prepare_next(&self, id: u64, now: u64) {
+    fn prepare_next(&self, id: u64, size: u64, now: u64) {
         let mut prep = self.prep.lock();
         if let Some(old) = prep.take() {
             if let Some(unused) = old.finish() {
@@ -231,7 +236,7 @@ impl Log {
             }
         }
         let (dir, io) = (self.config.dir.clone(), self.config.io.clone());
-        let (size, store_id) = (self.config.segment_size, self.config.store_id);
+        let store_id = self.config.store_id;
         *prep = Prep::spawn(move |stop| {
             let spare = NewSegment::create(&io, &dir, id, size, store_id, now).ok()?;
             spare.segment.map.populate(SEGMENT_HEADER_LEN, stop);
@@ -239,11 +244,13 @@ impl Log {
         });
     }
 
-    /// The segment `prepare_next` made, if it made segment `id`.
-    fn take_prepared(&self, id: u64) -> Option<NewSegment> {
+    /// The segment `prepare_next` made, if it made segment `id` of `size` bytes.
+    fn take_prepared(&self, id: u64, size: u64) -> Option<NewSegment> {
         let job = self.prep.lock().take()?;
         match job.finish() {
-            Some(spare) if spare.segment.id == id => Some(spare),
+            Some(spare) if spare.segment.id == id && spare.segment.map.len() as u64 == size => {
+                Some(spare)
+            }
             Some(other) => {
                 other.discard(&self.config.io);
                 None
@@ -328,7 +335,8 @@ impl Log {
         if w.segment.version >= FORMAT_VERSION {
             return Ok(());
         }
-        let spare = self.new_segment(w.segment.id + 1, now)?;
+        let size = self.config.size_after(w.segment.map.len() as u64);
+        let spare = self.new_segment(w.segment.id + 1, size, now)?;
         self.rotate(&mut w, spare, now)
     }
 }
@@ -365,6 +373,7 @@ impl Prep {
 mod tests {
     use super::*;
     use crate::iohook::{Io, IoHook, IoOp};
+    use crate::options::FIRST_SEGMENT_SIZE;
     use parking_lot::Mutex;
     use std::path::Path;
     use std::sync::atomic::Ordering;
@@ -432,6 +441,35 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn segments_double_from_the_first_size_up_to_the_segment_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = Arc::new(Recorder::default());
+        let max = 4 * FIRST_SEGMENT_SIZE;
+        let log = Log::create_empty(dir.path(), Io::new(Some(hook)), max).unwrap();
+        // One batch that spans several new segments, then single appends.
+        let key = |i: u32| format!("key-{i:08}-{}", "k".repeat(200));
+        let keys: Vec<String> = (0..20_000).map(key).collect();
+        let specs: Vec<RecordSpec<'_>> = keys.iter().map(|k| claim(k.as_bytes())).collect();
+        let mut done = 0;
+        log.append_all(&specs, |_, _| done += 1).unwrap();
+        assert_eq!(done, specs.len());
+        let mut i = 20_000;
+        while log.table().len() < 6 {
+            log.append(claim(key(i).as_bytes())).unwrap();
+            i += 1;
+        }
+        let sizes: Vec<u64> = (1..=6)
+            .map(|id| {
+                std::fs::metadata(dir.path().join(crate::fs::segment_name(id)))
+                    .unwrap()
+                    .len()
+            })
+            .collect();
+        let f = FIRST_SEGMENT_SIZE;
+        assert_eq!(sizes, [f, 2 * f, 4 * f, 4 * f, 4 * f, 4 * f]);
     }
 
     #[test]
