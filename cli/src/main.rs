@@ -280,6 +280,11 @@ struct ServeArgs {
     /// Connections served at once; more are answered with an error and closed.
     #[arg(long, value_name = "N", value_parser = positive, default_value = "10000")]
     max_clients: usize,
+    /// At SIGTERM/SIGINT, how long connections may take to finish the commands they
+    /// have read and write their replies before they are closed (a second signal closes
+    /// them at once); then the store is synced and closed.
+    #[arg(long, value_name = "TIME", value_parser = parse_duration, default_value = "5s")]
+    drain_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -348,7 +353,10 @@ fn cmd_serve(a: ServeArgs) -> Result<ExitCode, String> {
     let mut config = oncelog_cli::serve::Config::new(a.store.dir);
     config.listen = a.listen;
     config.durability = a.write.durability;
-    config.requirepass = a.requirepass;
+    // As in Redis, an empty password means none (an unset variable must not lock
+    // every client out).
+    config.requirepass = a.requirepass.filter(|p| !p.is_empty());
+    config.drain_timeout = a.drain_timeout;
     config.max_clients = a.max_clients;
     // A long-running server: background maintenance on (the default).
     let opts = with_open_progress(Options::new().recovery_mode(a.store.recovery));

@@ -613,3 +613,153 @@ fn kill_9_loses_nothing_that_was_acknowledged() {
         assert_kept(dir.path(), &acked);
     }
 }
+
+#[test]
+fn pipelined_reads_of_the_whole_store_see_the_writes_sent_before_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut s = server.raw();
+    s.write_all(
+        b"SET a v NX EX 100\r\nSET b v NX EX 100\r\nDBSIZE\r\nINFO keyspace\r\n\
+          DEL a b\r\nDBSIZE\r\nPING\r\n",
+    )
+    .unwrap();
+    let text = read_until(&mut s, b"+PONG\r\n");
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(&lines[..3], ["+OK", "+OK", ":2"], "{text}");
+    assert!(text.contains("db0:keys=2,"), "{text}");
+    assert!(text.ends_with(":2\r\n:0\r\n+PONG\r\n"), "{text}");
+}
+
+#[test]
+fn a_refused_command_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.connect();
+    assert_eq!(
+        ok(&mut c, &["SET", "good", "v", "NX", "EX", "100"]),
+        Value::Okay
+    );
+    // One bad key in a DEL: an error, and no key removed.
+    let long = "k".repeat(oncelog::MAX_KEY_LEN + 1);
+    assert!(err(&mut c, &["DEL", "good", ""]).contains("nothing was done"));
+    assert!(err(&mut c, &["UNLINK", "good", &long]).contains("nothing was done"));
+    assert!(err(&mut c, &["EXISTS", "good", ""]).contains("invalid key"));
+    assert_eq!(ok(&mut c, &["GET", "good"]), bulk(b"v"));
+    // MULTI/EXEC: nothing between them runs, and EXEC says so.
+    let r: redis::RedisResult<Vec<Value>> = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("in-multi")
+        .arg("v")
+        .arg("NX")
+        .arg("EX")
+        .arg(100)
+        .query(&mut c);
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(ok(&mut c, &["GET", "in-multi"]), Value::Nil);
+    let mut s = server.raw();
+    s.write_all(b"MULTI\r\nSET m v NX EX 100\r\nEXEC\r\nEXEC\r\nDISCARD\r\nGET m\r\n")
+        .unwrap();
+    let text = read_until(&mut s, b"$-1\r\n");
+    let codes: Vec<&str> = text
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        ["-ERR", "-ERR", "-EXECABORT", "-ERR", "-ERR", "$-1"],
+        "{text}"
+    );
+    // An unknown command's error quotes its arguments shortened.
+    let e = err(&mut c, &["NOSUCH", &"x".repeat(10_000)]);
+    assert!(e.len() < 400, "{} bytes", e.len());
+}
+
+#[test]
+fn big_replies_to_a_deep_pipeline_come_back_whole_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.connect();
+    let value = "v".repeat(oncelog::MAX_OUTCOME_LEN);
+    assert_eq!(
+        ok(&mut c, &["SET", "big", &value, "NX", "EX", "100"]),
+        Value::Okay
+    );
+    let mut pipe = redis::pipe();
+    for i in 0..300 {
+        pipe.cmd("GET").arg("big");
+        pipe.cmd("ECHO").arg(i);
+    }
+    let replies: Vec<Value> = pipe.query(&mut c).unwrap();
+    for (i, pair) in replies.chunks(2).enumerate() {
+        assert_eq!(pair[0], bulk(value.as_bytes()));
+        assert_eq!(pair[1], bulk(i.to_string().as_bytes()));
+    }
+}
+
+#[test]
+fn auth_follows_redis_with_and_without_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    // No password: the default user takes any, as in Redis.
+    let server = Server::start(dir.path(), &["--requirepass", ""]);
+    let mut c = server.connect();
+    assert_eq!(ok(&mut c, &["GET", "k"]), Value::Nil);
+    assert_eq!(ok(&mut c, &["AUTH", "default", "anything"]), Value::Okay);
+    assert!(err(&mut c, &["AUTH", "someone", "anything"]).contains("WRONGPASS"));
+    assert!(err(&mut c, &["HELLO", "3", "SETNAME", "a b"]).contains("Client names"));
+    let Value::Map(_) = ok(
+        &mut c,
+        &["HELLO", "3", "AUTH", "default", "x", "SETNAME", "w"],
+    ) else {
+        panic!("HELLO 3 answers a map")
+    };
+    assert_eq!(ok(&mut c, &["CLIENT", "GETNAME"]), bulk(b"w"));
+    let Value::Map(config) = ok(&mut c, &["CONFIG", "GET", "save", "appendfsync"]) else {
+        panic!("CONFIG GET answers a map in RESP3")
+    };
+    assert_eq!(config.len(), 2, "{config:?}");
+}
+
+#[test]
+fn a_second_signal_ends_a_drain_held_up_by_a_client_that_does_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--drain-timeout", "1h"]);
+    let mut c = server.connect();
+    let value = "v".repeat(oncelog::MAX_OUTCOME_LEN);
+    assert_eq!(
+        ok(&mut c, &["SET", "big", &value, "NX", "EX", "100"]),
+        Value::Okay
+    );
+    // Megabytes of replies that are never read: the server blocks writing them.
+    let mut stuck = server.raw();
+    let mut sent = Vec::new();
+    for _ in 0..2000 {
+        sent.extend_from_slice(b"GET big\r\n");
+    }
+    stuck.write_all(&sent).unwrap();
+    let mut probe = server.connect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Once the server has answered the writes, it is busy with the stuck client.
+    assert_eq!(
+        ok(&mut probe, &["PING"]),
+        Value::SimpleString("PONG".into())
+    );
+    // SIGTERM, then again (as an operator would) until it exits: signals sent at once
+    // may be delivered as one.
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second signal did not end the drain"
+        );
+        server.signal("-TERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    drop(stuck);
+    assert_kept(dir.path(), &[("big".to_string(), value)]);
+}

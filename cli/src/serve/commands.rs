@@ -7,7 +7,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use oncelog::{Begin, Claim, Durability, Error, KeyState, Seen, Ticket, MAX_OUTCOME_LEN};
+use oncelog::{
+    Begin, Claim, Durability, Error, KeyState, Seen, Ticket, MAX_KEY_LEN, MAX_OUTCOME_LEN,
+};
 
 use super::{join_in_order, Boxed, Client, Shared, Step};
 use crate::resp::Reply;
@@ -63,6 +65,9 @@ pub(super) fn dispatch<'a>(
     client: &mut Client,
     argv: Vec<&'a [u8]>,
 ) -> Step<'a> {
+    if let Some(step) = transaction(client, argv[0]) {
+        return step;
+    }
     let Some(&(name, arity, ..)) = TABLE
         .iter()
         .find(|c| c.0.as_bytes().eq_ignore_ascii_case(argv[0]))
@@ -97,9 +102,12 @@ pub(super) fn dispatch<'a>(
         "hello" => now(hello(shared, client, &argv[1..])),
         "client" => now(client_command(client, &argv[1..])),
         "command" => now(command_command(&argv[1..])),
-        "config" => now(config_command(client, &argv[1..])),
-        "info" => now(info(shared, &argv[1..])),
-        "dbsize" => now(Reply::Int(store.stats().keys as i64)),
+        "config" => now(config_command(shared, &argv[1..])),
+        // Read when polled, after the store commands sent before them took effect.
+        "info" => Step::Later(Box::pin(async move { info(shared, &argv[1..]) })),
+        "dbsize" => Step::Later(Box::pin(
+            async move { Reply::Int(store.stats().keys as i64) },
+        )),
         "set" => set(shared, argv),
         "get" => Step::Later(Box::pin(async move {
             match store.get_async(argv[1]).await {
@@ -108,6 +116,16 @@ pub(super) fn dispatch<'a>(
                 Err(e) => store_error(shared, "get", e),
             }
         })),
+        "exists" | "del" | "unlink"
+            if argv[1..]
+                .iter()
+                .any(|k| k.is_empty() || k.len() > MAX_KEY_LEN) =>
+        {
+            // Every key is checked before any is touched: an error means nothing was done.
+            now(Reply::err(format!(
+                "invalid key: keys are 1 to {MAX_KEY_LEN} bytes; nothing was done"
+            )))
+        }
         "exists" => Step::Later(Box::pin(async move {
             let lookups: Vec<Boxed<'_, oncelog::Result<Option<Seen>>>> = argv[1..]
                 .iter()
@@ -407,9 +425,10 @@ fn not_an_integer() -> Reply {
 fn store_error(shared: &Shared, command: &str, e: Error) -> Reply {
     match e {
         Error::StaleTicket { .. } => Reply::Error(format!("STALE {e}")),
-        Error::InvalidTtl { .. } => {
-            Reply::err(format!("invalid expire time in '{command}' command: {e}"))
-        }
+        Error::InvalidTtl { .. } => Reply::err(format!(
+            "invalid expire time in '{command}' command: at least 1 ms, and at most until \
+             the end of year 9999"
+        )),
         Error::InvalidKey { .. }
         | Error::OutcomeTooLarge { .. }
         | Error::InvalidFingerprint { .. } => Reply::err(e),
@@ -422,12 +441,12 @@ fn store_error(shared: &Shared, command: &str, e: Error) -> Reply {
 }
 
 fn unknown_command(argv: &[&[u8]]) -> Reply {
-    let mut text = format!(
-        "unknown command '{}', with args beginning with:",
-        String::from_utf8_lossy(argv[0])
-    );
+    let name: String = String::from_utf8_lossy(argv[0]).chars().take(128).collect();
+    let mut text = format!("unknown command '{name}', with args beginning with:");
     for arg in argv.iter().skip(1).take(8) {
-        text.push_str(&format!(" '{}'", String::from_utf8_lossy(arg)));
+        // As Redis does: at most 128 characters of each.
+        let shown: String = String::from_utf8_lossy(arg).chars().take(128).collect();
+        text.push_str(&format!(" '{shown}'"));
     }
     Reply::err(text)
 }
@@ -435,10 +454,16 @@ fn unknown_command(argv: &[&[u8]]) -> Reply {
 /// `AUTH password` or `AUTH default password`.
 fn auth(shared: &Shared, client: &mut Client, args: &[&[u8]]) -> Reply {
     let Some(required) = &shared.config.requirepass else {
-        return Reply::err(
-            "AUTH <password> called without any password configured for the default user. \
-             Are you sure your configuration is correct?",
-        );
+        // As Redis: the default user needs no password, and takes any.
+        return match args {
+            [_, _] if args[0] == b"default" => Reply::OK,
+            [_, _] => wrong_pass(),
+            [_] => Reply::err(
+                "AUTH <password> called without any password configured for the default \
+                 user. Are you sure your configuration is correct?",
+            ),
+            _ => Reply::err("syntax error"),
+        };
     };
     let password = match args {
         [password] => *password,
@@ -490,6 +515,9 @@ fn hello(shared: &Shared, client: &mut Client, args: &[&[u8]]) -> Reply {
                 rest = more;
             }
             (b"SETNAME", [n, more @ ..]) => {
+                if !valid_name(n) {
+                    return bad_name();
+                }
                 name = Some(n.to_vec());
                 rest = more;
             }
@@ -505,8 +533,8 @@ fn hello(shared: &Shared, client: &mut Client, args: &[&[u8]]) -> Reply {
         );
     }
     client.resp3 = resp3;
-    if name.is_some() {
-        client.name = name;
+    if let Some(n) = name {
+        client.name = (!n.is_empty()).then_some(n);
     }
     Reply::Map(vec![
         (Reply::text("server"), Reply::text("oncelog")),
@@ -529,10 +557,8 @@ fn client_command(client: &mut Client, args: &[&[u8]]) -> Reply {
         (b"ID", []) => Reply::Int(client.id as i64),
         (b"GETNAME", []) => client.name.clone().map_or(Reply::Nil, Reply::Bulk),
         (b"SETNAME", [name]) => {
-            if name.iter().any(|&b| !b.is_ascii_graphic()) {
-                return Reply::err(
-                    "Client names cannot contain spaces, newlines or special characters.",
-                );
+            if !valid_name(name) {
+                return bad_name();
             }
             client.name = (!name.is_empty()).then(|| name.to_vec());
             Reply::OK
@@ -549,6 +575,15 @@ fn client_command(client: &mut Client, args: &[&[u8]]) -> Reply {
     }
 }
 
+/// A client name: visible ASCII only (or empty, for none).
+fn valid_name(name: &[u8]) -> bool {
+    name.iter().all(u8::is_ascii_graphic)
+}
+
+fn bad_name() -> Reply {
+    Reply::err("Client names cannot contain spaces, newlines or special characters.")
+}
+
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name...`, `COMMAND DOCS` (empty: no docs).
 fn command_command(args: &[&[u8]]) -> Reply {
     let entry = |&(name, arity, flags, first, last, step): &Entry| {
@@ -559,6 +594,11 @@ fn command_command(args: &[&[u8]]) -> Reply {
             Reply::Int(first),
             Reply::Int(last),
             Reply::Int(step),
+            // ACL categories, tips, key specifications, subcommands: none given.
+            Reply::Array(Vec::new()),
+            Reply::Array(Vec::new()),
+            Reply::Array(Vec::new()),
+            Reply::Array(Vec::new()),
         ])
     };
     let Some(sub) = args.first() else {
@@ -583,12 +623,37 @@ fn command_command(args: &[&[u8]]) -> Reply {
     }
 }
 
-/// `CONFIG GET pattern` answers an empty list (there is nothing to configure at run time;
-/// benchmarks and clients that ask go on); other subcommands are errors.
-fn config_command(client: &Client, args: &[&[u8]]) -> Reply {
-    let _ = client;
+/// `CONFIG GET name...`: the few parameters tools ask for (nothing can be set at run time);
+/// other subcommands are errors.
+fn config_command(shared: &Shared, args: &[&[u8]]) -> Reply {
     match args[0].to_ascii_uppercase().as_slice() {
-        b"GET" => Reply::Map(Vec::new()),
+        b"GET" => {
+            // The few parameters tools read to describe a server (redis-benchmark prints
+            // `save` and `appendonly`), with what they mean here; nothing else is known.
+            let fsync = match shared.config.durability {
+                Durability::Sync => "always",
+                Durability::Periodic(_) => "everysec",
+                Durability::Buffered => "no",
+            };
+            let known = [
+                ("save", String::new()),
+                ("appendonly", "yes".into()),
+                ("appendfsync", fsync.into()),
+                ("databases", "1".into()),
+                ("maxclients", shared.config.max_clients.to_string()),
+            ];
+            let wanted: Vec<String> = args[1..]
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+                .collect();
+            Reply::Map(
+                known
+                    .into_iter()
+                    .filter(|(k, _)| wanted.iter().any(|w| w == k || w == "*"))
+                    .map(|(k, v)| (Reply::text(k), Reply::text(v)))
+                    .collect(),
+            )
+        }
         _ => Reply::err(format!(
             "unknown subcommand '{}'. oncelog answers only CONFIG GET, with nothing.",
             String::from_utf8_lossy(args[0])
@@ -703,4 +768,67 @@ fn info(shared: &Shared, args: &[&[u8]]) -> Reply {
         }
     }
     Reply::Bulk(text.into_bytes())
+}
+
+/// `MULTI`, `EXEC`, `DISCARD`, and every command between them. oncelog has no
+/// transactions; a client that sends `MULTI` expects the commands up to `EXEC` to run
+/// together or not at all, so none of them runs: each is refused, and `EXEC` answers
+/// `EXECABORT`, as Redis does when a queued command is refused. (A client library's
+/// default pipeline, redis-py's, wraps its commands in `MULTI`/`EXEC`: it gets an error,
+/// and nothing is written.) `None` for any other command outside `MULTI`.
+fn transaction<'a>(client: &mut Client, command: &[u8]) -> Option<Step<'a>> {
+    let is = |name: &[u8]| command.eq_ignore_ascii_case(name);
+    let reply = if is(b"MULTI") {
+        if client.in_multi {
+            Reply::err("MULTI calls can not be nested")
+        } else {
+            client.in_multi = true;
+            Reply::err(
+                "oncelog does not support MULTI/EXEC: the commands up to EXEC will not run \
+                 (send them without MULTI)",
+            )
+        }
+    } else if is(b"EXEC") {
+        if !std::mem::take(&mut client.in_multi) {
+            Reply::err("EXEC without MULTI")
+        } else {
+            Reply::Error(
+                "EXECABORT Transaction discarded: oncelog does not support MULTI/EXEC".into(),
+            )
+        }
+    } else if is(b"DISCARD") {
+        if std::mem::take(&mut client.in_multi) {
+            Reply::OK
+        } else {
+            Reply::err("DISCARD without MULTI")
+        }
+    } else if client.in_multi && !is(b"QUIT") {
+        Reply::err("not run: inside MULTI, which oncelog does not support")
+    } else {
+        return None;
+    };
+    Some(Step::Now(reply))
+}
+
+/// The most bytes the reply to `args` (ranges into `input`) can take, for bounding a
+/// batch's replies: a stored value for the commands that return one, the argument for
+/// `ECHO`/`PING`, a few KiB for the listings, a little for the rest.
+pub(super) fn reply_bound(input: &[u8], args: &[std::ops::Range<usize>]) -> usize {
+    let arg = |i: usize| {
+        args.get(i)
+            .and_then(|r| input.get(r.clone()))
+            .unwrap_or_default()
+    };
+    let name = arg(0);
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    if is(b"GET") || is(b"ONCE.GET") || is(b"ONCE.BEGIN") {
+        MAX_OUTCOME_LEN + 256
+    } else if is(b"ECHO") || is(b"PING") {
+        arg(1).len() + 32
+    } else if is(b"INFO") || is(b"COMMAND") || is(b"HELLO") {
+        16 << 10
+    } else {
+        // Errors echo at most 8 arguments of 128 characters (up to 4 bytes each).
+        8 * 128 * 4 + 256
+    }
 }

@@ -15,7 +15,8 @@
 //!   loss);
 //! - requests of one connection take effect in the order they were sent;
 //! - a client cannot make the server hold more than [`Config::max_query_buffer`] bytes of
-//!   its input, [`Config::max_pipeline`] requests, or anything at all while it is idle;
+//!   its input, [`Config::max_pipeline`] requests and about [`Config::max_batch_reply`]
+//!   bytes of replies, and holds no buffers while it is idle;
 //! - no input crashes the server: a malformed frame gets `-ERR Protocol error: ...` and the
 //!   connection is closed.
 //!
@@ -60,13 +61,19 @@ pub struct Config {
     pub max_pipeline: usize,
     /// Bytes of a client's input held while a request is incomplete, at most.
     pub max_query_buffer: usize,
-    /// How long shutdown waits for connections to finish their batches.
+    /// How long shutdown waits for connections to finish their batches (and write their
+    /// replies) before it closes them and the store.
     pub drain_timeout: Duration,
+    /// Bytes of replies one batch of a connection may produce, at most (estimated from
+    /// each command's largest reply): a batch ends early rather than exceed it, so that a
+    /// client that sends without reading holds at most about this much.
+    pub max_batch_reply: usize,
 }
 
 impl Config {
     /// The defaults for `dir`: loopback port 6390, `sync`, no password, 10,000 clients,
-    /// batches of up to 1024 requests, 16 MiB of input per client.
+    /// batches of up to 1024 requests and 1 MiB of replies, 16 MiB of input per client,
+    /// 5 s to drain at shutdown.
     pub fn new(dir: impl Into<PathBuf>) -> Config {
         Config {
             dir: dir.into(),
@@ -77,7 +84,8 @@ impl Config {
             limits: Limits::default(),
             max_pipeline: 1024,
             max_query_buffer: 16 << 20,
-            drain_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(5),
+            max_batch_reply: 1 << 20,
         }
     }
 }
@@ -209,8 +217,9 @@ async fn serve(store: Store, config: Config) -> Result<Arc<Shared>, String> {
                 }
                 let (shared, stopped) = (Arc::clone(&shared), stopped.clone());
                 connections.spawn(async move {
+                    // Counted out however the task ends: returned, panicked or aborted.
+                    let _counted = Counted(&shared.clients);
                     connection(&shared, socket, stopped).await;
-                    shared.clients.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         }
@@ -221,15 +230,29 @@ async fn serve(store: Store, config: Config) -> Result<Arc<Shared>, String> {
         shared.clients.load(Ordering::SeqCst)
     );
     let _ = stop.send(true);
-    let drained = tokio::time::timeout(shared.config.drain_timeout, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        eprintln!("oncelog serve: connections still busy after the drain timeout; closing");
-        connections.abort_all();
+    // Connections finish their batches; a client that does not read its replies could
+    // hold one up for ever, so the wait is bounded, and a second signal cuts it short.
+    let drained = async { while connections.join_next().await.is_some() {} };
+    tokio::select! {
+        _ = drained => {}
+        _ = tokio::time::sleep(shared.config.drain_timeout) => {
+            eprintln!("oncelog serve: connections still busy after the drain timeout; closing them");
+        }
+        _ = terminate.recv() => eprintln!("oncelog serve: second signal; closing connections"),
+        _ = interrupt.recv() => eprintln!("oncelog serve: second signal; closing connections"),
     }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
     Ok(shared)
+}
+
+/// One connection in `Shared::clients`, until dropped.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Over `--max-clients`: Redis's answer, then close.
@@ -245,6 +268,8 @@ pub(crate) struct Client {
     pub(crate) authenticated: bool,
     pub(crate) resp3: bool,
     pub(crate) name: Option<Vec<u8>>,
+    /// After `MULTI`, until `EXEC` or `DISCARD`: commands are refused, not run.
+    pub(crate) in_multi: bool,
 }
 
 /// Serves one connection until the client leaves, sends `QUIT` or a malformed frame, or the
@@ -256,6 +281,7 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
         authenticated: shared.config.requirepass.is_none(),
         resp3: false,
         name: None,
+        in_multi: false,
     };
     // Both buffers start empty and are given back when they grew past what an idle client
     // should pin.
@@ -266,7 +292,10 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
         let mut requests = Vec::new();
         let mut used = 0;
         let mut malformed = None;
-        while requests.len() < shared.config.max_pipeline {
+        let mut reply_bytes = 0;
+        while requests.len() < shared.config.max_pipeline
+            && reply_bytes < shared.config.max_batch_reply
+        {
             match resp::parse(&input[used..], &limits) {
                 Ok(Some(request)) => {
                     let args: Vec<_> = request
@@ -276,6 +305,7 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
                         .collect();
                     used += request.len;
                     if !args.is_empty() {
+                        reply_bytes += commands::reply_bound(&input, &args);
                         requests.push(args);
                     }
                 }
@@ -309,8 +339,11 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
             let _ = socket.write_all(&out).await;
             return;
         }
+        // Give back what a large request grew the buffer to, once it is gone.
         if input.is_empty() && input.capacity() > 16 << 10 {
             input = Vec::new();
+        } else if input.capacity() > 64 << 10 && input.len() < 16 << 10 {
+            input.shrink_to(16 << 10);
         }
         input.reserve((16 << 10).min(shared.config.max_query_buffer - input.len()));
         tokio::select! {
