@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::map::Appender;
-use super::segment::{lsn, Location, NewSegment, Segment, Totals};
+use super::segment::{self, lsn, Location, NewSegment, Segment, Totals};
 use super::Log;
 use crate::error::Result;
 use crate::format::{
@@ -32,6 +32,8 @@ pub(crate) struct Writer {
     pub(crate) totals: Totals,
     /// Whether the next segment is being (or has been) prepared in the background.
     pub(crate) next_prepared: bool,
+    /// The tail when the committer was last asked for background writeback.
+    pub(crate) kicked_at: usize,
 }
 
 impl Writer {
@@ -42,12 +44,14 @@ impl Writer {
         appender: Appender,
         totals: Totals,
     ) -> Self {
+        let kicked_at = appender.tail();
         Writer {
             segment,
             slot,
             appender,
             totals,
             next_prepared: false,
+            kicked_at,
         }
     }
 
@@ -104,6 +108,13 @@ impl<'a> RecordSpec<'a> {
 
 /// Records up to this many bytes are encoded before the writer lock is taken.
 const PRE_ENCODED_MAX: usize = 256;
+
+/// Every this many bytes appended, the committer is asked to sync with nobody waiting
+/// (`GroupCommit::kick`), so that rotation finds at most about this much of the segment
+/// dirty, whatever the durability mode. 4 MiB: with 1 MiB, buffered claims ran 15% slower;
+/// with 4 MiB, 2-9% (`oncelog bench --keys 5000000 --durability buffered`), and the worst
+/// claim went from 33-47 ms to 7-8 ms.
+const WRITEBACK_EVERY: usize = 4 << 20;
 
 impl Log {
     /// Appends one record.
@@ -213,6 +224,15 @@ impl Log {
             w.next_prepared = true;
             self.prepare_next(w.segment.id + 1, self.config.size_after(current), now);
         }
+        let tail = w.appender.tail();
+        let kick = tail >= w.kicked_at + WRITEBACK_EVERY;
+        if kick {
+            w.kicked_at = tail;
+        }
+        drop(w);
+        if kick {
+            self.commit.kick();
+        }
         Ok(())
     }
 
@@ -264,7 +284,8 @@ impl Log {
     /// Order, and why (crash analysis in docs/FORMAT.md):
     /// 1. (before) `seg-N+1.olog.tmp` was created, allocated, and its header synced — a crash
     ///    then leaves only a temporary file, deleted on open;
-    /// 2. append the seal record to segment N and sync all of N — N is complete on disk;
+    /// 2. append the seal record to segment N and sync N from the durable lsn on (all of
+    ///    it before that is synced already) — N is complete on disk;
     /// 3. rename the temporary to `seg-N+1.olog` and fsync the directory — only now can
     ///    recovery see N+1, and it always finds N sealed.
     ///
@@ -290,7 +311,18 @@ impl Log {
             return Err(self.poison("no room left for the seal record".to_string()));
         }
         let sealed_end = w.appender.tail();
-        if let Err(e) = w.segment.sync_range(io, &w.segment.path, 0, sealed_end) {
+        // Everything below the durable lsn is on stable storage already (group commit and
+        // its background writeback keep it close to the tail): sync from there.
+        let durable = self.commit.durable();
+        let from = if segment::lsn_segment(durable) == w.segment.id {
+            segment::lsn_offset(durable).min(sealed_end)
+        } else {
+            0
+        };
+        if let Err(e) = w
+            .segment
+            .sync_range(io, &w.segment.path, from, sealed_end - from)
+        {
             spare.discard(io);
             return Err(self.poison_io("sync sealed segment", &w.segment.path, e));
         }
