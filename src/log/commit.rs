@@ -6,9 +6,7 @@
 //! (`GroupCommit::wait_for`). One committer thread per log (`Committer`) does the syncs:
 //! whenever anyone waits, it reads the tail, syncs up to it, moves `durable` there and wakes
 //! exactly the waiters that sync covered, then starts the next sync at once if anyone is
-//! still waiting. The writer may also *kick* it to sync with nobody waiting (every 4 MiB
-//! appended), so that under `Buffered` too a segment's pages are mostly clean by the time
-//! rotation syncs it under the writer lock. Before a sync it may *gather*: the callers the previous sync woke usually
+//! still waiting. Before a sync it may *gather*: the callers the previous sync woke usually
 //! come back with a new record within microseconds, so the committer waits until as many
 //! have registered again — for at most half as long as the previous sync took, yielding the
 //! CPU for the first 50 µs and sleeping after. A caller
@@ -82,8 +80,6 @@ struct Queue {
     failed: Option<Failed>,
     /// The committer is to stop once nobody waits.
     stop: bool,
-    /// A sync was asked for with nobody waiting (`GroupCommit::kick`).
-    kicked: bool,
 }
 
 /// A failed sync: what its waiters are told.
@@ -120,7 +116,6 @@ impl GroupCommit {
                 arrived: 0,
                 failed: None,
                 stop: false,
-                kicked: false,
             }),
             work: Condvar::new(),
         }
@@ -136,20 +131,6 @@ impl GroupCommit {
     /// committer's next round.
     pub(crate) fn advance(&self, lsn: u64) {
         self.durable.fetch_max(lsn, Ordering::AcqRel);
-    }
-
-    /// Asks the committer for a sync even though nobody waits: background writeback, so
-    /// that the pages written so far are clean when rotation must sync the segment under
-    /// the writer lock. Returns at once; a kick while one is pending, or while syncs run
-    /// anyway, changes nothing.
-    pub(crate) fn kick(&self) {
-        let mut q = self.queue.lock();
-        if !q.kicked {
-            q.kicked = true;
-            if q.phase == Phase::Idle {
-                self.work.notify_one();
-            }
-        }
     }
 
     /// Counts a sync made outside the committer.
@@ -253,15 +234,13 @@ impl GroupCommit {
         let mut q = self.queue.lock();
         loop {
             q.phase = Phase::Idle;
-            while q.waiters.is_empty() && !q.kicked {
+            while q.waiters.is_empty() {
                 if q.stop {
                     return;
                 }
                 self.work.wait(&mut q);
             }
-            q.kicked = false;
-            let waiting = !q.waiters.is_empty();
-            if waiting && q.woken > 0 && q.arrived < q.woken && q.failed.is_none() {
+            if q.woken > 0 && q.arrived < q.woken && q.failed.is_none() {
                 q.phase = Phase::Gathering;
                 let started = Instant::now();
                 let deadline = started + (last_sync / 2).min(MAX_GATHER);
@@ -605,20 +584,6 @@ mod tests {
         assert!(gc.durable() >= end);
         assert_eq!(gc.syncs(), 1);
         assert_eq!(gc.waiters(), 0);
-    }
-
-    #[test]
-    fn a_kick_syncs_with_nobody_waiting() {
-        let (gc, log, _c) = started();
-        let end = log.write(4096);
-        gc.kick();
-        crate::testing::wait_until(|| gc.durable() >= end);
-        assert_eq!(log.synced.load(Ordering::SeqCst), end);
-        assert_eq!(gc.syncs(), 1);
-        // Nothing more to do: the committer goes back to sleep without syncing again.
-        gc.kick();
-        crate::testing::wait_until(|| !gc.queue.lock().kicked);
-        assert_eq!(log.syncs.load(Ordering::SeqCst), 1);
     }
 
     /// Durable before acknowledged, and only the covered are woken: while the sync that

@@ -32,8 +32,6 @@ pub(crate) struct Writer {
     pub(crate) totals: Totals,
     /// Whether the next segment is being (or has been) prepared in the background.
     pub(crate) next_prepared: bool,
-    /// The tail when the committer was last asked for background writeback.
-    pub(crate) kicked_at: usize,
 }
 
 impl Writer {
@@ -44,14 +42,12 @@ impl Writer {
         appender: Appender,
         totals: Totals,
     ) -> Self {
-        let kicked_at = appender.tail();
         Writer {
             segment,
             slot,
             appender,
             totals,
             next_prepared: false,
-            kicked_at,
         }
     }
 
@@ -108,13 +104,6 @@ impl<'a> RecordSpec<'a> {
 
 /// Records up to this many bytes are encoded before the writer lock is taken.
 const PRE_ENCODED_MAX: usize = 256;
-
-/// Every this many bytes appended, the committer is asked to sync with nobody waiting
-/// (`GroupCommit::kick`), so that rotation finds at most about this much of the segment
-/// dirty, whatever the durability mode. 4 MiB: with 1 MiB, buffered claims ran 15% slower;
-/// with 4 MiB, 2-9% (`oncelog bench --keys 5000000 --durability buffered`), and the worst
-/// claim went from 33-47 ms to 7-8 ms.
-const WRITEBACK_EVERY: usize = 4 << 20;
 
 impl Log {
     /// Appends one record.
@@ -224,15 +213,6 @@ impl Log {
             w.next_prepared = true;
             self.prepare_next(w.segment.id + 1, self.config.size_after(current), now);
         }
-        let tail = w.appender.tail();
-        let kick = tail >= w.kicked_at + WRITEBACK_EVERY;
-        if kick {
-            w.kicked_at = tail;
-        }
-        drop(w);
-        if kick {
-            self.commit.kick();
-        }
         Ok(())
     }
 
@@ -311,8 +291,8 @@ impl Log {
             return Err(self.poison("no room left for the seal record".to_string()));
         }
         let sealed_end = w.appender.tail();
-        // Everything below the durable lsn is on stable storage already (group commit and
-        // its background writeback keep it close to the tail): sync from there.
+        // Everything below the durable lsn is on stable storage already (under `Sync` and
+        // `Periodic` it is close to the tail): sync from there.
         let durable = self.commit.durable();
         let from = if segment::lsn_segment(durable) == w.segment.id {
             segment::lsn_offset(durable).min(sealed_end)
