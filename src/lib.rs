@@ -46,6 +46,7 @@ mod engine;
 mod error;
 pub mod format;
 mod fs;
+mod heap;
 #[cfg(feature = "http")]
 pub mod http;
 mod index;

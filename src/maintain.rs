@@ -65,6 +65,11 @@ pub struct CompactionReport {
     pub duration: Duration,
 }
 
+/// How far the index tables must shrink from their peak before maintenance gives the
+/// freed heap back to the system: enough that a trim (which walks the allocator's free
+/// lists) is worth its time.
+const RELEASE_AFTER: u64 = 8 << 20;
+
 /// Maintenance of one store: its settings, and counters shared by the background thread
 /// and `Store::compact`.
 #[derive(Debug, Default)]
@@ -84,6 +89,8 @@ pub(crate) struct Maintenance {
     pub(crate) bytes_reclaimed: AtomicU64,
     pub(crate) hints_written: AtomicU64,
     pub(crate) errors: AtomicU64,
+    /// The most heap the index tables held since the heap was last given back.
+    index_peak: AtomicU64,
 }
 
 impl Maintenance {
@@ -95,7 +102,8 @@ impl Maintenance {
         }
     }
 
-    /// Runs one round of maintenance: sweep, delete, compact, write hints.
+    /// Runs one round of maintenance: sweep, delete, compact, write hints, then give freed
+    /// heap back if the index shrank a lot.
     pub(crate) fn run(&self, engine: &Engine) -> Result<CompactionReport> {
         let _one = self.running.lock();
         let started = Instant::now();
@@ -116,7 +124,19 @@ impl Maintenance {
         if result.is_err() {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
+        self.release_heap(engine);
         result.map(|()| report)
+    }
+
+    /// 5. Gives freed heap back to the system once the index tables have shrunk by
+    ///    `RELEASE_AFTER` bytes from their peak (see `heap`).
+    fn release_heap(&self, engine: &Engine) {
+        let now = engine.index_heap_bytes();
+        let peak = self.index_peak.fetch_max(now, Ordering::Relaxed).max(now);
+        if peak - now >= RELEASE_AFTER {
+            crate::heap::release_free_memory();
+            self.index_peak.store(now, Ordering::Relaxed);
+        }
     }
 
     fn run_locked(&self, engine: &Engine, report: &mut CompactionReport) -> Result<()> {
