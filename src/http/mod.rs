@@ -23,15 +23,17 @@
 //!
 //! The layer's own errors are `application/problem+json` (RFC 9457) bodies.
 //!
-//! The handler runs in its own tokio task: a client that disconnects does not cancel it,
-//! and while it runs the lease is extended every third of the lease time (a heartbeat), so
+//! A client that disconnects does not cancel the handler: it runs inside the request's
+//! future while the server polls it, and if the server drops that future, the rest of the
+//! work moves to a tokio task of its own. While it runs the lease is extended every third
+//! of the lease time (a heartbeat), so
 //! a slow handler is not run a second time. If the process dies mid-handler, the lease
 //! outlives it: the key answers 409 until the lease runs out, then the next request runs
 //! the handler as attempt 2, which can check whether attempt 1 did its side effect before
 //! doing it again ([`Idempotency::attempt`], in the request's extensions).
 //!
-//! The layer needs a tokio runtime (it spawns the handler and times the heartbeat); the
-//! store itself needs none.
+//! The layer needs a tokio runtime (it spawns what a dropped request left, and times the
+//! heartbeat); the store itself needs none.
 
 mod outcome;
 
@@ -491,15 +493,60 @@ where
             "the scope is too long",
         ));
     };
-    // From here on the request's fate is decided in a task of its own, which a client
-    // that goes away does not cancel: a lease once taken is always completed or freed.
-    let task = tokio::spawn(settle(inner, store, config, parts, body, key, store_key));
-    match task.await {
-        Ok(answer) => answer.map(|r| r.map(Either::Left)),
-        Err(_) => left(problem(
+    // From here on the request's fate is decided by work that a client going away does not
+    // cancel: a lease once taken is always completed or freed. The work runs inside this
+    // request's future while the server polls it (no task to spawn and wake per request);
+    // if the future is dropped first, what is left of the work moves to a task of its own.
+    let work = Box::pin(settle(inner, store, config, parts, body, key, store_key));
+    match (FinishOnDrop { work: Some(work) }).await {
+        Some(answer) => answer.map(|r| r.map(Either::Left)),
+        None => left(problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the request's task failed",
         )),
+    }
+}
+
+/// Runs `work` as part of the future that polls it; if that future is dropped before the
+/// work is done (the client went away and the server dropped the request), the rest of
+/// the work is spawned as a task of its own on the current tokio runtime, so it finishes
+/// anyway. Resolves to `None` if the work panicked.
+struct FinishOnDrop<F: Future + Send + 'static> {
+    work: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future + Send + 'static> Future for FinishOnDrop<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(work) = self.work.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => {
+                self.work = None;
+                Poll::Ready(Some(out))
+            }
+            Err(_) => {
+                self.work = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for FinishOnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(work) = self.work.take() {
+            // Outside a runtime (the server is shutting down) nothing can run it: the
+            // lease then runs out, as after a crash.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = work.await;
+                });
+            }
+        }
     }
 }
 
@@ -561,8 +608,8 @@ where
 type HandlerResult<E> = Result<(::http::response::Parts, Result<Bytes, BoxError>), E>;
 
 /// Runs the handler and supervises it: the lease is extended while the handler runs, then
-/// the key is completed or freed. Called from the request's own task, which a client going
-/// away does not cancel.
+/// the key is completed or freed. Called from work that a client going away does not
+/// cancel (`FinishOnDrop`).
 async fn run<S, ReqBody, ResBody>(
     mut inner: S,
     store: Arc<Store>,
