@@ -169,7 +169,8 @@ impl Maintenance {
                     continue;
                 }
                 if worth_compacting(seg, now, self.threshold) {
-                    compact_segment(engine, *slot, seg, now, report)?;
+                    let hints = self.hints && engine.hints_usable();
+                    compact_segment(engine, *slot, seg, now, hints, report)?;
                 }
             }
         }
@@ -308,12 +309,15 @@ struct Kept {
     len: u32,
 }
 
-/// Rewrites segment `seg` (in `slot`) without its dead records, under the same id.
+/// Rewrites segment `seg` (in `slot`) without its dead records, under the same id; with
+/// `hints`, writes the copy's hint file too, from the records it kept (so the copy is
+/// never read back for it).
 fn compact_segment(
     engine: &Engine,
     slot: u16,
     seg: &Arc<Segment>,
     now: u64,
+    hints: bool,
     report: &mut CompactionReport,
 ) -> Result<()> {
     let data_end = seg.usage.data_end.load(Ordering::Relaxed) as usize;
@@ -336,6 +340,8 @@ fn compact_segment(
         engine.store_id(),
     )?;
     let mut kept: Vec<Kept> = Vec::new();
+    // The copy's hint entries: every record kept, at its new offset.
+    let mut hint_entries: Vec<HintEntry> = Vec::new();
     let mut pos = SEGMENT_HEADER_LEN;
     while pos < data_end {
         let rec = decode_record(bytes.get(pos..).unwrap_or(&[])).map_err(|_| {
@@ -371,6 +377,18 @@ fn compact_segment(
             }
         };
         if keep {
+            if hints {
+                hint_entries.push(HintEntry {
+                    hash: kept
+                        .last()
+                        .filter(|k| k.old == pos as u32)
+                        .map_or_else(|| engine.hash(rec.key), |k| k.hash),
+                    offset: copy.offset() as u32,
+                    kind: rec.header.kind,
+                    len: len as u32,
+                    expires: rec.header.expires,
+                });
+            }
             let src = bytes.get(pos..pos + len).unwrap_or(&[]);
             copy.push(src, rec.header.kind, rec.header.expires)?;
         }
@@ -407,10 +425,18 @@ fn compact_segment(
     let fresh = Arc::new(Segment::new(seg.path.clone(), copy.header, map));
     fresh.usage.seal(copy.totals, copy.data_end, sealed_at);
     let moves = kept.iter().map(|k| (k.hash, k.old, k.new, k.len));
-    engine.replace_segment(slot, fresh, moves)?;
+    engine.replace_segment(slot, Arc::clone(&fresh), moves)?;
     report.segments_written += 1;
     report.bytes_written += copy.len();
     report.bytes_reclaimed += seg.disk_len().saturating_sub(copy.len());
+
+    // The copy's hint, from what pass 1 kept. Written after the copy is in place: a crash
+    // before leaves the copy without a hint (read whole at the next open, hinted by the
+    // next maintenance run).
+    if hints {
+        store_hint(engine, &fresh, copy.data_end, copy.seal_crc, &hint_entries)?;
+        report.hints_written += 1;
+    }
     Ok(())
 }
 
@@ -448,6 +474,18 @@ fn write_hint(engine: &Engine, seg: &Segment) -> Result<()> {
             CorruptionKind::MalformedRecord,
         ));
     };
+    store_hint(engine, seg, data_end, seal_crc, &entries)
+}
+
+/// Writes the hint file of `seg` (whose data ends at `data_end` and whose seal opens with
+/// `seal_crc`) with `entries`, under a temporary name renamed into place.
+fn store_hint(
+    engine: &Engine,
+    seg: &Segment,
+    data_end: usize,
+    seal_crc: u32,
+    entries: &[HintEntry],
+) -> Result<()> {
     let header = HintHeader {
         segment_id: seg.id,
         store_id: engine.store_id(),
@@ -456,7 +494,7 @@ fn write_hint(engine: &Engine, seg: &Segment) -> Result<()> {
         entries: entries.len() as u32,
     };
     let mut buf = Vec::with_capacity(64 + entries.len() * 24 + 4);
-    encode_hint(&mut buf, &header, &entries);
+    encode_hint(&mut buf, &header, entries);
     debug_assert!(decode_hint(&buf).is_ok());
     let path = hint_path(engine, seg.id);
     let tmp = fs::tmp_path(&path);

@@ -487,3 +487,70 @@ fn claim_after_expiry_is_new_even_before_maintenance() {
     assert_eq!(store.claim("k", HOUR).unwrap(), Claim::New);
     assert_eq!(store.stats().expired, 1);
 }
+
+/// The hint files of a directory, by name, with their bytes.
+fn hint_files(dir: &Path) -> HashMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".hint"))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+/// Compaction writes each copy's hint from the records it kept, in the same pass: the
+/// hint is byte for byte the one a scan of the copy writes, and a reopen replays the
+/// copies from them with the same answers.
+#[test]
+fn compaction_writes_each_copys_hint_from_what_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    let long = Duration::from_secs(24 * 3600);
+    let short = Duration::from_secs(60);
+    for i in 0..4_000u64 {
+        let ttl = if i % 4 == 0 { long } else { short };
+        assert!(store.claim(fixed_key(i, 32), ttl).unwrap().is_new());
+        if i % 40 == 8 {
+            assert!(store.remove(fixed_key(i - 8, 32)).unwrap());
+        }
+    }
+    clock.advance(2 * short);
+    let report = store.compact().unwrap();
+    assert!(report.segments_written >= 2, "{report:?}");
+    let (sealed, _) = files(dir.path(), ".olog");
+    let by_compaction = hint_files(dir.path());
+    assert_eq!(
+        by_compaction.len(),
+        sealed - 1,
+        "one hint per sealed segment"
+    );
+    let answers = |store: &Store| -> Vec<bool> {
+        (0..4_000u64)
+            .map(|i| store.get(fixed_key(i, 32)).unwrap().is_some())
+            .collect()
+    };
+    let before = answers(&store);
+    drop(store);
+
+    // The same directory without hints: maintenance scans every segment for its hint.
+    for name in by_compaction.keys() {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    assert_eq!(store.stats().recovery_hinted_segments, 0);
+    let report = store.compact().unwrap();
+    assert_eq!(report.segments_written, 0, "{report:?}");
+    assert_eq!(hint_files(dir.path()), by_compaction);
+    drop(store);
+
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    assert_eq!(
+        store.stats().recovery_hinted_segments as usize,
+        by_compaction.len()
+    );
+    assert_eq!(answers(&store), before);
+}

@@ -47,6 +47,8 @@ pub(crate) struct Sealed {
     pub(crate) totals: Totals,
     /// Where its data ends (the offset of its seal).
     pub(crate) data_end: usize,
+    /// The CRC that opens its seal record (what a hint file names its segment by).
+    pub(crate) seal_crc: u32,
     path: PathBuf,
     tmp: PathBuf,
 }
@@ -123,6 +125,7 @@ impl<'a> SealedWriter<'a> {
             max_expires: self.totals.max_expires,
         };
         encode_seal(&mut seal, info, sealed_at);
+        let seal_crc = u32::from_le_bytes([seal[0], seal[1], seal[2], seal[3]]);
         self.buf.extend_from_slice(&seal);
         self.flush()?;
         self.header.capacity = (data_end + SEAL_LEN) as u64;
@@ -138,6 +141,7 @@ impl<'a> SealedWriter<'a> {
             header: self.header,
             totals: self.totals,
             data_end,
+            seal_crc,
             path: self.path,
             tmp: self.tmp,
         })
