@@ -545,7 +545,11 @@ fn scan_segment(
 }
 
 /// Records replayed per batch (see `Replay`).
-const REPLAY_BATCH: usize = 8192;
+const REPLAY_BATCH: usize = 65_536;
+
+/// A batch at least this large is applied by two threads, each on its own half of the
+/// stripes (when the machine has two cores or more).
+const PARALLEL_BATCH: usize = 16_384;
 
 /// One record read during recovery, waiting to be applied to the index.
 struct Replayed {
@@ -599,6 +603,49 @@ impl Replay<'_> {
                 *at += 1;
             }
         }
+        // `starts[s]` is now where stripe `s`'s records end in `order`. Stripes are
+        // independent (a key's records all fall in its stripe), so two threads can apply
+        // disjoint runs of them; split where about half the records are.
+        let parallel = self.ops.len() >= PARALLEL_BATCH
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        let split = if parallel {
+            let half = self.ops.len() / 2;
+            starts
+                .iter()
+                .copied()
+                .find(|&end| end >= half)
+                .unwrap_or(order.len())
+                .min(order.len())
+        } else {
+            order.len()
+        };
+        let (first, second) = order.split_at(split);
+        if second.is_empty() {
+            self.apply(first);
+        } else {
+            let this = &*self;
+            std::thread::scope(|scope| {
+                let other = std::thread::Builder::new()
+                    .name("oncelog-recover".into())
+                    .spawn_scoped(scope, move || this.apply(second));
+                this.apply(first);
+                match other {
+                    Ok(handle) => {
+                        if let Err(panic) = handle.join() {
+                            std::panic::resume_unwind(panic);
+                        }
+                    }
+                    // No thread to be had: apply the second half here too.
+                    Err(_) => this.apply(second),
+                }
+            });
+        }
+        self.ops.clear();
+    }
+
+    /// Applies the records `order` names (indexes into `ops`, grouped by stripe, each
+    /// stripe's in log order), one stripe lock per run of a stripe.
+    fn apply(&self, order: &[u32]) {
         let sorted = order.iter().filter_map(|&i| self.ops.get(i as usize));
         let table = self.table;
         let mut current: Option<(usize, parking_lot::MutexGuard<'_, Stripe>)> = None;
@@ -633,8 +680,6 @@ impl Replay<'_> {
                 }
             }
         }
-        drop(current);
-        self.ops.clear();
     }
 }
 

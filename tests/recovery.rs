@@ -622,3 +622,58 @@ fn segments_stay_mapped_without_an_open_file_each() {
     store.close().unwrap();
     assert!(open_files_under(dir.path()).is_empty());
 }
+
+/// Segments of tens of thousands of records are replayed by two threads, each on half the
+/// stripes: every key's newest record still decides its state (claims, removes, claims
+/// again after a remove, expiry), from segments and from hint files alike.
+#[test]
+fn a_large_store_replays_the_same_on_two_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let open = |hints: bool| {
+        oncelog::Options::new()
+            .clock(clock.clone())
+            .durability(oncelog::Durability::Buffered)
+            .background_maintenance(false)
+            .hints(hints)
+            .open(dir.path())
+            .unwrap()
+    };
+    let n = 120_000u64;
+    let store = open(false);
+    let short = Duration::from_secs(60);
+    for i in 0..n {
+        let ttl = if i % 5 == 0 { short } else { TTL };
+        assert!(store.claim(key(i), ttl).unwrap().is_new());
+    }
+    for i in (0..n).step_by(7) {
+        store.remove(key(i)).unwrap();
+    }
+    for i in (0..n).step_by(21) {
+        assert!(store.claim(key(i), TTL).unwrap().is_new());
+    }
+    clock.advance(2 * short);
+    let answers = |store: &Store| -> Vec<bool> {
+        (0..n)
+            .map(|i| store.get(key(i)).unwrap().is_some())
+            .collect()
+    };
+    let expected = answers(&store);
+    let live = expected.iter().filter(|&&a| a).count();
+    assert!(live > n as usize / 2 && live < n as usize, "{live}");
+    let records = store.stats().claims + store.stats().removes;
+    drop(store);
+
+    let store = open(false);
+    assert_eq!(store.stats().recovered_records, records);
+    assert!(store.stats().segments >= 3, "{:?}", store.stats());
+    assert_eq!(answers(&store), expected, "replayed from the segments");
+    drop(store);
+    // Hints for the sealed segments, then a replay from them.
+    let store = open(true);
+    assert!(store.compact().unwrap().hints_written > 0);
+    drop(store);
+    let store = open(true);
+    assert!(store.stats().recovery_hinted_segments > 0);
+    assert_eq!(answers(&store), expected, "replayed from hints");
+}
