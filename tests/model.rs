@@ -17,6 +17,8 @@ use proptest::prelude::*;
 #[derive(Debug, Clone)]
 enum Op {
     Claim(usize, u64),
+    /// `claim_with_outcome`, the outcome made from the tag.
+    ClaimWithOutcome(usize, u64, u8),
     ClaimMany(Vec<usize>, u64),
     Remove(usize),
     Get(usize),
@@ -45,6 +47,7 @@ fn ttl_ms() -> impl Strategy<Value = u64> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..POOL, ttl_ms()).prop_map(|(k, t)| Op::Claim(k, t)),
+        2 => (0..POOL, ttl_ms(), any::<u8>()).prop_map(|(k, t, o)| Op::ClaimWithOutcome(k, t, o)),
         2 => (prop::collection::vec(0..POOL, 0..12), ttl_ms()).prop_map(|(ks, t)| Op::ClaimMany(ks, t)),
         2 => (0..POOL).prop_map(Op::Remove),
         2 => (0..POOL).prop_map(Op::Get),
@@ -66,7 +69,14 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Default)]
 struct Model {
     claims: HashMap<Vec<u8>, (u64, u64)>,
+    /// The outcome a key was claimed with (`claim_with_outcome`), while it is claimed.
+    outcomes: HashMap<Vec<u8>, Vec<u8>>,
     high: u64,
+}
+
+/// The outcome `Op::ClaimWithOutcome` stores for `tag`.
+fn outcome_of(tag: u8) -> Vec<u8> {
+    vec![tag; 1 + usize::from(tag) % 40]
 }
 
 fn seen_ms(s: &Seen) -> (u64, u64) {
@@ -127,6 +137,20 @@ impl Model {
         ok
     }
 
+    /// Whether a `Seen` the store gave for `key` carries the outcome the key was claimed
+    /// with (none for a plain claim).
+    fn outcome_matches(&self, key: &[u8], seen: &Seen) -> bool {
+        seen.outcome.as_deref() == self.outcomes.get(key).map(Vec::as_slice)
+    }
+
+    /// Records what a claim answered `New` stored with the key.
+    fn claimed_with(&mut self, key: &[u8], outcome: Option<Vec<u8>>) {
+        match outcome {
+            Some(o) => self.outcomes.insert(key.to_vec(), o),
+            None => self.outcomes.remove(key),
+        };
+    }
+
     fn tick(&mut self, now: u64) {
         self.high = self.high.max(now);
     }
@@ -156,10 +180,28 @@ fn run(ops: &[Op], collide: bool, stripes: usize) -> Result<(), TestCaseError> {
         let now = ms(clock.now());
         model.tick(now);
         match op {
-            Op::Claim(k, ttl) => {
+            Op::Claim(k, ttl) | Op::ClaimWithOutcome(k, ttl, _) => {
                 let key = pool_key(*k);
-                let got = store.claim(&key, Duration::from_millis(*ttl)).unwrap();
+                let outcome = match op {
+                    Op::ClaimWithOutcome(_, _, tag) => Some(outcome_of(*tag)),
+                    _ => None,
+                };
+                let ttl_d = Duration::from_millis(*ttl);
+                let got = match &outcome {
+                    Some(o) => store.claim_with_outcome(&key, o, ttl_d).unwrap(),
+                    None => store.claim(&key, ttl_d).unwrap(),
+                };
                 let before = model.state(&key, now);
+                if let Claim::Duplicate(seen) = &got {
+                    prop_assert!(
+                        model.outcome_matches(&key, seen),
+                        "step {}: {:?}: duplicate's outcome {:?}, model {:?}",
+                        step,
+                        op,
+                        seen.outcome,
+                        model.outcomes.get(&key)
+                    );
+                }
                 prop_assert!(
                     model.claim(&key, now, *ttl, answer(&got)),
                     "step {}: {:?}: store {:?}, model {:?}",
@@ -168,6 +210,9 @@ fn run(ops: &[Op], collide: bool, stripes: usize) -> Result<(), TestCaseError> {
                     got,
                     before
                 );
+                if got.is_new() {
+                    model.claimed_with(&key, outcome);
+                }
             }
             Op::ClaimMany(ks, ttl) => {
                 let keys: Vec<Vec<u8>> = ks.iter().map(|&k| pool_key(k)).collect();
@@ -177,6 +222,14 @@ fn run(ops: &[Op], collide: bool, stripes: usize) -> Result<(), TestCaseError> {
                 prop_assert_eq!(got.len(), keys.len());
                 for (i, key) in keys.iter().enumerate() {
                     let before = model.state(key, now);
+                    if let Claim::Duplicate(seen) = &got[i] {
+                        prop_assert!(
+                            model.outcome_matches(key, seen),
+                            "step {}: key #{}",
+                            step,
+                            i
+                        );
+                    }
                     prop_assert!(
                         model.claim(key, now, *ttl, answer(&got[i])),
                         "step {}: {:?} key #{}: store {:?}, model {:?}",
@@ -186,11 +239,17 @@ fn run(ops: &[Op], collide: bool, stripes: usize) -> Result<(), TestCaseError> {
                         got[i],
                         before
                     );
+                    if got[i].is_new() {
+                        model.claimed_with(key, None);
+                    }
                 }
             }
             Op::Remove(k) => {
                 let key = pool_key(*k);
                 let got = store.remove(&key).unwrap();
+                if got {
+                    model.claimed_with(&key, None);
+                }
                 let before = model.state(&key, now);
                 prop_assert!(
                     model.remove(&key, now, got),
@@ -203,7 +262,11 @@ fn run(ops: &[Op], collide: bool, stripes: usize) -> Result<(), TestCaseError> {
             }
             Op::Get(k) => {
                 let key = pool_key(*k);
-                let got = store.get(&key).unwrap().map(|s| seen_ms(&s));
+                let seen = store.get(&key).unwrap();
+                if let Some(seen) = &seen {
+                    prop_assert!(model.outcome_matches(&key, seen), "step {}: {:?}", step, op);
+                }
+                let got = seen.map(|s| seen_ms(&s));
                 prop_assert!(
                     model.get(&key, now, got),
                     "step {}: {:?}: store {:?}, model {:?}",
@@ -227,7 +290,11 @@ fn run(ops: &[Op], collide: bool, stripes: usize) -> Result<(), TestCaseError> {
     let now = ms(clock.now());
     for k in 0..POOL {
         let key = pool_key(k);
-        let got = store.get(&key).unwrap().map(|s| seen_ms(&s));
+        let seen = store.get(&key).unwrap();
+        if let Some(seen) = &seen {
+            prop_assert!(model.outcome_matches(&key, seen), "final reopen, key {}", k);
+        }
+        let got = seen.map(|s| seen_ms(&s));
         prop_assert!(
             model.get(&key, now, got),
             "final reopen, key {}: store {:?}, model {:?}",
