@@ -63,7 +63,7 @@ const TABLE: &[Entry] = &[
 pub(super) fn dispatch<'a>(
     shared: &'a Shared,
     client: &mut Client,
-    argv: Vec<&'a [u8]>,
+    argv: &'a [&'a [u8]],
 ) -> Step<'a> {
     if let Some(step) = transaction(client, argv[0]) {
         return step;
@@ -72,7 +72,7 @@ pub(super) fn dispatch<'a>(
         .iter()
         .find(|c| c.0.as_bytes().eq_ignore_ascii_case(argv[0]))
     else {
-        return Step::Now(unknown_command(&argv));
+        return Step::Now(unknown_command(argv));
     };
     let n = argv.len() as i64;
     if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
@@ -229,14 +229,14 @@ pub(super) fn dispatch<'a>(
                 Err(e) => store_error(shared, "once.get", e),
             }
         })),
-        _ => now(unknown_command(&argv)),
+        _ => now(unknown_command(argv)),
     }
 }
 
 /// `SET key value NX EX seconds | PX ms | EXAT unix-seconds | PXAT unix-ms`, the options in
 /// any order: `OK` if the key was new (it is claimed, with the value as its outcome), nil if
 /// it is live. Every other form is refused before anything is written.
-fn set<'a>(shared: &'a Shared, argv: Vec<&'a [u8]>) -> Step<'a> {
+fn set<'a>(shared: &'a Shared, argv: &'a [&'a [u8]]) -> Step<'a> {
     const ONLY: &str = "oncelog supports only SET key value NX with one of EX seconds, \
                         PX milliseconds, EXAT unix-time-seconds, PXAT unix-time-milliseconds";
     let mut nx = false;
@@ -315,7 +315,7 @@ fn set<'a>(shared: &'a Shared, argv: Vec<&'a [u8]>) -> Step<'a> {
 }
 
 /// `ONCE.BEGIN key lease_ms [FP fingerprint]`: see README "oncelog serve".
-fn once_begin<'a>(shared: &'a Shared, argv: Vec<&'a [u8]>) -> Step<'a> {
+fn once_begin<'a>(shared: &'a Shared, argv: &'a [&'a [u8]]) -> Step<'a> {
     let Some(lease) = millis(argv[2]) else {
         return Step::Now(bad_millis("once.begin"));
     };

@@ -289,7 +289,9 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
     let mut out: Vec<u8> = Vec::new();
     let limits = shared.config.limits;
     loop {
-        let mut requests = Vec::new();
+        // The batch: every request's arguments in one list, and how many each has.
+        let mut args: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut requests: Vec<usize> = Vec::new();
         let mut used = 0;
         let mut malformed = None;
         let mut reply_bytes = 0;
@@ -298,15 +300,12 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
         {
             match resp::parse(&input[used..], &limits) {
                 Ok(Some(request)) => {
-                    let args: Vec<_> = request
-                        .args
-                        .iter()
-                        .map(|a| a.start + used..a.end + used)
-                        .collect();
+                    let first = args.len();
+                    args.extend(request.args.iter().map(|a| a.start + used..a.end + used));
                     used += request.len;
-                    if !args.is_empty() {
-                        reply_bytes += commands::reply_bound(&input, &args);
-                        requests.push(args);
+                    if args.len() > first {
+                        reply_bytes += commands::reply_bound(&input, &args[first..]);
+                        requests.push(args.len() - first);
                     }
                 }
                 Ok(None) => break,
@@ -317,7 +316,7 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
             }
         }
         if !requests.is_empty() {
-            let quit = run_batch(shared, &mut client, &input, &requests, &mut out).await;
+            let quit = run_batch(shared, &mut client, &input, &args, &requests, &mut out).await;
             if socket.write_all(&out).await.is_err() || quit {
                 return;
             }
@@ -372,24 +371,32 @@ pub(crate) enum Step<'a> {
     Quit,
 }
 
-/// Runs one batch of requests (argument ranges into `input`) and appends their replies to
-/// `out`, in order. The store operations are polled in request order, so each one's index
-/// work happens in that order; then they wait for durability together. Returns whether the
-/// client asked to quit.
+/// Runs one batch of requests (`requests[i]` arguments each, in turn, from `args`, ranges
+/// into `input`) and appends their replies to `out`, in order. The store operations are
+/// polled in request order, so each one's index work happens in that order; then they wait
+/// for durability together. Returns whether the client asked to quit.
 async fn run_batch(
     shared: &Shared,
     client: &mut Client,
     input: &[u8],
-    requests: &[Vec<std::ops::Range<usize>>],
+    args: &[std::ops::Range<usize>],
+    requests: &[usize],
     out: &mut Vec<u8>,
 ) -> bool {
+    // Every argument of the batch, once: each request's arguments are a slice of it.
+    let argv: Vec<&[u8]> = args
+        .iter()
+        .map(|a| input.get(a.clone()).unwrap_or_default())
+        .collect();
     let mut steps: Vec<Pending<'_>> = Vec::with_capacity(requests.len());
     // The protocol each reply is written in: `HELLO` may change it within the batch.
     let mut protocols = Vec::with_capacity(requests.len());
     let mut quit = false;
-    for args in requests {
-        let argv: Vec<&[u8]> = args.iter().map(|a| &input[a.clone()]).collect();
-        let step = commands::dispatch(shared, client, argv);
+    let mut at = 0;
+    for &n in requests {
+        let request = argv.get(at..at + n).unwrap_or_default();
+        at += n;
+        let step = commands::dispatch(shared, client, request);
         protocols.push(client.resp3);
         match step {
             Step::Now(reply) => steps.push(Box::pin(std::future::ready(reply))),
