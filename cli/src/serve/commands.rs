@@ -59,18 +59,21 @@ const TABLE: &[Entry] = &[
     ("unlink", -2, &["write", "fast"], 1, -1, 1),
 ];
 
-/// Reads one request (`argv` is not empty) and turns it into a reply or a future.
+/// Reads one request and turns it into a reply or a future.
 pub(super) fn dispatch<'a>(
     shared: &'a Shared,
     client: &mut Client,
     argv: &'a [&'a [u8]],
 ) -> Step<'a> {
-    if let Some(step) = transaction(client, argv[0]) {
+    let Some(&command) = argv.first() else {
+        return Step::Now(Reply::err("empty request"));
+    };
+    if let Some(step) = transaction(client, command) {
         return step;
     }
     let Some(&(name, arity, ..)) = TABLE
         .iter()
-        .find(|c| c.0.as_bytes().eq_ignore_ascii_case(argv[0]))
+        .find(|c| c.0.as_bytes().eq_ignore_ascii_case(command))
     else {
         return Step::Now(unknown_command(argv));
     };
@@ -441,7 +444,10 @@ fn store_error(shared: &Shared, command: &str, e: Error) -> Reply {
 }
 
 fn unknown_command(argv: &[&[u8]]) -> Reply {
-    let name: String = String::from_utf8_lossy(argv[0]).chars().take(128).collect();
+    let name: String = String::from_utf8_lossy(argv.first().copied().unwrap_or_default())
+        .chars()
+        .take(128)
+        .collect();
     let mut text = format!("unknown command '{name}', with args beginning with:");
     for arg in argv.iter().skip(1).take(8) {
         // As Redis does: at most 128 characters of each.
