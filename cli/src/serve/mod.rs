@@ -317,7 +317,8 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
         }
         if !requests.is_empty() {
             let quit = run_batch(shared, &mut client, &input, &args, &requests, &mut out).await;
-            if socket.write_all(&out).await.is_err() || quit {
+            // Shutting down: this batch is answered; what else the client sent is not run.
+            if socket.write_all(&out).await.is_err() || quit || *stopped.borrow() {
                 return;
             }
             out.clear();
