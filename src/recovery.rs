@@ -125,6 +125,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, now: u64) -> Result<(Index, Lo
         let scan = match hinted {
             Some(scan) => {
                 segment.usage.set_hinted();
+                segment.usage.set_unverified(true);
                 stats.hinted_segments += 1;
                 scan
             }

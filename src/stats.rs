@@ -85,6 +85,11 @@ pub struct Stats {
     pub segments_deleted: u64,
     /// Disk bytes freed by deletion and compaction.
     pub bytes_reclaimed: u64,
+    /// Sealed segments in which maintenance found a damaged record (segments replayed from
+    /// their hint files at open are checked by the first maintenance run). Their other
+    /// records still answer; compaction leaves them alone. Reopen with
+    /// [`RecoveryMode::Salvage`](crate::RecoveryMode::Salvage) to mend them.
+    pub damaged_segments: u64,
 }
 
 impl Stats {
@@ -127,6 +132,11 @@ impl Stats {
             compactions: maint.compactions.load(Ordering::Relaxed),
             segments_deleted: maint.segments_deleted.load(Ordering::Relaxed),
             bytes_reclaimed: maint.bytes_reclaimed.load(Ordering::Relaxed),
+            damaged_segments: engine
+                .sealed_segments()
+                .iter()
+                .filter(|(_, seg)| seg.usage.damaged())
+                .count() as u64,
         }
     }
 }

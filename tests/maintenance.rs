@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{clock, fixed_key, opts_no_bg};
+use common::segfile::flip;
+use common::{clock, fixed_key, opts_no_bg, records, segments};
 use oncelog::{Claim, ManualClock, Store, MIN_SEGMENT_SIZE};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -553,4 +554,43 @@ fn compaction_writes_each_copys_hint_from_what_it_kept() {
         by_compaction.len()
     );
     assert_eq!(answers(&store), before);
+}
+
+/// A record damaged inside a sealed segment that `open` replayed from its hint (so nobody
+/// read it) is found by the first maintenance run, counted, and that segment is left out of
+/// compaction: the runs go on succeeding instead of failing on it every time.
+#[test]
+fn damage_in_a_hinted_segment_is_found_once_and_does_not_fail_maintenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let short = Duration::from_secs(60);
+    let long = Duration::from_secs(24 * 3600);
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    for i in 0..3_000u64 {
+        let ttl = if i % 10 == 0 { long } else { short };
+        assert!(store.claim(fixed_key(i, 32), ttl).unwrap().is_new());
+    }
+    assert!(store.compact().unwrap().hints_written >= 2);
+    drop(store);
+    // Damage a record in the middle of the first (sealed, hinted) segment.
+    let first = segments(dir.path()).remove(0);
+    let recs = records(&first);
+    flip(&first, recs[recs.len() / 2].offset + 20);
+
+    clock.advance(2 * short);
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    assert!(store.stats().recovery_hinted_segments >= 2);
+    let report = store.compact().unwrap();
+    assert!(report.segments_verified >= 2, "{report:?}");
+    assert_eq!(report.damaged_found, 1, "{report:?}");
+    assert_eq!(store.stats().damaged_segments, 1);
+    // The damaged segment is not compacted; the other sparse ones are.
+    assert!(report.segments_written >= 1, "{report:?}");
+    assert!(first.exists());
+    let again = store.compact().unwrap();
+    assert_eq!((again.segments_verified, again.damaged_found), (0, 0));
+    assert_eq!(store.stats().maintenance_errors, 0);
+    assert_eq!(store.stats().damaged_segments, 1);
+    // Undamaged long-lived keys still answer.
+    assert!(store.get(fixed_key(2_990, 32)).unwrap().is_some());
 }

@@ -703,6 +703,8 @@ fn cmd_compact(a: CompactArgs) -> Result<ExitCode, String> {
     say!("bytes_written             {}", r.bytes_written)?;
     say!("bytes_reclaimed           {}", r.bytes_reclaimed)?;
     say!("hints_written             {}", r.hints_written)?;
+    say!("segments_verified         {}", r.segments_verified)?;
+    say!("damaged_found             {}", r.damaged_found)?;
     say!(
         "duration_ms               {:.3}",
         r.duration.as_secs_f64() * 1e3

@@ -89,6 +89,12 @@ pub(crate) struct Usage {
     pub(crate) sealed_at: AtomicU64,
     /// A hint file matching this segment exists.
     hinted: AtomicBool,
+    /// Replayed from its hint at open, so its records' checksums have not been checked
+    /// yet: maintenance does that once (`crate::maintain`).
+    unverified: AtomicBool,
+    /// A record of it failed its check: compaction leaves it alone (reopen with
+    /// `RecoveryMode::Salvage` to mend it).
+    damaged: AtomicBool,
 }
 
 /// Totals of a segment's records, known once it is sealed (from the writer, a scan or a hint).
@@ -160,6 +166,23 @@ impl Usage {
 
     pub(crate) fn set_hinted(&self) {
         self.hinted.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unverified(&self) -> bool {
+        self.unverified.load(Ordering::Relaxed)
+    }
+
+    /// Notes whether the records' checksums are still to be checked.
+    pub(crate) fn set_unverified(&self, unverified: bool) {
+        self.unverified.store(unverified, Ordering::Relaxed);
+    }
+
+    pub(crate) fn damaged(&self) -> bool {
+        self.damaged.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_damaged(&self) {
+        self.damaged.store(true, Ordering::Relaxed);
     }
 }
 

@@ -740,6 +740,8 @@ fn info(shared: &Shared, args: &[&[u8]]) -> Reply {
                 ("segments", s.segments.to_string()),
                 ("disk_bytes", s.disk_bytes.to_string()),
                 ("index_bytes", s.index_bytes.to_string()),
+                ("damaged_segments", s.damaged_segments.to_string()),
+                ("maintenance_errors", s.maintenance_errors.to_string()),
             ],
         ),
         (
