@@ -70,9 +70,10 @@ pub struct CompactionReport {
     pub duration: Duration,
 }
 
-/// How far the index tables must shrink from their peak before maintenance gives the
-/// freed heap back to the system: enough that a trim (which walks the allocator's free
-/// lists) is worth its time.
+/// How many bytes the index tables must have freed (growing replaces a table's array with
+/// one a fifth larger; shrinking, with a smaller one) before maintenance gives the freed
+/// heap back to the system: enough that a trim (which walks the allocator's free lists) is
+/// worth its time.
 const RELEASE_AFTER: u64 = 8 << 20;
 
 /// Maintenance of one store: its settings, and counters shared by the background thread
@@ -94,8 +95,8 @@ pub(crate) struct Maintenance {
     pub(crate) bytes_reclaimed: AtomicU64,
     pub(crate) hints_written: AtomicU64,
     pub(crate) errors: AtomicU64,
-    /// The most heap the index tables held since the heap was last given back.
-    index_peak: AtomicU64,
+    /// Bytes the index tables had freed when the heap was last given back.
+    index_freed: AtomicU64,
 }
 
 impl Maintenance {
@@ -133,14 +134,15 @@ impl Maintenance {
         result.map(|()| report)
     }
 
-    /// 5. Gives freed heap back to the system once the index tables have shrunk by
-    ///    `RELEASE_AFTER` bytes from their peak (see `heap`).
+    /// 5. Gives freed heap back to the system once the index tables have freed
+    ///    `RELEASE_AFTER` bytes since the last time (see `heap`): after mass expiry, and
+    ///    while a store grows (the allocator would keep every array a table outgrew).
     fn release_heap(&self, engine: &Engine) {
-        let now = engine.index_heap_bytes();
-        let peak = self.index_peak.fetch_max(now, Ordering::Relaxed).max(now);
-        if peak - now >= RELEASE_AFTER {
+        let (_, freed) = engine.index_heap_bytes();
+        let last = self.index_freed.load(Ordering::Relaxed);
+        if freed.saturating_sub(last) >= RELEASE_AFTER {
             crate::heap::release_free_memory();
-            self.index_peak.store(now, Ordering::Relaxed);
+            self.index_freed.store(freed, Ordering::Relaxed);
         }
     }
 

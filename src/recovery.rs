@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{
     decode_hint, decode_record, DecodeError, HeaderError, RecordKind, SegmentHeader,
-    FORMAT_VERSION, SEAL_LEN, SEGMENT_HEADER_LEN,
+    FORMAT_VERSION, HINT_ENTRY_LEN, SEAL_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::fs;
 use crate::index::{Entry, Index, Stripe};
@@ -99,12 +99,36 @@ pub(crate) fn recover(dir: &Path, opts: &Options, now: u64) -> Result<(Index, Lo
     // 2. Replay in log order: from a segment's hint file when it has a good one, else by
     //    reading the segment.
     let use_hints = !strict && opts.default_hasher;
+    if use_hints {
+        // Size the index for the entries the hint files hold, so that it does not grow a
+        // step at a time under the replay (an estimate: some entries are removes or
+        // superseded, and segments without hints add more; growth covers the rest).
+        let entries: u64 = listing
+            .hints
+            .iter()
+            .filter_map(|(_, path)| std::fs::metadata(path).ok())
+            .map(|m| m.len() / HINT_ENTRY_LEN as u64)
+            .sum();
+        index.reserve(usize::try_from(entries).unwrap_or(usize::MAX));
+    }
     let mut active: Option<(Arc<Segment>, u16, Scan)> = None;
     let mut newest: Option<(Arc<Segment>, File)> = None;
     let mut last_id = 0u64;
+    let capacity_total: u64 = checked.iter().map(|c| c.header.capacity).sum();
+    let mut capacity_done = 0u64;
     for (i, c) in checked.into_iter().enumerate() {
         let is_last = i + 1 == count;
         let id = c.header.segment_id;
+        if capacity_done > 0 {
+            // Size the index for the records still to come at the rate seen so far, so
+            // that it grows a few times in all rather than a fifth at a time (a guess that
+            // only sets the index's size: too high costs memory until maintenance shrinks
+            // it, too low costs growth).
+            let projected =
+                u128::from(stats.records) * u128::from(capacity_total) / u128::from(capacity_done);
+            index.reserve(usize::try_from(projected).unwrap_or(usize::MAX));
+        }
+        capacity_done += c.header.capacity;
         let store = c.header.store_id;
         let (segment, file) = map_segment(&opts.io, c, strict)?;
         let segment = Arc::new(segment);
@@ -548,6 +572,10 @@ fn scan_segment(
 /// Records replayed per batch (see `Replay`).
 const REPLAY_BATCH: usize = 65_536;
 
+/// How many records ahead the replay prefetches index slots: enough to cover a memory
+/// access while the records in between are applied.
+const PREFETCH_AHEAD: usize = 8;
+
 /// A batch at least this large is applied by two threads, each on its own half of the
 /// stripes (when the machine has two cores or more).
 const PARALLEL_BATCH: usize = 16_384;
@@ -647,10 +675,13 @@ impl Replay<'_> {
     /// Applies the records `order` names (indexes into `ops`, grouped by stripe, each
     /// stripe's in log order), one stripe lock per run of a stripe.
     fn apply(&self, order: &[u32]) {
-        let sorted = order.iter().filter_map(|&i| self.ops.get(i as usize));
+        let op_at = |n: usize| order.get(n).and_then(|&i| self.ops.get(i as usize));
         let table = self.table;
         let mut current: Option<(usize, parking_lot::MutexGuard<'_, Stripe>)> = None;
-        for op in sorted {
+        for n in 0..order.len() {
+            let Some(op) = op_at(n) else {
+                continue;
+            };
             if current.as_ref().map(|c| c.0) != Some(op.stripe) {
                 drop(current.take()); // unlock before locking the next stripe
                 current = Some((op.stripe, self.index.lock_stripe(op.stripe)));
@@ -658,6 +689,11 @@ impl Replay<'_> {
             let Some((_, stripe)) = current.as_mut() else {
                 continue;
             };
+            // Each insert's first slot is a cache miss: fetch a few ahead (those in this
+            // stripe) while this one is applied.
+            if let Some(ahead) = op_at(n + PREFETCH_AHEAD).filter(|a| a.stripe == op.stripe) {
+                stripe.prefetch(ahead.hash);
+            }
             // Keys are read (from the segments) only to tell apart entries whose hash bits
             // match: with hints, most records are applied without touching their segment.
             let same_key = |e: &Entry| match (table.record(e.location()), table.record(op.loc)) {

@@ -438,12 +438,15 @@ impl Engine {
     /// Keys, heap bytes and counters of the index, and the entries expired at `now` that
     /// no sweep has dropped yet (counted one slice per lock hold, like a sweep: this never
     /// stalls claims for long).
-    /// Heap bytes the index tables hold now (cheap: no slice is visited).
-    pub(crate) fn index_heap_bytes(&self) -> u64 {
-        let mut bytes = 0u64;
-        self.index
-            .for_each_stripe(|st| bytes += st.allocation_size() as u64);
-        bytes
+    /// Heap bytes the index tables hold now, and the bytes they have freed since the store
+    /// opened (cheap: no slice is visited).
+    pub(crate) fn index_heap_bytes(&self) -> (u64, u64) {
+        let (mut held, mut freed) = (0u64, 0u64);
+        self.index.for_each_stripe(|st| {
+            held += st.allocation_size() as u64;
+            freed += st.freed_bytes();
+        });
+        (held, freed)
     }
 
     pub(crate) fn index_figures(&self, now: u64) -> IndexFigures {
