@@ -71,7 +71,7 @@ pub struct CompactionReport {
 }
 
 /// How many bytes the index tables must have freed (growing replaces a table's array with
-/// one a fifth larger; shrinking, with a smaller one) before maintenance gives the freed
+/// one a third larger; shrinking, with a smaller one) before maintenance gives the freed
 /// heap back to the system: enough that a trim (which walks the allocator's free lists) is
 /// worth its time.
 const RELEASE_AFTER: u64 = 8 << 20;

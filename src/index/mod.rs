@@ -751,7 +751,7 @@ mod tests {
         let index = Index::new(1);
         let mut s = index.lock(0);
         fill(&mut s, 0, 4_000, 50_000);
-        let h = 0x4000_0000u64;
+        let h = 0x0800_0000u64;
         for id in 0..300 {
             put(&mut s, h, 10_000 + id, 50_000);
         }
