@@ -64,6 +64,9 @@ pub(crate) fn recover(dir: &Path, opts: &Options, now: u64) -> Result<(Index, Lo
     let index = &index_owned;
     let mut stats = RecoveryStats::default();
     let mut listing = fs::list_dir(dir)?;
+    if adopt_successor(&opts.io, dir, &listing)? {
+        listing = fs::list_dir(dir)?;
+    }
     let table = Arc::new(SegmentTable::new());
     let strict = opts.recovery == RecoveryMode::Strict;
     let count = listing.segments.len();
@@ -376,6 +379,66 @@ fn map_segment(io: &Io, c: Checked, strict: bool) -> Result<(Segment, Option<Fil
     }
     let map = SegmentMap::writable(&file).map_err(|e| Error::io("map segment", &path, e))?;
     Ok((Segment::new(path, header, map), Some(file)))
+}
+
+/// Gives its name to the segment a crash caught between rotation and the end of its seal
+/// job (docs/FORMAT.md §7.3): appends went on into `seg-N+1.olog.tmp` while segment N was
+/// being synced. It is adopted when N, the newest named segment, ends in a seal that its
+/// records lead up to (so N was sealed, at least in the page cache), and its header names
+/// it N+1 of the same store; then it is renamed and the directory fsynced, and recovery
+/// goes on as if the rotation had finished. Otherwise it is an ordinary temporary, deleted
+/// later (a power cut that took N's seal took nothing `Sync` acknowledged in N+1: durable
+/// never passes into N+1 before its name is durable). `true` if it adopted one.
+fn adopt_successor(io: &Io, dir: &Path, listing: &fs::Listing) -> Result<bool> {
+    let Some((last_id, last_path)) = listing.segments.last() else {
+        return Ok(false);
+    };
+    let next = dir.join(fs::segment_name(last_id.saturating_add(1)));
+    let tmp = fs::tmp_path(&next);
+    if !listing.temporaries.contains(&tmp) {
+        return Ok(false);
+    }
+    let header_of = |path: &Path| {
+        File::open(path)
+            .ok()
+            .and_then(|f| read_header(&f, path).ok())
+    };
+    let (Some(last), Some(successor)) = (header_of(last_path), header_of(&tmp)) else {
+        return Ok(false);
+    };
+    if successor.segment_id != last.segment_id.saturating_add(1)
+        || successor.store_id != last.store_id
+    {
+        return Ok(false);
+    }
+    let bytes = std::fs::read(last_path).map_err(|e| Error::io("read segment", last_path, e))?;
+    if !ends_in_a_seal(&bytes) {
+        return Ok(false);
+    }
+    fs::rename(io, &tmp, &next).map_err(|e| Error::io("rename new segment", &next, e))?;
+    fs::sync_dir(io, dir)?;
+    Ok(true)
+}
+
+/// Whether the segment in `bytes` holds valid records from its header on up to a seal
+/// that counts them and whose `data_end` is where it sits (what the replay checks).
+fn ends_in_a_seal(bytes: &[u8]) -> bool {
+    let (mut at, mut records) = (SEGMENT_HEADER_LEN, 0u64);
+    while let Some(rest) = bytes.get(at..) {
+        match decode_record(rest) {
+            Ok(r) if r.header.kind == RecordKind::Seal => {
+                return r
+                    .seal()
+                    .is_some_and(|s| s.data_end == at as u64 && s.records == records);
+            }
+            Ok(r) if r.len > 0 => {
+                at += r.len;
+                records += 1;
+            }
+            _ => return false,
+        }
+    }
+    false
 }
 
 fn read_header(file: &File, path: &Path) -> Result<SegmentHeader> {

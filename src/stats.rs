@@ -133,7 +133,7 @@ impl Stats {
             segments_deleted: maint.segments_deleted.load(Ordering::Relaxed),
             bytes_reclaimed: maint.bytes_reclaimed.load(Ordering::Relaxed),
             damaged_segments: engine
-                .sealed_segments()
+                .sealed_segments_now()
                 .iter()
                 .filter(|(_, seg)| seg.usage.damaged())
                 .count() as u64,

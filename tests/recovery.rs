@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::segfile::{set_format_version, set_segment_id};
-use common::{clock, copy_dir, fill, key, opts, records, segments, TTL};
+use common::{clock, copy_dir, fill, key, opts, opts_no_bg, records, segments, TTL};
 use oncelog::format::{RecordKind, SEGMENT_HEADER_LEN};
 use oncelog::{CorruptionKind, Error, RecoveryMode, Store};
 
@@ -676,4 +676,73 @@ fn a_large_store_replays_the_same_on_two_threads() {
     let store = open(true);
     assert!(store.stats().recovery_hinted_segments > 0);
     assert_eq!(answers(&store), expected, "replayed from hints");
+}
+
+/// Fails the rename that names one segment, from the rotation that made it on.
+struct FailRename {
+    name: String,
+}
+
+impl oncelog::IoHook for FailRename {
+    fn before(&self, op: &oncelog::IoOp<'_>) -> std::io::Result<()> {
+        if let oncelog::IoOp::Rename { to, .. } = op {
+            if to.file_name().and_then(|n| n.to_str()) == Some(self.name.as_str()) {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rotation lets appends go on into the new segment under its temporary name while the
+/// full one is synced and the new one named (docs/FORMAT.md §7.3). If that never finishes
+/// (here the rename fails, which poisons the store; a crash is the same on disk), the claims
+/// `Buffered` acknowledged in the new segment are in the temporary file, and the next
+/// `open` adopts it.
+#[test]
+fn claims_written_while_a_rotation_is_named_survive_its_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let second = "seg-0000000000000002.olog";
+    let hook = std::sync::Arc::new(FailRename {
+        name: second.to_string(),
+    });
+    let store = opts_no_bg(&clock).io_hook(hook).open(dir.path()).unwrap();
+    let mut acked = Vec::new();
+    let mut refused = false;
+    for i in 0..200_000u64 {
+        match store.claim(key(i), TTL) {
+            Ok(c) => {
+                assert!(c.is_new());
+                acked.push(i);
+            }
+            // The rename's error, or (for the claims after it) `Poisoned`.
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(refused, "the failed rename never stopped the store");
+    assert!(matches!(
+        store.claim("one more", TTL),
+        Err(Error::Poisoned { .. })
+    ));
+    let tmp = dir.path().join(format!("{second}.tmp"));
+    assert!(tmp.exists(), "the new segment's temporary is gone");
+    drop(store);
+
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    assert!(dir.path().join(second).exists() && !tmp.exists());
+    let s = store.stats();
+    assert_eq!(s.keys, acked.len() as u64);
+    for &i in &acked {
+        assert!(
+            !store.claim(key(i), TTL).unwrap().is_new(),
+            "claim {i} lost"
+        );
+    }
+    // The adopted segment is the active one: claims go on there.
+    assert!(store.claim("after", TTL).unwrap().is_new());
+    store.close().unwrap();
 }

@@ -475,10 +475,11 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         "claim (1 in 8 timed)"
     };
     println!(
-        "  latency     per {unit}: p50 {}  p99 {}  p99.9 {}  max {}",
+        "  latency     per {unit}: p50 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
         fmt_ns(hist.percentile(50.0)),
         fmt_ns(hist.percentile(99.0)),
         fmt_ns(hist.percentile(99.9)),
+        fmt_ns(hist.percentile(99.99)),
         fmt_ns(hist.max)
     );
     // Counted since open, which was just before the run: what ran while it claimed. A run

@@ -340,9 +340,15 @@ impl Engine {
         self.default_hasher
     }
 
-    /// Every sealed segment with its slot, in id order.
+    /// Every sealed segment with its slot, in id order (waits for a rotation's seal job
+    /// that still runs).
     pub(crate) fn sealed_segments(&self) -> Vec<(u16, Arc<Segment>)> {
         self.log.sealed_segments()
+    }
+
+    /// `sealed_segments` without waiting for a seal job (for `stats()`).
+    pub(crate) fn sealed_segments_now(&self) -> Vec<(u16, Arc<Segment>)> {
+        self.log.sealed_segments_now()
     }
 
     /// Number of index stripes (for sweeps).

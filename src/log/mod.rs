@@ -18,7 +18,8 @@
 //! - Everything below the durable lsn is on stable storage; a sync covers a prefix of the
 //!   log, never a hole (`commit.rs`).
 //! - Every segment but the newest ends with a seal record and was fully synced before its
-//!   successor's name became visible (`writer.rs`).
+//!   successor's name became visible (`writer.rs`; the sync and the rename run beside the
+//!   appenders, which meanwhile write into the successor under its temporary name).
 //! - After a failed sync the log is poisoned: nothing more is appended or acknowledged.
 
 mod commit;
@@ -78,7 +79,9 @@ pub(crate) struct Log {
     table: Arc<SegmentTable>,
     writer: Mutex<Writer>,
     commit: Arc<GroupCommit>,
-    poison: Poison,
+    poison: Arc<Poison>,
+    /// The last rotation's seal job, while it may still run (see `Log::rotate`).
+    sealing: Mutex<Option<std::thread::JoinHandle<Result<()>>>>,
     /// Background preparation of the next segment (see `Log::prepare_next`); the thread
     /// returns the spare it made, if it made one.
     prep: Mutex<Option<Prep>>,
@@ -101,7 +104,8 @@ impl Log {
             table,
             writer: Mutex::new(writer),
             commit: Arc::new(GroupCommit::new(durable)),
-            poison: Poison::default(),
+            poison: Arc::default(),
+            sealing: Mutex::new(None),
             prep: Mutex::new(populate),
         }
     }
@@ -132,8 +136,16 @@ impl Log {
     }
 
     /// Every sealed segment with its slot, in id order. The active segment is left out even
-    /// while a rotation is sealing it.
+    /// while a rotation is sealing it. Waits first for the last rotation's seal job, if it
+    /// still runs, so that maintenance sees the segment it sealed (a failed job has
+    /// poisoned the log, which the caller checks).
     pub(crate) fn sealed_segments(&self) -> Vec<(u16, Arc<Segment>)> {
+        let _ = self.finish_sealing();
+        self.sealed_segments_now()
+    }
+
+    /// `sealed_segments` without waiting: a segment whose seal job still runs is left out.
+    pub(crate) fn sealed_segments_now(&self) -> Vec<(u16, Arc<Segment>)> {
         let active = self.active_id();
         let mut all = self.table.segments();
         all.retain(|(_, s)| s.id != active && s.usage.is_sealed());
@@ -275,6 +287,9 @@ impl Syncer for Log {
     }
 
     fn sync(&self, from: u64, (segment, tail): Self::Tail) -> Result<()> {
+        // The segment before may still be sealing beside the appenders: this one may be
+        // made durable only once that is done and its own name is durable.
+        self.finish_sealing()?;
         let start = if segment::lsn_segment(from) == segment.id {
             segment::lsn_offset(from)
         } else {
@@ -301,6 +316,9 @@ impl Drop for Log {
     /// Waits for background preparation and deletes an unused prepared segment, so that a
     /// closed store leaves no temporary file behind.
     fn drop(&mut self) {
+        // A rotation still sealing finishes (its result, if a failure, has poisoned the log
+        // already), so that a closed store leaves its newest segment named.
+        let _ = self.finish_sealing();
         if let Some(job) = self.prep.get_mut().take() {
             if let Some(unused) = job.finish() {
                 unused.discard(&self.config.io);

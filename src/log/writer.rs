@@ -7,21 +7,28 @@
 //! - A batch (`append_all`) is written whole or not at all: every segment it needs is
 //!   created before its first byte is written.
 //! - Every segment but the newest ends with a seal record and was fully synced before its
-//!   successor's name became visible (`rotate`).
+//!   successor's name became visible (`rotate`, then `SealJob::run` beside the appenders).
+//! - At most one rotation is being sealed at a time, and `durable` passes into a segment
+//!   only once its predecessor is sealed and synced and its own name is durable.
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use parking_lot::Mutex;
+
+use super::commit::{GroupCommit, Poison};
 use super::map::Appender;
 use super::segment::{self, lsn, Location, NewSegment, Segment, Totals};
 use super::Log;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{
     encode_record, encode_seal, encoded_len, RecordKind, SealInfo, FORMAT_VERSION, SEAL_LEN,
     SEGMENT_HEADER_LEN,
 };
 use crate::fs;
+use crate::iohook::Io;
 
 /// The active segment and the state needed to seal it.
 pub(crate) struct Writer {
@@ -259,20 +266,34 @@ impl Log {
         }
     }
 
-    /// Seals the active segment and makes `spare` the new one. Runs under the writer lock.
+    /// Seals the active segment and makes `spare` the new one. Runs under the writer lock,
+    /// and does only what must happen before the next append: the rest, which waits for
+    /// the disk, runs beside the appenders (`SealJob`).
     ///
-    /// Order, and why (crash analysis in docs/FORMAT.md):
-    /// 1. (before) `seg-N+1.olog.tmp` was created, allocated, and its header synced — a crash
+    /// Order, and why (crash analysis in docs/FORMAT.md §7.3):
+    /// 0. (before) `seg-N+1.olog.tmp` was created, allocated, and its header synced — a crash
     ///    then leaves only a temporary file, deleted on open;
-    /// 2. append the seal record to segment N and sync N from the durable lsn on (all of
-    ///    it before that is synced already) — N is complete on disk;
-    /// 3. rename the temporary to `seg-N+1.olog` and fsync the directory — only now can
-    ///    recovery see N+1, and it always finds N sealed.
+    /// 1. here: finish the previous rotation's seal job if it is still running (segment
+    ///    names become visible in order), append the seal record to segment N, and make
+    ///    N+1 the active segment: appends go on into N+1 under its temporary name;
+    /// 2. the job: sync N from the durable lsn on (all of it before that is synced
+    ///    already) — N is complete on disk;
+    /// 3. the job: rename the temporary to `seg-N+1.olog` and fsync the directory — only
+    ///    now can recovery see N+1 by name, and it always finds N sealed; only now may
+    ///    `durable` pass into N+1 (group commit waits for the job before it syncs N+1).
+    ///
+    /// A crash between 1 and 3 leaves N sealed (at least in the page cache) and N+1 with
+    /// records under its temporary name: recovery adopts it when N is sealed (FORMAT.md
+    /// §7.1), so a process crash loses nothing `Buffered` acknowledged.
     ///
     /// A failure in 2 or 3 poisons the log: segment N is sealed, so nothing more may be
     /// appended to it, and the store must be reopened.
     fn rotate(&self, w: &mut Writer, spare: NewSegment, now: u64) -> Result<()> {
         let io = &self.config.io;
+        if let Err(e) = self.finish_sealing() {
+            spare.discard(io);
+            return Err(e);
+        }
         let data_end = w.appender.tail();
         let info = SealInfo {
             records: w.totals.records,
@@ -292,49 +313,69 @@ impl Log {
         }
         let sealed_end = w.appender.tail();
         // Everything below the durable lsn is on stable storage already (under `Sync` and
-        // `Periodic` it is close to the tail): sync from there.
+        // `Periodic` it is close to the tail): the job syncs from there.
         let durable = self.commit.durable();
         let from = if segment::lsn_segment(durable) == w.segment.id {
             segment::lsn_offset(durable).min(sealed_end)
         } else {
             0
         };
-        if let Err(e) = w
-            .segment
-            .sync_range(io, &w.segment.path, from, sealed_end - from)
-        {
-            spare.discard(io);
-            return Err(self.poison_io("sync sealed segment", &w.segment.path, e));
-        }
-        self.commit.count_sync();
-        w.segment.usage.seal(w.totals, data_end, now);
-        if let Err(e) = spare.rename_into_place(io) {
-            let path = spare.segment.path.clone();
-            spare.discard(io);
-            return Err(self.poison_io("rename new segment", &path, e));
-        }
-        if let Err(e) = fs::sync_dir(io, &self.config.dir) {
-            // As for the steps above: the caller gets the I/O error, and the poison reason
-            // keeps its cause (an `Error`'s message leaves its source out).
-            self.poison(match std::error::Error::source(&e) {
-                Some(cause) => format!("{e}: {cause}"),
-                None => e.to_string(),
-            });
-            return Err(e);
-        }
         let NewSegment {
-            segment, appender, ..
+            segment,
+            appender,
+            tmp,
         } = spare;
-        let next_id = segment.id;
         let segment = Arc::new(segment);
         let slot = match self.table.install(Arc::clone(&segment)) {
             Ok(s) => s,
-            Err(e) => return Err(self.poison(e.to_string())),
+            Err(e) => {
+                let _ = fs::remove_file(io, &tmp);
+                return Err(self.poison(e.to_string()));
+            }
         };
-        self.commit.advance(lsn(w.segment.id, sealed_end));
+        let job = SealJob {
+            io: io.clone(),
+            dir: self.config.dir.clone(),
+            sealed: Arc::clone(&w.segment),
+            totals: w.totals,
+            data_end,
+            from,
+            sealed_end,
+            now,
+            next: Arc::clone(&segment),
+            next_tmp: tmp,
+            commit: Arc::clone(&self.commit),
+            poison: Arc::clone(&self.poison),
+        };
         *w = Writer::new(segment, slot, appender, Totals::default());
-        self.commit.advance(lsn(next_id, SEGMENT_HEADER_LEN));
-        Ok(())
+        // The job runs on a thread of its own; where none can be had, here.
+        let job = Arc::new(Mutex::new(Some(job)));
+        let theirs = Arc::clone(&job);
+        let spawned = std::thread::Builder::new()
+            .name("oncelog-seal".into())
+            .spawn(move || theirs.lock().take().map_or(Ok(()), SealJob::run));
+        match spawned {
+            Ok(handle) => {
+                *self.sealing.lock() = Some(handle);
+                Ok(())
+            }
+            Err(_) => job.lock().take().map_or(Ok(()), SealJob::run),
+        }
+    }
+
+    /// Waits for the seal job of the last rotation, if one is still running, and returns
+    /// its result. Group commit calls it before it syncs the active segment, and rotation
+    /// before it seals the next one. The lock is held while waiting, so that whoever comes
+    /// second waits too.
+    pub(crate) fn finish_sealing(&self) -> Result<()> {
+        let mut sealing = self.sealing.lock();
+        let Some(handle) = sealing.take() else {
+            return self.check_poison();
+        };
+        match handle.join() {
+            Ok(result) => result,
+            Err(_) => Err(self.poison("the segment seal thread panicked".to_string())),
+        }
     }
 
     /// Seals the active segment and starts a new one if the active one was written by an
@@ -381,6 +422,61 @@ impl Prep {
     }
 }
 
+/// The part of a rotation that waits for the disk (steps 2 and 3 of `Log::rotate`).
+pub(crate) struct SealJob {
+    io: Io,
+    dir: PathBuf,
+    /// Segment N, its seal record appended.
+    sealed: Arc<Segment>,
+    totals: Totals,
+    data_end: usize,
+    /// N is durable below this offset already; the seal ends at `sealed_end`.
+    from: usize,
+    sealed_end: usize,
+    now: u64,
+    /// Segment N+1, which takes appends already, and its temporary name.
+    next: Arc<Segment>,
+    next_tmp: PathBuf,
+    commit: Arc<GroupCommit>,
+    poison: Arc<Poison>,
+}
+
+impl SealJob {
+    fn run(self) -> Result<()> {
+        let io = &self.io;
+        let (n, next) = (&self.sealed, &self.next);
+        let len = self.sealed_end - self.from.min(self.sealed_end);
+        if let Err(e) = n.sync_range(io, &n.path, self.from, len) {
+            return Err(self.fail("sync sealed segment", &n.path, e));
+        }
+        self.commit.count_sync();
+        self.commit.advance(lsn(n.id, self.sealed_end));
+        if let Err(e) = fs::rename(io, &self.next_tmp, &next.path) {
+            // The temporary stays: it holds records acknowledged under `Buffered`, and the
+            // next `open` adopts it (N is sealed).
+            return Err(self.fail("rename new segment", &next.path, e));
+        }
+        if let Err(e) = fs::sync_dir(io, &self.dir) {
+            // The poison reason keeps the cause (an `Error`'s message leaves its source out).
+            self.poison.set(match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            });
+            return Err(e);
+        }
+        // Only now does maintenance see N as sealed: it may delete or rewrite N, and N+1's
+        // name must be durable before N can go (recovery adopts N+1 only after a sealed N).
+        n.usage.seal(self.totals, self.data_end, self.now);
+        self.commit.advance(lsn(next.id, SEGMENT_HEADER_LEN));
+        Ok(())
+    }
+
+    fn fail(&self, op: &'static str, path: &std::path::Path, e: std::io::Error) -> Error {
+        self.poison.set(format!("{op} {}: {e}", path.display()));
+        Error::io(op, path, e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,11 +487,15 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     /// Records every file-system operation (kind and file name); fails creates while
-    /// `fail_creates` is set.
+    /// `fail_creates` is set; holds every sync of the file named in `gate` until it is
+    /// cleared (`held` says one is being held).
     #[derive(Default)]
     struct Recorder {
         ops: Mutex<Vec<(&'static str, String)>>,
         fail_creates: AtomicBool,
+        gate: Mutex<Option<String>>,
+        gate_opened: parking_lot::Condvar,
+        held: AtomicBool,
     }
 
     impl IoHook for Recorder {
@@ -409,6 +509,13 @@ mod tests {
             };
             let name = name.file_name().and_then(|n| n.to_str()).unwrap_or("");
             self.ops.lock().push((op.kind(), name.to_string()));
+            let mut gate = self.gate.lock();
+            if op.is_sync() && gate.as_deref() == Some(name) {
+                self.held.store(true, Ordering::SeqCst);
+                while gate.is_some() {
+                    self.gate_opened.wait(&mut gate);
+                }
+            }
             Ok(())
         }
     }
@@ -473,6 +580,8 @@ mod tests {
             log.append(claim(key(i).as_bytes())).unwrap();
             i += 1;
         }
+        // The newest segment is named once its predecessor's seal job is done.
+        log.finish_sealing().unwrap();
         let sizes: Vec<u64> = (1..=6)
             .map(|id| {
                 std::fs::metadata(dir.path().join(crate::fs::segment_name(id)))
@@ -482,6 +591,52 @@ mod tests {
             .collect();
         let f = FIRST_SEGMENT_SIZE;
         assert_eq!(sizes, [f, 2 * f, 4 * f, 4 * f, 4 * f, 4 * f]);
+    }
+
+    /// The sync of a full segment happens beside the appenders: they go on into the next
+    /// segment, under its temporary name, and `durable` stays out of it until the sealed
+    /// segment is synced and the new name is durable.
+    #[test]
+    fn appends_go_on_into_the_next_segment_while_the_full_one_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = Arc::new(Recorder::default());
+        let log = open(dir.path(), Arc::clone(&hook));
+        let first = log.active_id();
+        let (old, new) = (
+            crate::fs::segment_name(first),
+            crate::fs::segment_name(first + 1),
+        );
+        *hook.gate.lock() = Some(old.clone());
+        let mut i = 0u32;
+        while log.active_id() == first {
+            log.append(claim(format!("key-{i:05}").as_bytes())).unwrap();
+            i += 1;
+        }
+        // The seal job is now held in the sync of the full segment (wait for it to get
+        // there: it runs on its own thread).
+        while !hook.held.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        for j in 0..100 {
+            log.append(claim(format!("more-{j:03}").as_bytes()))
+                .unwrap();
+        }
+        assert_eq!(log.active_id(), first + 1);
+        assert!(
+            log.durable_lsn() < lsn(first + 1, 0),
+            "durable passed into a segment whose predecessor is not synced"
+        );
+        let tmp = crate::fs::tmp_path(&dir.path().join(&new));
+        assert!(tmp.exists() && !dir.path().join(&new).exists());
+        *hook.gate.lock() = None;
+        hook.gate_opened.notify_all();
+        log.finish_sealing().unwrap();
+        assert!(dir.path().join(&new).exists() && !tmp.exists());
+        assert!(log.durable_lsn() >= lsn(first + 1, SEGMENT_HEADER_LEN));
+        let sealed = log.table().segments();
+        assert!(sealed
+            .iter()
+            .any(|(_, s)| s.id == first && s.usage.is_sealed()));
     }
 
     #[test]
@@ -496,6 +651,7 @@ mod tests {
             log.append(claim(format!("key-{i:05}").as_bytes())).unwrap();
             i += 1;
         }
+        log.finish_sealing().unwrap();
         let old = crate::fs::segment_name(first);
         let new = crate::fs::segment_name(first + 1);
         let ops = hook.ops.lock().clone();
