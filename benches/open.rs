@@ -1,6 +1,8 @@
 //! `open` of an existing store: recovery replays every record to rebuild the index, by
 //! reading each segment (`open/records`) or, for sealed segments that have one, their hint
-//! file (`open/hinted`); and of an empty directory (`open/empty`).
+//! file (`open/hinted`); and of an empty directory (`open/empty`). `open/hint_baseline` is
+//! the yardstick for `open/hinted`: read the same hint files and insert their entries into
+//! a pre-sized `hashbrown` map on one thread, nothing else (no segment, no checks).
 //!
 //! `cargo bench --bench open` (sizes up to `ONCELOG_BENCH_MAX_KEYS`, default 10M)
 
@@ -71,6 +73,69 @@ fn open_empty(g: &mut BenchmarkGroup<'_, WallTime>) {
     }
 }
 
+/// A hasher for keys that are hashes already.
+#[derive(Default)]
+struct Identity(u64);
+
+impl std::hash::Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// See the module comment: every hint file of `dir` read, decoded and its entries put into
+/// a `hashbrown` map sized for them, on one thread; the last entry of a hash wins, as the
+/// last record of a key does in a replay.
+fn hint_baseline(g: &mut BenchmarkGroup<'_, WallTime>, dir: &Path, n: u64) {
+    let hints: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "hint"))
+        .collect();
+    let mut entries = 0u64;
+    for p in &hints {
+        let bytes = std::fs::read(p).expect("read hint");
+        let (header, _) = oncelog::format::decode_hint(&bytes).expect("hint");
+        entries += u64::from(header.entries);
+    }
+    g.throughput(Throughput::Elements(entries));
+    g.bench_function(BenchmarkId::new("hint_baseline", n), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let mut map: hashbrown::HashMap<
+                    u64,
+                    (u32, u64),
+                    std::hash::BuildHasherDefault<Identity>,
+                > = hashbrown::HashMap::with_capacity_and_hasher(
+                    entries as usize,
+                    Default::default(),
+                );
+                for p in &hints {
+                    let bytes = std::fs::read(p).expect("read hint");
+                    let (_, list) = oncelog::format::decode_hint(&bytes).expect("hint");
+                    for e in list {
+                        map.insert(e.hash, (e.offset, e.expires));
+                    }
+                }
+                total += start.elapsed();
+                assert!(map.len() as u64 <= entries);
+                drop(map);
+            }
+            total
+        })
+    });
+}
+
 fn open(c: &mut Criterion) {
     let mut g = c.benchmark_group("open");
     g.sample_size(10);
@@ -91,6 +156,7 @@ fn open(c: &mut Criterion) {
             continue;
         }
         bench_open(&mut g, "hinted", dir.path(), n, true);
+        hint_baseline(&mut g, dir.path(), n);
     }
     g.finish();
 }
