@@ -8,7 +8,9 @@
 //!   points at it (its key was removed, re-claimed, or the entry was swept) or it has
 //!   expired; a remove record (tombstone) only once its `expires` has passed — it carries
 //!   the expiry of the claim it hides, so from then on that claim is expired too, wherever
-//!   a copy of it may still be read. Nothing else is ever dropped, so a removed or expired
+//!   a copy of it may still be read — or once its segment is the oldest there is: a
+//!   tombstone hides only records before it in the log, and there are none left but its
+//!   own segment's, which are dead. Nothing else is ever dropped, so a removed or expired
 //!   key never comes back (invariant 4 of docs/DESIGN.md).
 //! - **Log order is kept.** A compacted segment keeps its id and so its place in the replay
 //!   order; its records keep their relative order. Records are never moved to another
@@ -174,7 +176,11 @@ impl Maintenance {
             .filter(|(slot, _)| !gone.contains(*slot))
             .cloned()
             .collect();
-        if left.iter().any(|(_, seg)| unneeded(seg, now)) {
+        let oldest = engine.oldest_segment_id();
+        let next_oldest_goes = left
+            .first()
+            .is_some_and(|(_, seg)| Some(seg.id) == oldest && unneeded(seg, now, true));
+        if next_oldest_goes || left.iter().any(|(_, seg)| unneeded(seg, now, false)) {
             let more = delete_unneeded(engine, &left, now, report)?;
             for (slot, _) in &left {
                 if more.contains(*slot) {
@@ -189,9 +195,10 @@ impl Maintenance {
                 if gone.contains(*slot) {
                     continue;
                 }
-                if !seg.usage.damaged() && worth_compacting(seg, now, self.threshold) {
+                let oldest = engine.oldest_segment_id() == Some(seg.id);
+                if !seg.usage.damaged() && worth_compacting(seg, now, oldest, self.threshold) {
                     let hints = self.hints && engine.hints_usable();
-                    compact_segment(engine, *slot, seg, now, hints, report)?;
+                    compact_segment(engine, *slot, seg, now, oldest, hints, report)?;
                 }
             }
         }
@@ -218,10 +225,22 @@ impl Maintenance {
 }
 
 /// Whether nothing in `seg` is needed: no entry points into it, and its tombstones (if
-/// any) have expired.
-fn unneeded(seg: &Segment, now: u64) -> bool {
-    let u = &seg.usage;
-    u.live_bytes() == 0 && u.needed_tomb_bytes(now) == 0
+/// any) have expired or, with `oldest`, hide nothing any more (see `needed_tombs`).
+fn unneeded(seg: &Segment, now: u64, oldest: bool) -> bool {
+    seg.usage.live_bytes() == 0 && needed_tombs(seg, now, oldest) == 0
+}
+
+/// Bytes of tombstones in `seg` that must be kept at `now`: those hiding a claim that has
+/// not expired, unless `seg` is the oldest segment of the store (`oldest`). A tombstone
+/// hides only records before it in the log; in the oldest segment those are its own
+/// records of the same key, which are dead (compaction never keeps them, and deleting the
+/// segment takes them along), so nothing is left for it to hide.
+fn needed_tombs(seg: &Segment, now: u64, oldest: bool) -> u64 {
+    if oldest {
+        0
+    } else {
+        seg.usage.needed_tomb_bytes(now)
+    }
 }
 
 /// Sweeps expired entries out of every stripe that may hold some, and deletes the segments
@@ -232,6 +251,12 @@ fn unneeded(seg: &Segment, now: u64) -> bool {
 /// unexpired entry still points there (a bug: never delete what an entry needs). Every
 /// stripe lock is taken after the segments were picked, so no reader is inside one of
 /// them any more when they are removed.
+///
+/// The oldest segments go first: once the oldest is deleted, the tombstones of the next
+/// hide nothing, so a run of oldest segments whose only content is such tombstones goes in
+/// one pass (`cascade`). Those are deleted in id order, each after the deletion before it
+/// is durable, and all of them are spared if any segment is: a tombstone must never be
+/// gone while a claim it hides is still there.
 fn delete_unneeded(
     engine: &Engine,
     segments: &[(u16, Arc<Segment>)],
@@ -239,9 +264,17 @@ fn delete_unneeded(
     report: &mut CompactionReport,
 ) -> Result<SlotSet> {
     let mut doomed = SlotSet::new();
+    // Segments doomed only because the ones before them go.
+    let mut cascade = SlotSet::new();
+    let mut oldest = segments.first().map(|(_, s)| s.id) == engine.oldest_segment_id();
     for (slot, seg) in segments {
-        if unneeded(seg, now) {
+        if unneeded(seg, now, false) {
             doomed.insert(*slot);
+        } else if oldest && unneeded(seg, now, true) {
+            doomed.insert(*slot);
+            cascade.insert(*slot);
+        } else {
+            oldest = false;
         }
     }
     let mut spared = SlotSet::new();
@@ -261,6 +294,13 @@ fn delete_unneeded(
             }
         }
     }
+    if !spared.is_empty() {
+        for (slot, _) in segments {
+            if cascade.contains(*slot) {
+                spared.insert(*slot);
+            }
+        }
+    }
     let mut gone = SlotSet::new();
     // As in compaction: what made these segments' records dead must be durable first.
     if segments
@@ -269,12 +309,18 @@ fn delete_unneeded(
     {
         engine.sync()?;
     }
+    let mut unsynced = false;
     for (slot, seg) in segments {
         if !doomed.contains(*slot) || spared.contains(*slot) {
             continue;
         }
+        if cascade.contains(*slot) && unsynced {
+            // The segments before it must be gone for good before its tombstones are.
+            fs::sync_dir(engine.io(), engine.dir())?;
+        }
         delete_segment(engine, *slot, seg, report)?;
         gone.insert(*slot);
+        unsynced = true;
     }
     if !gone.is_empty() {
         fs::sync_dir(engine.io(), engine.dir())?;
@@ -298,7 +344,7 @@ fn delete_segment(
 }
 
 /// Whether what must be kept of `seg` is below `threshold` of its data.
-fn worth_compacting(seg: &Segment, now: u64, threshold: f64) -> bool {
+fn worth_compacting(seg: &Segment, now: u64, oldest: bool, threshold: f64) -> bool {
     let u = &seg.usage;
     let data = u
         .data_end
@@ -307,7 +353,7 @@ fn worth_compacting(seg: &Segment, now: u64, threshold: f64) -> bool {
     if data == 0 {
         return false;
     }
-    let keep = u.live_bytes() + u.needed_tomb_bytes(now);
+    let keep = u.live_bytes() + needed_tombs(seg, now, oldest);
     if (keep as f64) >= threshold * data as f64 {
         return false;
     }
@@ -332,12 +378,13 @@ struct Kept {
 
 /// Rewrites segment `seg` (in `slot`) without its dead records, under the same id; with
 /// `hints`, writes the copy's hint file too, from the records it kept (so the copy is
-/// never read back for it).
+/// never read back for it). The oldest segment (`oldest`) loses all its tombstones.
 fn compact_segment(
     engine: &Engine,
     slot: u16,
     seg: &Arc<Segment>,
     now: u64,
+    oldest: bool,
     hints: bool,
     report: &mut CompactionReport,
 ) -> Result<()> {
@@ -371,7 +418,7 @@ fn compact_segment(
         let len = rec.len;
         let keep = match rec.header.kind {
             RecordKind::Seal => break,
-            RecordKind::Remove => rec.header.expires > now,
+            RecordKind::Remove => !oldest && rec.header.expires > now,
             RecordKind::Claim | RecordKind::Lease | RecordKind::Done => {
                 let hash = engine.hash(rec.key);
                 let loc = Location {

@@ -54,7 +54,9 @@ fn expiry_empties_the_index_deletes_segments_and_gives_memory_back() {
     let full = store.stats();
     assert_eq!(full.live_keys, n);
     assert!(full.segments > 10, "{} segments", full.segments);
-    let (segs_before, _) = files(dir.path(), ".olog");
+    // Counted in the store: the newest segment's file keeps its temporary name until its
+    // predecessor's seal job is done.
+    let segs_before = full.segments as usize;
 
     clock.advance(HOUR);
     // Invisible at once, before any maintenance ran.
@@ -593,4 +595,104 @@ fn damage_in_a_hinted_segment_is_found_once_and_does_not_fail_maintenance() {
     assert_eq!(store.stats().damaged_segments, 1);
     // Undamaged long-lived keys still answer.
     assert!(store.get(fixed_key(2_990, 32)).unwrap().is_some());
+}
+
+/// A tombstone is kept while the claim it hides may still be read, which used to mean
+/// until that claim's own expiry. Once every segment before the tombstone's is gone, it
+/// hides nothing: the segment holding only it (and dead records) goes in the same run, and
+/// the removed key stays removed across a reopen. Both ways a segment can go are checked:
+/// deleted whole by the sweep's pass (compaction off), and by compaction too.
+#[test]
+fn a_tombstone_goes_once_the_segments_before_it_are_gone() {
+    for compaction in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = clock();
+        let opts = || {
+            let o = opts_no_bg(&clock);
+            if compaction {
+                o
+            } else {
+                o.compaction_threshold(0.0)
+            }
+        };
+        let store = opts().open(dir.path()).unwrap();
+        let long = Duration::from_secs(100 * 3600);
+        let short = Duration::from_secs(60);
+        let mut i = 0u64;
+        let mut fill_until = |store: &Store, n: usize| {
+            while segments(dir.path()).len() < n {
+                assert!(store
+                    .claim(format!("filler-{i:06}"), short)
+                    .unwrap()
+                    .is_new());
+                i += 1;
+            }
+        };
+        // Segment 1: the victim's claim, then filler that expires soon.
+        assert!(store.claim("victim", long).unwrap().is_new());
+        fill_until(&store, 2);
+        // Segment 2: the victim's tombstone (it carries the claim's 100 h expiry), filler.
+        assert!(store.remove("victim").unwrap());
+        fill_until(&store, 3);
+        let first_two: Vec<_> = segments(dir.path()).into_iter().take(2).collect();
+        clock.advance(Duration::from_secs(120));
+        let report = store.compact().unwrap();
+        for seg in &first_two {
+            assert!(
+                !seg.exists(),
+                "compaction {compaction}: {} kept ({report:?})",
+                seg.file_name().unwrap().to_string_lossy()
+            );
+        }
+        // Both went whole (segment 2 right after segment 1, in the same run).
+        assert_eq!(report.segments_written, 0, "{report:?}");
+        assert!(store.get("victim").unwrap().is_none());
+        store.close().unwrap();
+        let store = opts().open(dir.path()).unwrap();
+        assert!(
+            store.get("victim").unwrap().is_none(),
+            "the removed key came back"
+        );
+        assert!(store.claim("victim", long).unwrap().is_new());
+        store.close().unwrap();
+    }
+}
+
+/// Compaction of the oldest segment drops its tombstones: the claims they hid were before
+/// them in the same segment, and are dead.
+#[test]
+fn compacting_the_oldest_segment_drops_its_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    let long = Duration::from_secs(100 * 3600);
+    assert!(store.claim("keep", long).unwrap().is_new());
+    assert!(store.claim("victim", long).unwrap().is_new());
+    assert!(store.remove("victim").unwrap());
+    let mut i = 0u64;
+    while segments(dir.path()).len() < 2 {
+        let k = format!("filler-{i:06}");
+        assert!(store.claim(k, Duration::from_secs(60)).unwrap().is_new());
+        i += 1;
+    }
+    let first = segments(dir.path()).remove(0);
+    let kinds = |p: &Path| records(p).iter().map(|r| r.kind).collect::<Vec<_>>();
+    assert!(kinds(&first).contains(&oncelog::format::RecordKind::Remove));
+    clock.advance(Duration::from_secs(120));
+    let report = store.compact().unwrap();
+    assert_eq!(report.segments_written, 1, "{report:?}");
+    let left: Vec<Vec<u8>> = records(&first)
+        .into_iter()
+        .filter(|r| r.kind != oncelog::format::RecordKind::Seal)
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(left, vec![b"keep".to_vec()], "the tombstone was kept");
+    store.close().unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    assert!(
+        store.get("victim").unwrap().is_none(),
+        "the removed key came back"
+    );
+    assert!(store.get("keep").unwrap().is_some());
+    store.close().unwrap();
 }

@@ -346,6 +346,11 @@ impl Engine {
         self.log.sealed_segments()
     }
 
+    /// The id of the oldest segment of the store, sealed or not.
+    pub(crate) fn oldest_segment_id(&self) -> Option<u64> {
+        self.log.table().segments().iter().map(|(_, s)| s.id).min()
+    }
+
     /// `sealed_segments` without waiting for a seal job (for `stats()`).
     pub(crate) fn sealed_segments_now(&self) -> Vec<(u16, Arc<Segment>)> {
         self.log.sealed_segments_now()
