@@ -48,6 +48,8 @@ pub struct BenchArgs {
     pub hints_before_reopen: bool,
     /// Open the store with `Options::hints(false)`: no hint files, the reopen scans.
     pub no_hints: bool,
+    /// Print maintenance's lag (claims expired and not yet swept) once a second.
+    pub lag: bool,
 }
 
 impl BenchArgs {
@@ -391,6 +393,8 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     barrier.wait();
     let started = Instant::now();
     let mut last = (started, 0u64);
+    // With `lag`: the largest count of expired, unswept claims seen, and when.
+    let mut worst_lag = (0u64, 0.0f64);
     // Progress on stderr about once a second, until the workers finish or time is up.
     while !handles.iter().all(|h| h.is_finished()) {
         std::thread::sleep(Duration::from_millis(50));
@@ -401,11 +405,19 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         if now - last.0 >= Duration::from_secs(1) {
             let n = done.load(Ordering::Relaxed);
             let rate = (n - last.1) as f64 / (now - last.0).as_secs_f64();
-            eprint!(
-                "\r  {:>6.1}s  {n:>12} claims  {:>12.0}/s   ",
-                (now - started).as_secs_f64(),
-                rate
-            );
+            let t = (now - started).as_secs_f64();
+            if args.lag {
+                let s = store.stats();
+                if s.expired_unswept >= worst_lag.0 {
+                    worst_lag = (s.expired_unswept, t);
+                }
+                println!(
+                    "  {t:>6.1}s  {n:>12} claims  {rate:>12.0}/s  {:>10} keys  {:>10} expired, not yet swept",
+                    s.keys, s.expired_unswept
+                );
+            } else {
+                eprint!("\r  {t:>6.1}s  {n:>12} claims  {rate:>12.0}/s   ");
+            }
             last = (now, n);
         }
     }
@@ -495,6 +507,12 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         stats.entries_swept,
         stats.expired_unswept
     );
+    if args.lag {
+        println!(
+            "  lag         at most {} claims expired and not yet swept (at {:.1} s), measured once a second",
+            worst_lag.0, worst_lag.1
+        );
+    }
     println!(
         "  syncs       {} ({:.1} claims per sync)",
         stats.syncs,

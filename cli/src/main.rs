@@ -345,6 +345,10 @@ struct BenchCmd {
     /// Write no hint files, so that the reopen reads every segment.
     #[arg(long)]
     no_hints: bool,
+    /// Once a second, print how many claims have expired and not yet been swept
+    /// (maintenance's lag behind expiry), and its largest value at the end.
+    #[arg(long, verbatim_doc_comment)]
+    lag: bool,
 }
 
 /// Opens the store as every command but `bench` does, showing progress on a terminal and
@@ -734,6 +738,7 @@ fn cmd_bench(a: BenchCmd) -> Result<ExitCode, String> {
         expire: a.expire,
         hints_before_reopen: a.hints_before_reopen,
         no_hints: a.no_hints,
+        lag: a.lag,
     })?;
     Ok(ExitCode::SUCCESS)
 }

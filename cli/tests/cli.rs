@@ -70,6 +70,7 @@ fn every_command_has_help_that_names_its_options() {
                 "--expire",
                 "--hints-before-reopen",
                 "--no-hints",
+                "--lag",
             ],
         ),
     ];
@@ -255,4 +256,40 @@ fn a_command_that_succeeds_prints_nothing_on_stderr() {
     let out = in_dir(dir.path(), &["get", "k"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
+}
+
+/// `bench --lag` prints the expired-and-unswept count each second and the largest one.
+#[test]
+fn bench_reports_the_maintenance_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("b");
+    let out = in_dir(
+        &d,
+        &[
+            "bench",
+            "--keys",
+            "3000000",
+            "--duration",
+            "2500ms",
+            "--short-ttl",
+            "1s",
+            "--short-ratio",
+            "0.5",
+            "--durability",
+            "buffered",
+            "--no-reopen",
+            "--lag",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("expired, not yet swept"),
+        "no per-second line: {text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("lag"))
+        .unwrap_or_else(|| panic!("no lag line: {text}"));
+    assert!(line.contains("at most"), "{line}");
 }
