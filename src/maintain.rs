@@ -189,8 +189,12 @@ impl Maintenance {
             }
         }
 
-        // 3. Compact sparse segments.
+        // 3. Compact sparse segments. That can take seconds, while keys go on expiring:
+        //    between two segments the index is swept again once `SWEEP_EVERY` has passed
+        //    on the store's clock since the last sweep, so that expired entries (and their
+        //    memory) do not wait for the next run.
         if self.threshold > 0.0 {
+            let mut swept_at = now;
             for (slot, seg) in &left {
                 if gone.contains(*slot) {
                     continue;
@@ -199,6 +203,11 @@ impl Maintenance {
                 if !seg.usage.damaged() && worth_compacting(seg, now, oldest, self.threshold) {
                     let hints = self.hints && engine.hints_usable();
                     compact_segment(engine, *slot, seg, now, oldest, hints, report)?;
+                    let t = engine.now();
+                    if t.saturating_sub(swept_at) >= SWEEP_EVERY_MS {
+                        sweep_expired(engine, t, report);
+                        swept_at = t;
+                    }
                 }
             }
         }
@@ -221,6 +230,26 @@ impl Maintenance {
             }
         }
         Ok(())
+    }
+}
+
+/// How often (ms of the store's clock) a long maintenance run sweeps the index again
+/// between compactions. Without it, a run of many compactions let expired entries pile
+/// up: 9.6M at the peak of a 30M-key run with short TTLs, 1.7M with it (README,
+/// Performance).
+const SWEEP_EVERY_MS: u64 = 500;
+
+/// Drops the entries expired at `now` from every stripe that may hold some, one slice per
+/// lock hold (the sweep of `delete_unneeded`, without deleting anything).
+fn sweep_expired(engine: &Engine, now: u64, report: &mut CompactionReport) {
+    for i in 0..engine.stripes() {
+        loop {
+            let slice = engine.sweep_slice(i, now, false, |_| {});
+            report.entries_swept += slice.dropped as u64;
+            if slice.done {
+                break;
+            }
+        }
     }
 }
 

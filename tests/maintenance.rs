@@ -696,3 +696,79 @@ fn compacting_the_oldest_segment_drops_its_tombstones() {
     assert!(store.get("keep").unwrap().is_some());
     store.close().unwrap();
 }
+
+/// Moves the store's clock forward once, at the first segment renamed into place after it
+/// was armed (`done` cleared): keys expire in the middle of a maintenance run.
+struct TimeJumpAtCompaction {
+    clock: ManualClock,
+    by: Duration,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl oncelog::IoHook for TimeJumpAtCompaction {
+    fn before(&self, op: &oncelog::IoOp<'_>) -> std::io::Result<()> {
+        if let oncelog::IoOp::Rename { to, .. } = op {
+            let segment = to.extension().is_some_and(|x| x == "olog");
+            if segment && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                self.clock.advance(self.by);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A run that compacts several segments sweeps the index again between them once time has
+/// passed, so that keys expiring during a long run do not wait for the next one.
+#[test]
+fn a_long_compaction_run_sweeps_what_expires_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let hook = Arc::new(TimeJumpAtCompaction {
+        clock: clock.clone(),
+        by: Duration::from_secs(2 * 3600),
+        done: std::sync::atomic::AtomicBool::new(true),
+    });
+    let store = opts_no_bg(&clock)
+        .io_hook(hook.clone())
+        .open(dir.path())
+        .unwrap();
+    let (short, mid, long) = (
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+        Duration::from_secs(100 * 3600),
+    );
+    // Per 10 keys: 7 expire within the minute (so segments turn sparse), 2 within the hour,
+    // 1 lives on (so no segment expires whole and compaction rewrites them).
+    let mut mids = 0u64;
+    let mut i = 0u64;
+    while segments(dir.path()).len() < 4 {
+        let ttl = match i % 10 {
+            0..=6 => short,
+            7 | 8 => {
+                mids += 1;
+                mid
+            }
+            _ => long,
+        };
+        assert!(store.claim(fixed_key(i, 32), ttl).unwrap().is_new());
+        i += 1;
+    }
+    store.sync().unwrap();
+    clock.advance(Duration::from_secs(120));
+    // Rotation renames segments too: armed only now, the jump comes with the first
+    // compacted segment.
+    hook.done.store(false, std::sync::atomic::Ordering::SeqCst);
+    let report = store.compact().unwrap();
+    assert!(
+        hook.done.load(std::sync::atomic::Ordering::SeqCst),
+        "no compaction renamed"
+    );
+    assert!(report.segments_written >= 2, "{report:?}");
+    let s = store.stats();
+    assert_eq!(
+        s.expired_unswept, 0,
+        "{mids} keys expired during the run and were left for the next ({report:?})"
+    );
+    assert!(report.entries_swept >= mids, "{report:?}");
+    store.close().unwrap();
+}
