@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{
     decode_hint, decode_record, DecodeError, HeaderError, RecordKind, SegmentHeader,
-    FORMAT_VERSION, HINT_ENTRY_LEN, SEAL_LEN, SEGMENT_HEADER_LEN,
+    FORMAT_VERSION, HINT_ENTRY_LEN, HINT_HEADER_LEN, HINT_TRAILER_LEN, RECORD_HEADER_LEN, SEAL_LEN,
+    SEGMENT_HEADER_LEN,
 };
 use crate::fs;
 use crate::index::{Entry, Index, Stripe};
@@ -102,22 +103,31 @@ pub(crate) fn recover(dir: &Path, opts: &Options, now: u64) -> Result<(Index, Lo
     // 2. Replay in log order: from a segment's hint file when it has a good one, else by
     //    reading the segment.
     let use_hints = !strict && opts.default_hasher;
+    let capacity_total: u64 = checked.iter().map(|c| c.header.capacity).sum();
     if use_hints {
         // Size the index for the entries the hint files hold, so that it does not grow a
         // step at a time under the replay (an estimate: some entries are removes or
-        // superseded, and segments without hints add more; growth covers the rest).
+        // superseded, and segments without hints add more; growth covers the rest). A
+        // hint file's size is only a claim: never more entries than the segments could
+        // hold records.
         let entries: u64 = listing
             .hints
             .iter()
+            .filter(|(id, _)| {
+                listing
+                    .segments
+                    .binary_search_by_key(id, |(s, _)| *s)
+                    .is_ok()
+            })
             .filter_map(|(_, path)| std::fs::metadata(path).ok())
             .map(|m| m.len() / HINT_ENTRY_LEN as u64)
-            .sum();
+            .sum::<u64>()
+            .min(capacity_total / RECORD_HEADER_LEN as u64);
         index.reserve(usize::try_from(entries).unwrap_or(usize::MAX));
     }
     let mut active: Option<(Arc<Segment>, u16, Scan)> = None;
     let mut newest: Option<(Arc<Segment>, File)> = None;
     let mut last_id = 0u64;
-    let capacity_total: u64 = checked.iter().map(|c| c.header.capacity).sum();
     let mut capacity_done = 0u64;
     for (i, c) in checked.into_iter().enumerate() {
         let is_last = i + 1 == count;
@@ -496,6 +506,14 @@ fn replay_hint(
     path: &Path,
     replay: &mut Replay<'_>,
 ) -> Option<Scan> {
+    // A hint names at most one entry per record the segment can hold: a larger file is
+    // not a hint of it (and is never read into memory whole).
+    let most =
+        HINT_HEADER_LEN + HINT_TRAILER_LEN + segment.map.len() / RECORD_HEADER_LEN * HINT_ENTRY_LEN;
+    let len = std::fs::metadata(path).ok()?.len();
+    if len > most as u64 {
+        return None;
+    }
     let bytes = std::fs::read(path).ok()?;
     let (header, entries) = decode_hint(&bytes).ok()?;
     let data_end = usize::try_from(header.data_end).ok()?;

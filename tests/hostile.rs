@@ -965,3 +965,40 @@ fn options_at_their_extremes_open_work_and_close() {
         store.close().unwrap();
     }
 }
+
+/// A hint file's size is only a claim. One grown (sparse) to 64 GiB was read into memory
+/// whole, and its size sized the index: now a hint larger than its segment could need is
+/// not read (the segment is scanned instead), and the index is sized from what the
+/// segments can hold.
+#[test]
+fn a_huge_hint_file_is_neither_read_nor_trusted_for_sizing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    let mut i = 0u64;
+    while common::segments(dir.path()).len() < 3 {
+        assert!(store.claim(key(i), TTL).unwrap().is_new());
+        i += 1;
+    }
+    assert!(store.compact().unwrap().hints_written >= 2);
+    store.close().unwrap();
+    let hint = dir.path().join("seg-0000000000000001.hint");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&hint)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    let s = store.stats();
+    assert_eq!(s.keys, i);
+    assert!(
+        s.index_bytes < 64 << 20,
+        "index sized from the hint's size: {} bytes",
+        s.index_bytes
+    );
+    for j in 0..i {
+        assert!(store.get(key(j)).unwrap().is_some(), "key {j}");
+    }
+    store.close().unwrap();
+}
