@@ -142,6 +142,13 @@ pub(crate) struct Listing {
     pub(crate) temporaries: Vec<PathBuf>,
 }
 
+impl Listing {
+    /// Whether segment `id` is there (a hint of a missing segment is a stray).
+    pub(crate) fn has_segment(&self, id: u64) -> bool {
+        self.segments.binary_search_by_key(&id, |(s, _)| *s).is_ok()
+    }
+}
+
 /// Lists segment files in id order. Files with other names are left alone.
 ///
 /// A segment name on anything but a regular file (or a link to one) fails with

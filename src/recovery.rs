@@ -113,12 +113,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, now: u64) -> Result<(Index, Lo
         let entries: u64 = listing
             .hints
             .iter()
-            .filter(|(id, _)| {
-                listing
-                    .segments
-                    .binary_search_by_key(id, |(s, _)| *s)
-                    .is_ok()
-            })
+            .filter(|(id, _)| listing.has_segment(*id))
             .filter_map(|(_, path)| std::fs::metadata(path).ok())
             .map(|m| m.len() / HINT_ENTRY_LEN as u64)
             .sum::<u64>()
@@ -232,12 +227,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, now: u64) -> Result<(Index, Lo
     let stray_hints: Vec<&PathBuf> = listing
         .hints
         .iter()
-        .filter(|(id, _)| {
-            listing
-                .segments
-                .binary_search_by_key(id, |(s, _)| *s)
-                .is_err()
-        })
+        .filter(|(id, _)| !listing.has_segment(*id))
         .map(|(_, p)| p)
         .collect();
     if !listing.temporaries.is_empty() || !stray_hints.is_empty() {
