@@ -16,6 +16,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -120,74 +121,69 @@ pub(crate) fn recover(dir: &Path, opts: &Options, now: u64) -> Result<(Index, Lo
             .min(capacity_total / RECORD_HEADER_LEN as u64);
         index.reserve(usize::try_from(entries).unwrap_or(usize::MAX));
     }
-    let mut active: Option<(Arc<Segment>, u16, Scan)> = None;
-    let mut newest: Option<(Arc<Segment>, File)> = None;
-    let mut last_id = 0u64;
-    let mut capacity_done = 0u64;
-    for (i, c) in checked.into_iter().enumerate() {
-        let is_last = i + 1 == count;
-        let id = c.header.segment_id;
-        if capacity_done > 0 {
-            // Size the index for the records still to come at the rate seen so far, so
-            // that it grows a few times in all rather than a fifth at a time (a guess that
-            // only sets the index's size: too high costs memory until maintenance shrinks
-            // it, too low costs growth).
-            let projected =
-                u128::from(stats.records) * u128::from(capacity_total) / u128::from(capacity_done);
-            index.reserve(usize::try_from(projected).unwrap_or(usize::MAX));
-        }
-        capacity_done += c.header.capacity;
-        let store = c.header.store_id;
-        let (segment, file) = map_segment(&opts.io, c, strict)?;
-        let segment = Arc::new(segment);
-        let slot = table.install(Arc::clone(&segment))?;
-        let mut replay = Replay {
+    // Decoding (reading hints; checking, parsing and hashing records) runs on a thread of
+    // its own, segments in log order, a batch or two ahead of this thread, which applies
+    // the batches to the index (with a helper, `Replay::apply_batch`): both cores work
+    // through the whole replay instead of one core decoding while the other waits.
+    let ctx = Decoding {
+        index,
+        table: &table,
+        opts,
+        listing: &listing,
+        use_hints,
+        strict,
+    };
+    let mut rebuild = Rebuild {
+        replay: Replay {
             index,
             table: &table,
             now,
-            ops: Vec::with_capacity(REPLAY_BATCH),
-        };
-        let hinted = match listing.hints.binary_search_by_key(&id, |(h, _)| *h) {
-            Ok(at) if use_hints && !is_last => listing
-                .hints
-                .get(at)
-                .and_then(|(_, path)| replay_hint(&segment, slot, store, path, &mut replay)),
-            _ => None,
-        };
-        let scan = match hinted {
-            Some(scan) => {
-                segment.usage.set_hinted();
-                segment.usage.set_unverified(true);
-                stats.hinted_segments += 1;
-                scan
+        },
+        stats: &mut stats,
+        segments_total: count as u64,
+        capacity_total,
+        capacity_done: 0,
+        progress: opts.open_progress.as_ref(),
+        active: None,
+        newest: None,
+        last_id: 0,
+    };
+    let work = parking_lot::Mutex::new(Some(checked));
+    let mut decoded: Result<()> = Ok(());
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_AHEAD);
+            let (work, ctx) = (&work, &ctx);
+            let spawned = std::thread::Builder::new()
+                .name("oncelog-decode".into())
+                .spawn_scoped(scope, move || match work.lock().take() {
+                    Some(checked) => decode(checked, ctx, &mut |d| tx.send(d).is_ok()),
+                    None => Ok(()),
+                });
+            // If no thread could be had, `work` still holds the segments: decoded below.
+            if let Ok(handle) = spawned {
+                for d in rx {
+                    rebuild.take(d);
+                }
+                decoded = handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             }
-            None => scan_segment(&segment, slot, is_last, opts, &mut replay)?,
-        };
-        replay.flush();
-        if scan.sealed {
-            segment
-                .usage
-                .seal(scan.totals, scan.end - SEAL_LEN, scan.sealed_at);
-        }
-        stats.segments += 1;
-        stats.records += scan.totals.records;
-        if let Some(progress) = &opts.open_progress {
-            progress(&OpenProgress {
-                segments_done: stats.segments,
-                segments_total: count as u64,
-                segments_hinted: stats.hinted_segments,
-                records: stats.records,
-            });
-        }
-        last_id = id;
-        if let Some(file) = file {
-            newest = Some((Arc::clone(&segment), file));
-        }
-        if !scan.sealed {
-            // Only the newest segment may be unsealed (scan_segment checked).
-            active = Some((segment, slot, scan));
-        }
+        });
     }
+    if let Some(checked) = work.lock().take() {
+        decoded = decode(checked, &ctx, &mut |d| {
+            rebuild.take(d);
+            true
+        });
+    }
+    decoded?;
+    let Rebuild {
+        active,
+        newest,
+        last_id,
+        ..
+    } = rebuild;
 
     // 3. The writer's segment: the unsealed newest one, its torn tail cut; or a new one.
     let store_id = store_id.unwrap_or_else(new_store_id);
@@ -494,7 +490,7 @@ fn replay_hint(
     slot: u16,
     store_id: u128,
     path: &Path,
-    replay: &mut Replay<'_>,
+    replay: &mut Batch<'_>,
 ) -> Option<Scan> {
     // A hint names at most one entry per record the segment can hold: a larger file is
     // not a hint of it (and is never read into memory whole).
@@ -548,7 +544,7 @@ fn scan_segment(
     slot: u16,
     is_last: bool,
     opts: &Options,
-    replay: &mut Replay<'_>,
+    replay: &mut Batch<'_>,
 ) -> Result<Scan> {
     let bytes = segment.map.scan_bytes();
     let path = &segment.path;
@@ -647,8 +643,8 @@ const REPLAY_BATCH: usize = 65_536;
 /// access while the records in between are applied.
 const PREFETCH_AHEAD: usize = 8;
 
-/// A batch at least this large is applied by two threads, each on its own half of the
-/// stripes (when the machine has two cores or more).
+/// A batch at least this large is applied by two threads, taking its chunks in turn (when
+/// the machine has two cores or more).
 const PARALLEL_BATCH: usize = 16_384;
 
 /// One record read during recovery, waiting to be applied to the index.
@@ -662,6 +658,257 @@ struct Replayed {
     remove: bool,
 }
 
+/// How many decoded batches may wait for the index (each up to `REPLAY_BATCH` records of
+/// 40 bytes).
+const DECODED_AHEAD: usize = 2;
+
+/// What the decoding thread hands to the one that applies, in log order.
+enum Decoded {
+    /// Records of the segment being decoded.
+    Records(Sorted),
+    /// The segment whose records were all handed on before this.
+    Segment(DecodedSegment),
+}
+
+struct DecodedSegment {
+    segment: Arc<Segment>,
+    slot: u16,
+    scan: Scan,
+    hinted: bool,
+    /// Its header's capacity.
+    capacity: u64,
+    /// The newest segment's file, kept open (see `Opened`).
+    file: Option<File>,
+}
+
+/// What decoding reads, shared with the thread that applies.
+struct Decoding<'a> {
+    index: &'a Index,
+    table: &'a SegmentTable,
+    opts: &'a Options,
+    listing: &'a fs::Listing,
+    use_hints: bool,
+    strict: bool,
+}
+
+/// Maps and installs each checked segment in log order and decodes it, from its hint file
+/// when it has a good one, else by reading the segment; hands each batch of records, then
+/// the segment, to `sink`. Stops early, without error, when `sink` refuses (the receiver is
+/// gone).
+fn decode(
+    checked: Vec<Checked>,
+    ctx: &Decoding<'_>,
+    sink: &mut dyn FnMut(Decoded) -> bool,
+) -> Result<()> {
+    let count = checked.len();
+    for (i, c) in checked.into_iter().enumerate() {
+        let is_last = i + 1 == count;
+        let id = c.header.segment_id;
+        let store = c.header.store_id;
+        let capacity = c.header.capacity;
+        let (segment, file) = map_segment(&ctx.opts.io, c, ctx.strict)?;
+        let segment = Arc::new(segment);
+        let slot = ctx.table.install(Arc::clone(&segment))?;
+        let mut batch = Batch {
+            index: ctx.index,
+            ops: Vec::with_capacity(REPLAY_BATCH),
+            sink: &mut *sink,
+            refused: false,
+        };
+        let hint = match ctx.listing.hints.binary_search_by_key(&id, |(h, _)| *h) {
+            Ok(at) if ctx.use_hints && !is_last => ctx.listing.hints.get(at),
+            _ => None,
+        };
+        let hinted =
+            hint.and_then(|(_, path)| replay_hint(&segment, slot, store, path, &mut batch));
+        let (scan, hinted) = match hinted {
+            Some(scan) => (scan, true),
+            None => (
+                scan_segment(&segment, slot, is_last, ctx.opts, &mut batch)?,
+                false,
+            ),
+        };
+        batch.send();
+        if batch.refused {
+            return Ok(());
+        }
+        let done = DecodedSegment {
+            segment,
+            slot,
+            scan,
+            hinted,
+            capacity,
+            file,
+        };
+        if !sink(Decoded::Segment(done)) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// How many chunks a sorted batch is cut into, for the threads that apply it.
+const CHUNKS: usize = 16;
+
+/// A batch of records in log order, and the order to apply them in: grouped by stripe
+/// (`Replay` says why), each stripe's records in log order, cut into chunks at stripe
+/// boundaries. Chunks touch disjoint stripes, so they may be applied in any order and at
+/// once.
+struct Sorted {
+    ops: Vec<Replayed>,
+    /// Indexes into `ops`.
+    order: Vec<u32>,
+    /// Where each chunk ends in `order`.
+    chunk_ends: Vec<usize>,
+}
+
+impl Sorted {
+    fn new(ops: Vec<Replayed>, stripes: usize) -> Sorted {
+        // A counting sort by stripe: stable, and linear (a comparison sort took a sixth of
+        // recovery's time).
+        let mut starts = vec![0usize; stripes + 1];
+        for op in &ops {
+            if let Some(c) = starts.get_mut(op.stripe + 1) {
+                *c += 1;
+            }
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut order = vec![0u32; ops.len()];
+        for (i, op) in ops.iter().enumerate() {
+            if let Some(at) = starts.get_mut(op.stripe) {
+                if let Some(o) = order.get_mut(*at) {
+                    *o = i as u32;
+                }
+                *at += 1;
+            }
+        }
+        // `starts[s]` is now where stripe `s`'s records end in `order`: cut after the
+        // stripe that first reaches each chunk's share.
+        let share = ops.len().div_ceil(CHUNKS).max(1);
+        let mut chunk_ends = Vec::with_capacity(CHUNKS + 1);
+        let mut last = 0;
+        for &end in &starts {
+            if end >= last + share {
+                chunk_ends.push(end);
+                last = end;
+            }
+        }
+        if last < order.len() {
+            chunk_ends.push(order.len());
+        }
+        Sorted {
+            ops,
+            order,
+            chunk_ends,
+        }
+    }
+}
+
+/// Collects one segment's decoded records into batches of `REPLAY_BATCH`.
+struct Batch<'a> {
+    index: &'a Index,
+    ops: Vec<Replayed>,
+    sink: &'a mut dyn FnMut(Decoded) -> bool,
+    refused: bool,
+}
+
+impl Batch<'_> {
+    fn push(&mut self, op: Replayed) {
+        self.ops.push(op);
+        if self.ops.len() >= REPLAY_BATCH {
+            self.send();
+        }
+    }
+
+    /// Hands on what is collected, if anything (nothing more once the sink refused).
+    fn send(&mut self) {
+        if self.ops.is_empty() || self.refused {
+            self.ops.clear();
+            return;
+        }
+        let ops = std::mem::replace(&mut self.ops, Vec::with_capacity(REPLAY_BATCH));
+        let sorted = Sorted::new(ops, self.index.stripes());
+        self.refused = !(self.sink)(Decoded::Records(sorted));
+    }
+}
+
+/// The applying side of the replay: the index, and what recovery keeps of each segment.
+struct Rebuild<'a> {
+    replay: Replay<'a>,
+    stats: &'a mut RecoveryStats,
+    segments_total: u64,
+    capacity_total: u64,
+    /// Capacity of the segments replayed so far.
+    capacity_done: u64,
+    progress: Option<&'a crate::options::ProgressFn>,
+    active: Option<(Arc<Segment>, u16, Scan)>,
+    newest: Option<(Arc<Segment>, File)>,
+    last_id: u64,
+}
+
+impl Rebuild<'_> {
+    fn take(&mut self, d: Decoded) {
+        match d {
+            Decoded::Records(batch) => self.replay.apply_batch(&batch),
+            Decoded::Segment(done) => self.segment_done(done),
+        }
+    }
+
+    fn segment_done(&mut self, done: DecodedSegment) {
+        let DecodedSegment {
+            segment,
+            slot,
+            scan,
+            hinted,
+            capacity,
+            file,
+        } = done;
+        let stats = &mut *self.stats;
+        if hinted {
+            segment.usage.set_hinted();
+            segment.usage.set_unverified(true);
+            stats.hinted_segments += 1;
+        }
+        if scan.sealed {
+            segment
+                .usage
+                .seal(scan.totals, scan.end - SEAL_LEN, scan.sealed_at);
+        }
+        stats.segments += 1;
+        stats.records += scan.totals.records;
+        if let Some(progress) = self.progress {
+            progress(&OpenProgress {
+                segments_done: stats.segments,
+                segments_total: self.segments_total,
+                segments_hinted: stats.hinted_segments,
+                records: stats.records,
+            });
+        }
+        self.last_id = segment.id;
+        // Size the index for the records still to come at the rate seen so far, so that it
+        // grows a few times in all rather than a fifth at a time (a guess that only sets
+        // the index's size: too high costs memory until maintenance shrinks it, too low
+        // costs growth).
+        self.capacity_done += capacity;
+        if self.capacity_done > 0 && self.capacity_done < self.capacity_total {
+            let projected = u128::from(stats.records) * u128::from(self.capacity_total)
+                / u128::from(self.capacity_done);
+            self.replay
+                .index
+                .reserve(usize::try_from(projected).unwrap_or(usize::MAX));
+        }
+        if let Some(file) = file {
+            self.newest = Some((Arc::clone(&segment), file));
+        }
+        if !scan.sealed {
+            // Only the newest segment may be unsealed (scan_segment checked).
+            self.active = Some((segment, slot, scan));
+        }
+    }
+}
+
 /// Applies records to the index in batches, each batch grouped by stripe: one lock per
 /// stripe per batch instead of one per record. The unlock after each single insert used to
 /// wait for that insert's cache miss; grouped, the misses of one stripe's inserts overlap.
@@ -671,82 +918,53 @@ struct Replay<'a> {
     index: &'a Index,
     table: &'a SegmentTable,
     now: u64,
-    ops: Vec<Replayed>,
 }
 
 impl Replay<'_> {
-    fn push(&mut self, op: Replayed) {
-        self.ops.push(op);
-        if self.ops.len() >= REPLAY_BATCH {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        // A counting sort by stripe: stable, and linear (a comparison sort took a sixth of
-        // recovery's time).
-        let mut starts = vec![0usize; self.index.stripes() + 1];
-        for op in &self.ops {
-            if let Some(c) = starts.get_mut(op.stripe + 1) {
-                *c += 1;
+    /// Applies a sorted batch: its chunks are taken in turn by this thread and, for a
+    /// large batch on a machine with two cores or more, a helper. Chunks rather than halves,
+    /// so that a thread the scheduler set aside (the decoding thread shares the cores)
+    /// holds up at most one chunk.
+    fn apply_batch(&self, batch: &Sorted) {
+        let next = AtomicUsize::new(0);
+        let work = || loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&end) = batch.chunk_ends.get(c) else {
+                return;
+            };
+            let start = match c.checked_sub(1) {
+                Some(p) => batch.chunk_ends.get(p).copied().unwrap_or(0),
+                None => 0,
+            };
+            if let Some(order) = batch.order.get(start..end) {
+                self.apply(&batch.ops, order);
             }
-        }
-        for i in 1..starts.len() {
-            starts[i] += starts[i - 1];
-        }
-        let mut order = vec![0u32; self.ops.len()];
-        for (i, op) in self.ops.iter().enumerate() {
-            if let Some(at) = starts.get_mut(op.stripe) {
-                if let Some(o) = order.get_mut(*at) {
-                    *o = i as u32;
-                }
-                *at += 1;
-            }
-        }
-        // `starts[s]` is now where stripe `s`'s records end in `order`. Stripes are
-        // independent (a key's records all fall in its stripe), so two threads can apply
-        // disjoint runs of them; split where about half the records are.
-        let parallel = self.ops.len() >= PARALLEL_BATCH
-            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-        let split = if parallel {
-            let half = self.ops.len() / 2;
-            starts
-                .iter()
-                .copied()
-                .find(|&end| end >= half)
-                .unwrap_or(order.len())
-                .min(order.len())
-        } else {
-            order.len()
         };
-        let (first, second) = order.split_at(split);
-        if second.is_empty() {
-            self.apply(first);
-        } else {
-            let this = &*self;
-            std::thread::scope(|scope| {
-                let other = std::thread::Builder::new()
-                    .name("oncelog-recover".into())
-                    .spawn_scoped(scope, move || this.apply(second));
-                this.apply(first);
-                match other {
-                    Ok(handle) => {
-                        if let Err(panic) = handle.join() {
-                            std::panic::resume_unwind(panic);
-                        }
-                    }
-                    // No thread to be had: apply the second half here too.
-                    Err(_) => this.apply(second),
-                }
-            });
+        let parallel = batch.ops.len() >= PARALLEL_BATCH
+            && batch.chunk_ends.len() > 1
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        if !parallel {
+            work();
+            return;
         }
-        self.ops.clear();
+        std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new()
+                .name("oncelog-recover".into())
+                .spawn_scoped(scope, work);
+            work();
+            if let Ok(handle) = helper {
+                if let Err(panic) = handle.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            // No thread to be had: this thread took every chunk.
+        });
     }
 
     /// Applies the records `order` names (indexes into `ops`, grouped by stripe, each
     /// stripe's in log order), one stripe lock per run of a stripe.
-    fn apply(&self, order: &[u32]) {
-        let op_at = |n: usize| order.get(n).and_then(|&i| self.ops.get(i as usize));
+    fn apply(&self, ops: &[Replayed], order: &[u32]) {
+        let op_at = |n: usize| order.get(n).and_then(|&i| ops.get(i as usize));
         let table = self.table;
         let mut current: Option<(usize, parking_lot::MutexGuard<'_, Stripe>)> = None;
         for n in 0..order.len() {
@@ -793,9 +1011,99 @@ impl Replay<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::{Replayed, Sorted, CHUNKS};
     use crate::error::Error;
-    use crate::log::MAX_SEGMENTS;
-    use crate::options::Options;
+    use crate::log::{Location, MAX_SEGMENTS};
+    use crate::options::{Durability, Options};
+    use std::time::Duration;
+
+    fn op(stripe: usize, n: u32) -> Replayed {
+        Replayed {
+            stripe,
+            hash: u64::from(n),
+            loc: Location { slot: 0, offset: n },
+            expires: 0,
+            len: 0,
+            remove: false,
+        }
+    }
+
+    /// Chunks may be applied at once by different threads, so each stripe's records must
+    /// lie in one chunk, in log order; and every record is applied exactly once.
+    #[test]
+    fn a_sorted_batch_keeps_each_stripe_whole_and_in_log_order() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for (len, stripes) in [(0, 4), (1, 1), (7, 64), (1000, 3), (65_536, 1024)] {
+            let ops: Vec<Replayed> = (0..len as u32)
+                .map(|n| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    op((rng % stripes as u64) as usize, n)
+                })
+                .collect();
+            let sorted = Sorted::new(ops, stripes);
+            let mut seen = vec![false; len];
+            let mut chunk_of_stripe = vec![None; stripes];
+            let mut last_in_stripe = vec![None; stripes];
+            let mut start = 0;
+            assert!(sorted.chunk_ends.len() <= CHUNKS + 1);
+            for (c, &end) in sorted.chunk_ends.iter().enumerate() {
+                assert!(end > start, "an empty chunk ({len} records)");
+                for &i in &sorted.order[start..end] {
+                    let op = &sorted.ops[i as usize];
+                    assert!(!std::mem::replace(&mut seen[i as usize], true), "twice");
+                    let chunk = chunk_of_stripe[op.stripe].get_or_insert(c);
+                    assert_eq!(*chunk, c, "stripe {} in two chunks", op.stripe);
+                    if let Some(prev) = last_in_stripe[op.stripe].replace(i) {
+                        assert!(prev < i, "stripe {} out of log order", op.stripe);
+                    }
+                }
+                start = end;
+            }
+            assert_eq!(start, len);
+            assert!(seen.iter().all(|&s| s), "a record left out");
+        }
+    }
+
+    /// A replay large enough for the decoding thread and both appliers, where most keys
+    /// have several records next to each other: each key ends as its last record says.
+    #[test]
+    fn a_parallel_replay_ends_each_key_as_its_last_record_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || {
+            Options::new()
+                .durability(Durability::Buffered)
+                .segment_size(1 << 20)
+                .background_maintenance(false)
+        };
+        let ttl = Duration::from_secs(3600);
+        let n = 60_000u32;
+        let key = |i: u32| format!("key-{i:08}");
+        {
+            let store = opts().open(dir.path()).unwrap();
+            for i in 0..n {
+                assert!(store.claim(key(i), ttl).unwrap().is_new());
+                match i % 3 {
+                    0 => assert!(store.remove(key(i)).unwrap()),
+                    1 => {
+                        assert!(store.remove(key(i)).unwrap());
+                        assert!(store.claim(key(i), ttl).unwrap().is_new());
+                    }
+                    _ => {}
+                }
+            }
+            store.close().unwrap();
+        }
+        let store = opts().open(dir.path()).unwrap();
+        let stats = store.stats();
+        assert!(stats.segments > 1, "{stats:?}");
+        assert_eq!(stats.keys, u64::from(n - n.div_ceil(3)));
+        for i in 0..n {
+            let held = store.get(key(i)).unwrap().is_some();
+            assert_eq!(held, i % 3 != 0, "key {i}");
+        }
+    }
 
     /// Too many segments is a limit of the store, not a failure of the disk: it has an
     /// error of its own, and the directory is left as it was.
