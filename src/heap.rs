@@ -3,7 +3,10 @@
 //! When most keys expire at once, maintenance sweeps them out and the index tables shrink,
 //! but the allocator keeps the freed pages for later: the process stays as large as it was
 //! at its peak. glibc's `malloc_trim` returns free pages at the top of the heap and inside
-//! it (`madvise(MADV_DONTNEED)`), so a store whose keys expired gives its memory back.
+//! it (`madvise(MADV_DONTNEED)`), so a store whose keys expired gives its memory back. The
+//! one thing it leaves is the free top of an arena other than the main one (each thread may
+//! get its own arena): glibc shrinks those only from `free`, past a threshold that grows
+//! with the largest block the process has freed.
 //! Elsewhere (musl, other systems) there is nothing to call, and nothing is done.
 #![allow(unsafe_code)]
 

@@ -78,6 +78,18 @@ pub struct CompactionReport {
 /// worth its time.
 const RELEASE_AFTER: u64 = 8 << 20;
 
+/// Whether to give freed heap back, given the bytes the index tables have freed in all
+/// (`freed`), when the heap was last given back (`last`) and at the end of the previous
+/// run (`prev_run`): once `RELEASE_AFTER` more bytes are free (after mass expiry, and
+/// while a store grows: the allocator would keep every array a table outgrew), and once
+/// the tables have settled with less than that pending (nothing freed since the previous
+/// run), so that a store that stopped growing or shrinking does not keep up to
+/// `RELEASE_AFTER` of dead arrays for good.
+fn should_release(freed: u64, last: u64, prev_run: u64) -> bool {
+    let pending = freed.saturating_sub(last);
+    pending >= RELEASE_AFTER || (pending > 0 && freed == prev_run)
+}
+
 /// Maintenance of one store: its settings, and counters shared by the background thread
 /// and `Store::compact`.
 #[derive(Debug, Default)]
@@ -99,6 +111,8 @@ pub(crate) struct Maintenance {
     pub(crate) errors: AtomicU64,
     /// Bytes the index tables had freed when the heap was last given back.
     index_freed: AtomicU64,
+    /// Bytes the index tables had freed at the end of the previous run.
+    index_freed_prev_run: AtomicU64,
 }
 
 impl Maintenance {
@@ -136,13 +150,12 @@ impl Maintenance {
         result.map(|()| report)
     }
 
-    /// 5. Gives freed heap back to the system once the index tables have freed
-    ///    `RELEASE_AFTER` bytes since the last time (see `heap`): after mass expiry, and
-    ///    while a store grows (the allocator would keep every array a table outgrew).
+    /// 5. Gives freed heap back to the system (see `heap`) when `should_release` says so.
     fn release_heap(&self, engine: &Engine) {
         let (_, freed) = engine.index_heap_bytes();
         let last = self.index_freed.load(Ordering::Relaxed);
-        if freed.saturating_sub(last) >= RELEASE_AFTER {
+        let prev_run = self.index_freed_prev_run.swap(freed, Ordering::Relaxed);
+        if should_release(freed, last, prev_run) {
             crate::heap::release_free_memory();
             self.index_freed.store(freed, Ordering::Relaxed);
         }
@@ -645,5 +658,30 @@ impl SlotSet {
 
     fn is_empty(&self) -> bool {
         self.0.iter().all(|&w| w == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{should_release, RELEASE_AFTER};
+
+    #[test]
+    fn freed_heap_is_given_back_in_bulk_or_once_the_tables_settle() {
+        // Nothing freed, or nothing new since the last release: nothing to give back.
+        assert!(!should_release(0, 0, 0));
+        assert!(!should_release(5 << 20, 5 << 20, 5 << 20));
+        // Enough freed since the last release: at once, even while the tables still change.
+        assert!(should_release(RELEASE_AFTER, 0, RELEASE_AFTER / 2));
+        assert!(should_release(3 * RELEASE_AFTER, 2 * RELEASE_AFTER, 0));
+        // Less than that, while the tables still free arrays: wait.
+        assert!(!should_release(RELEASE_AFTER - 1, 0, 1));
+        // Less than that, and nothing freed since the previous run: the tables have
+        // settled, so give back what is pending.
+        assert!(should_release(RELEASE_AFTER - 1, 0, RELEASE_AFTER - 1));
+        assert!(should_release(
+            RELEASE_AFTER + 1,
+            RELEASE_AFTER,
+            RELEASE_AFTER + 1
+        ));
     }
 }

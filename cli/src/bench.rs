@@ -50,6 +50,8 @@ pub struct BenchArgs {
     pub no_hints: bool,
     /// Print maintenance's lag (claims expired and not yet swept) once a second.
     pub lag: bool,
+    /// After the run, two maintenance runs, then the resident memory again.
+    pub settle: bool,
 }
 
 impl BenchArgs {
@@ -538,6 +540,20 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         stats.recovered_records
     );
     let store = Arc::try_unwrap(store).map_err(|_| "store still shared")?;
+    if args.settle {
+        // Maintenance gives the heap back once the index tables have freed a lot, or once
+        // they stop changing: the second run sees that nothing changed since the first.
+        for _ in 0..2 {
+            store.compact().map_err(|e| format!("compact: {e}"))?;
+        }
+        let rss = rss_bytes();
+        println!(
+            "  settled     resident delta {:.1} B/key heap after two maintenance runs \
+             (index tables {:.1} B/key)",
+            rss.0.saturating_sub(rss_before.0) as f64 / live as f64,
+            store.stats().index_bytes as f64 / live as f64
+        );
+    }
     if args.expire {
         let before = Footprint {
             stats,

@@ -349,6 +349,11 @@ struct BenchCmd {
     /// (maintenance's lag behind expiry), and its largest value at the end.
     #[arg(long, verbatim_doc_comment)]
     lag: bool,
+    /// After the run, run maintenance twice (which gives the heap back once the index
+    /// stops changing) and print resident memory again. Writes hint files, like
+    /// --hints-before-reopen.
+    #[arg(long, verbatim_doc_comment, conflicts_with = "no_hints")]
+    settle: bool,
 }
 
 /// Opens the store as every command but `bench` does, showing progress on a terminal and
@@ -739,6 +744,7 @@ fn cmd_bench(a: BenchCmd) -> Result<ExitCode, String> {
         hints_before_reopen: a.hints_before_reopen,
         no_hints: a.no_hints,
         lag: a.lag,
+        settle: a.settle,
     })?;
     Ok(ExitCode::SUCCESS)
 }

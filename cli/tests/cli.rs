@@ -293,3 +293,32 @@ fn bench_reports_the_maintenance_lag() {
         .unwrap_or_else(|| panic!("no lag line: {text}"));
     assert!(line.contains("at most"), "{line}");
 }
+
+/// `bench --settle` runs maintenance after the run and measures the heap again.
+#[test]
+fn bench_settle_measures_memory_again_after_maintenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("b");
+    let out = in_dir(
+        &d,
+        &[
+            "bench",
+            "--keys",
+            "20000",
+            "--durability",
+            "buffered",
+            "--no-reopen",
+            "--settle",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("settled"))
+        .unwrap_or_else(|| panic!("no settled line: {text}"));
+    assert!(
+        line.contains("B/key heap after two maintenance runs"),
+        "{line}"
+    );
+}
