@@ -446,6 +446,9 @@ impl SealJob {
         let io = &self.io;
         let (n, next) = (&self.sealed, &self.next);
         let len = self.sealed_end - self.from.min(self.sealed_end);
+        // Nothing is appended to N any more: drop its page tables first, so that the sync
+        // need not write-protect it a page at a time (`SegmentMap::drop_page_tables`).
+        n.map.drop_page_tables(0, self.sealed_end);
         if let Err(e) = n.sync_range(io, &n.path, self.from, len) {
             return Err(self.fail("sync sealed segment", &n.path, e));
         }
