@@ -186,9 +186,9 @@ impl SegmentMap {
     pub(crate) fn drop_page_tables(&self, offset: usize, len: usize) {
         #[cfg(target_os = "linux")]
         if let Inner::Writable(map) = &self.inner {
-            const PAGE: usize = 4096;
-            let start = offset.div_ceil(PAGE) * PAGE;
-            let end = offset.saturating_add(len).min(self.len) / PAGE * PAGE;
+            let page = page_size();
+            let start = offset.div_ceil(page) * page;
+            let end = offset.saturating_add(len).min(self.len) / page * page;
             if end > start {
                 // SAFETY: the mapping is a shared mapping of a file (`MmapMut::map_mut`), for
                 // which MADV_DONTNEED only unmaps pages: their contents stay in the page
@@ -381,6 +381,16 @@ fn data_regions(file: &File, from: usize, to: usize) -> io::Result<Vec<(usize, u
         pos = end;
     }
     Ok(regions)
+}
+
+/// The system's page size (4 KiB if it cannot be read).
+pub(crate) fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf reads a system constant.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    })
 }
 
 /// Reserves disk blocks for the whole file so that writes through a mapping cannot hit a

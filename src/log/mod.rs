@@ -297,6 +297,13 @@ impl Syncer for Log {
             // name became visible.
             0
         };
+        // Pages wholly below the tail's page take no more appends: drop their page tables so
+        // that the sync need not write-protect them one at a time, each with a TLB flush of
+        // every core (`SegmentMap::drop_page_tables`). The tail's page stays mapped.
+        let whole = tail / map::page_size() * map::page_size();
+        if whole > start {
+            segment.map.drop_page_tables(start, whole - start);
+        }
         segment
             .sync_range(
                 &self.config.io,
