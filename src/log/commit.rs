@@ -28,7 +28,7 @@
 //! - After a failed sync the log is poisoned for good: the kernel may have dropped the dirty
 //!   pages, so nothing more may be appended or acknowledged until the store is reopened.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -83,7 +83,7 @@ enum Phase {
 
 struct Queue {
     /// Waiters by (lsn their record ends at, id), with their wakers.
-    waiters: BTreeMap<(u64, u64), Waker>,
+    waiters: Waiters,
     next_id: u64,
     phase: Phase,
     /// Waiters the last sync woke, and registrations since.
@@ -93,6 +93,62 @@ struct Queue {
     failed: Option<Failed>,
     /// The committer is to stop once nobody waits.
     stop: bool,
+}
+
+/// The registered waiters, sorted by (lsn, id). Registrations come mostly in lsn order, so
+/// an insert lands at or near the back, and a sync takes a prefix from the front; once its
+/// room has grown, registering allocates nothing (a tree allocated a node now and then,
+/// and freed it on the committer's thread).
+#[derive(Default)]
+struct Waiters(VecDeque<((u64, u64), Waker)>);
+
+impl Waiters {
+    fn position(&self, key: (u64, u64)) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(&key))
+    }
+
+    fn insert(&mut self, key: (u64, u64), waker: Waker) {
+        match self.position(key) {
+            Ok(i) => {
+                if let Some(e) = self.0.get_mut(i) {
+                    e.1 = waker;
+                }
+            }
+            Err(i) => self.0.insert(i, (key, waker)),
+        }
+    }
+
+    fn get_mut(&mut self, key: (u64, u64)) -> Option<&mut Waker> {
+        let i = self.position(key).ok()?;
+        self.0.get_mut(i).map(|e| &mut e.1)
+    }
+
+    fn remove(&mut self, key: (u64, u64)) -> Option<Waker> {
+        let i = self.position(key).ok()?;
+        self.0.remove(i).map(|e| e.1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Moves the waiters for lsns at or below `lsn` to `out`, in order.
+    fn take_through(&mut self, lsn: u64, out: &mut Vec<Waker>) {
+        while self.0.front().is_some_and(|((l, _), _)| *l <= lsn) {
+            if let Some((_, w)) = self.0.pop_front() {
+                out.push(w);
+            }
+        }
+    }
+
+    /// Moves every waiter to `out`, in order.
+    fn take_all(&mut self, out: &mut Vec<Waker>) {
+        out.extend(self.0.drain(..).map(|(_, w)| w));
+    }
 }
 
 /// A failed sync: what its waiters are told.
@@ -136,7 +192,7 @@ impl GroupCommit {
             handoff_len: AtomicUsize::new(0),
             syncs: AtomicU64::new(0),
             queue: Mutex::new(Queue {
-                waiters: BTreeMap::new(),
+                waiters: Waiters::default(),
                 next_id: 0,
                 phase: Phase::Idle,
                 woken: 0,
@@ -210,7 +266,7 @@ impl GroupCommit {
         // check and the insert.
         if self.durable() >= lsn || q.failed.is_some() {
             if let Some(i) = *id {
-                q.waiters.remove(&(lsn, i));
+                q.waiters.remove((lsn, i));
             }
             let registered = id.take();
             return Poll::Ready(match &q.failed {
@@ -219,7 +275,7 @@ impl GroupCommit {
             });
         }
         match *id {
-            Some(i) => match q.waiters.get_mut(&(lsn, i)) {
+            Some(i) => match q.waiters.get_mut((lsn, i)) {
                 Some(w) => {
                     if !w.will_wake(waker) {
                         w.clone_from(waker);
@@ -253,7 +309,7 @@ impl GroupCommit {
     /// Removes waiter `id` for `lsn`, if it is still queued.
     fn forget(&self, lsn: u64, id: &mut Option<u64>) {
         if let Some(i) = id.take() {
-            self.queue.lock().waiters.remove(&(lsn, i));
+            self.queue.lock().waiters.remove((lsn, i));
         }
     }
 
@@ -261,6 +317,8 @@ impl GroupCommit {
     /// waits any more.
     fn run<S: Syncer>(&self, log: &S) {
         let mut last_sync = Duration::ZERO;
+        // The waiters each sync wakes; kept, so that its room is reused.
+        let mut done: Vec<Waker> = Vec::new();
         let mut q = self.queue.lock();
         loop {
             q.phase = Phase::Idle;
@@ -296,12 +354,9 @@ impl GroupCommit {
             last_sync = started.elapsed();
             let durable = self.durable();
             let synced = res.is_ok();
-            let done = match res {
-                // Everything at or below `durable`: split off what stays, wake the rest.
-                Ok(()) => {
-                    let rest = q.waiters.split_off(&(durable.saturating_add(1), 0));
-                    std::mem::replace(&mut q.waiters, rest)
-                }
+            match res {
+                // Everything at or below `durable`.
+                Ok(()) => q.waiters.take_through(durable, &mut done),
                 Err((target, error)) => {
                     let poisoned = match log.check() {
                         Err(e) => e,
@@ -316,28 +371,28 @@ impl GroupCommit {
                         error,
                         poisoned,
                     });
-                    std::mem::take(&mut q.waiters)
+                    q.waiters.take_all(&mut done);
                 }
-            };
+            }
             if synced {
                 self.cleared.fetch_max(durable, Ordering::Release);
             }
             q.woken = done.len();
             q.arrived = 0;
             // Waking a thread is a system call: not under the lock new waiters need.
-            MutexGuard::unlocked(&mut q, || self.wake_all(done));
+            MutexGuard::unlocked(&mut q, || self.wake_all(&mut done));
         }
     }
 
     /// Wakes every waiter in `done`, with the help of the woken (`help_wake`); returns
     /// once all are woken.
-    fn wake_all(&self, done: BTreeMap<(u64, u64), Waker>) {
+    fn wake_all(&self, done: &mut Vec<Waker>) {
         if done.is_empty() {
             return;
         }
         {
             let mut h = self.handoff.lock();
-            h.extend(done.into_values());
+            h.extend(done.drain(..));
             self.handoff_len.store(h.len(), Ordering::Release);
         }
         loop {
@@ -828,6 +883,42 @@ mod tests {
         assert_eq!(gc.waiters(), 0);
         // And the committer stops when asked, with nobody left waiting.
         drop(c);
+    }
+
+    /// Registered out of lsn order (tasks append in one order and register in another),
+    /// waiters are still taken by the first sync that covers them, and only by it.
+    #[test]
+    fn waiters_stay_in_lsn_order_however_they_register() {
+        let counter = Arc::new(CountingWaker::default());
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut w = Waiters::default();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut keys = Vec::new();
+        for id in 0..500u64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let key = (rng % 100, id);
+            w.insert(key, waker.clone());
+            keys.push(key);
+        }
+        // A registration again (a new waker for the same wait) replaces, never adds.
+        w.insert(keys[7], waker.clone());
+        assert_eq!(w.len(), 500);
+        assert!(w.get_mut(keys[9]).is_some());
+        assert!(w.remove(keys[9]).is_some() && w.remove(keys[9]).is_none());
+        keys.remove(9);
+        let mut done = Vec::new();
+        w.take_through(49, &mut done);
+        let covered = keys.iter().filter(|k| k.0 <= 49).count();
+        assert_eq!(done.len(), covered, "a sync to 49 took other waiters");
+        assert_eq!(w.len(), keys.len() - covered);
+        assert!(w.0.iter().all(|((l, _), _)| *l > 49));
+        assert!(w.0.iter().zip(w.0.iter().skip(1)).all(|(a, b)| a.0 < b.0));
+        done.clear();
+        w.take_all(&mut done);
+        assert_eq!(done.len(), keys.len() - covered);
+        assert!(w.is_empty());
     }
 
     /// A waker whose wake does what a woken waiter does first: polls its wait, which
