@@ -108,6 +108,12 @@ impl Waiters {
     }
 
     fn insert(&mut self, key: (u64, u64), waker: Waker) {
+        // The common case: a new registration, past every waiter there (no search, whose
+        // probes into a deque of thousands would each miss the cache).
+        if self.0.back().is_none_or(|(k, _)| *k < key) {
+            self.0.push_back((key, waker));
+            return;
+        }
         match self.position(key) {
             Ok(i) => {
                 if let Some(e) = self.0.get_mut(i) {
