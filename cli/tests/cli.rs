@@ -258,65 +258,52 @@ fn a_command_that_succeeds_prints_nothing_on_stderr() {
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
 }
 
+/// Runs `oncelog bench` with `args` on a fresh directory, under `Buffered` and without the
+/// reopen, and returns what it printed (after checking it succeeded).
+fn bench(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("b");
+    let mut all = vec!["bench", "--durability", "buffered", "--no-reopen"];
+    all.extend_from_slice(args);
+    let out = in_dir(&d, &all);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    stdout(&out)
+}
+
+/// The line of `text` whose first word is `word`.
+fn line_of<'a>(text: &'a str, word: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.trim_start().starts_with(word))
+        .unwrap_or_else(|| panic!("no {word} line: {text}"))
+}
+
 /// `bench --lag` prints the expired-and-unswept count each second and the largest one.
 #[test]
 fn bench_reports_the_maintenance_lag() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("b");
-    let out = in_dir(
-        &d,
-        &[
-            "bench",
-            "--keys",
-            "3000000",
-            "--duration",
-            "2500ms",
-            "--short-ttl",
-            "1s",
-            "--short-ratio",
-            "0.5",
-            "--durability",
-            "buffered",
-            "--no-reopen",
-            "--lag",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let text = stdout(&out);
+    let text = bench(&[
+        "--keys",
+        "3000000",
+        "--duration",
+        "2500ms",
+        "--short-ttl",
+        "1s",
+        "--short-ratio",
+        "0.5",
+        "--lag",
+    ]);
     assert!(
         text.contains("expired, not yet swept"),
         "no per-second line: {text}"
     );
-    let line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("lag"))
-        .unwrap_or_else(|| panic!("no lag line: {text}"));
+    let line = line_of(&text, "lag");
     assert!(line.contains("at most"), "{line}");
 }
 
 /// `bench --settle` runs maintenance after the run and measures the heap again.
 #[test]
 fn bench_settle_measures_memory_again_after_maintenance() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("b");
-    let out = in_dir(
-        &d,
-        &[
-            "bench",
-            "--keys",
-            "20000",
-            "--durability",
-            "buffered",
-            "--no-reopen",
-            "--settle",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let text = stdout(&out);
-    let line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("settled"))
-        .unwrap_or_else(|| panic!("no settled line: {text}"));
+    let text = bench(&["--keys", "20000", "--settle"]);
+    let line = line_of(&text, "settled");
     assert!(
         line.contains("B/key heap after two maintenance runs"),
         "{line}"
