@@ -11,7 +11,9 @@
 //! committer waits until as many have registered again — for at most half as long as the
 //! previous sync took, yielding the CPU for the first 50 µs and sleeping after. A caller
 //! with nobody else around never waits for a gathering (it registered; nothing else is
-//! coming).
+//! coming). After a sync that woke many (an executor with thousands of tasks), a gathering
+//! goes on while they keep coming, up to a few syncs' time (`Gathering`): there, fewer and
+//! larger syncs leave the busy executor more CPU.
 //!
 //! Invariants:
 //!
@@ -54,8 +56,21 @@ pub(crate) trait Syncer {
     fn check(&self) -> Result<()>;
 }
 
-/// The longest a gathering may delay a sync.
+/// The longest a gathering may delay a sync, unless loaded (`LOADED`).
 const MAX_GATHER: Duration = Duration::from_millis(1);
+
+/// A sync that woke this many callers marks the committer as loaded: its next gathering
+/// may go on past the usual half sync while the callers keep registering
+/// (`Gathering::extend`). Below it, a gathering is as short as before: two to a few dozen
+/// callers come back within the half sync, or are not coming.
+const LOADED: usize = 64;
+
+/// A loaded gathering lasts at most this many times the previous sync, and at most
+/// `MAX_LOADED_GATHER`. Measured with 10,000 tasks on a 2-worker tokio runtime under `Sync`
+/// (`cargo bench --bench async_claims`): the usual half sync gave 0.93–1.05 M claims/s at
+/// 660–800 claims per sync, four syncs 1.24–1.32 M at 2,800–3,600.
+const LOADED_GATHER_SYNCS: u32 = 4;
+const MAX_LOADED_GATHER: Duration = Duration::from_millis(2);
 
 /// How many waiters a woken waiter wakes in turn (`GroupCommit::help_wake`). Measured with
 /// 64 blocking threads under `Sync` (`cargo bench --bench async_claims`): 2 from 8 left
@@ -154,6 +169,57 @@ impl Waiters {
     /// Moves every waiter to `out`, in order.
     fn take_all(&mut self, out: &mut Vec<Waker>) {
         out.extend(self.0.drain(..).map(|(_, w)| w));
+    }
+}
+
+/// How long the committer waits, before a sync, for the callers the previous sync woke to
+/// register again.
+///
+/// The first deadline is half the previous sync (at most `MAX_GATHER`): a caller with
+/// other work to do comes back within that, or a sync now costs it little. When the
+/// previous sync woke `LOADED` callers or more, an executor is running that many of them;
+/// each sync then costs it CPU (writeback write-protecting pages, interrupts, wake-ups),
+/// and the callers' waits are set by that busy executor's queue more than by the sync. So
+/// while they keep registering (at least one in the last step), the deadline moves on by
+/// another step, up to `LOADED_GATHER_SYNCS` previous syncs (at most `MAX_LOADED_GATHER`)
+/// after the start: fewer, larger syncs, and more claims per second.
+#[derive(Debug)]
+struct Gathering {
+    deadline: Instant,
+    step: Duration,
+    last: Instant,
+    arrived_at_deadline: usize,
+}
+
+impl Gathering {
+    fn new(started: Instant, last_sync: Duration, woken: usize) -> Gathering {
+        let step = (last_sync / 2).min(MAX_GATHER);
+        let deadline = started + step;
+        let last = if woken >= LOADED {
+            started
+                + (last_sync * LOADED_GATHER_SYNCS)
+                    .min(MAX_LOADED_GATHER)
+                    .max(step)
+        } else {
+            deadline
+        };
+        Gathering {
+            deadline,
+            step,
+            last,
+            arrived_at_deadline: 0,
+        }
+    }
+
+    /// At the deadline, with `arrived` registrations since the sync: whether to go on
+    /// (the deadline has moved) or sync now.
+    fn extend(&mut self, arrived: usize) -> bool {
+        if self.deadline >= self.last || arrived <= self.arrived_at_deadline {
+            return false;
+        }
+        self.arrived_at_deadline = arrived;
+        self.deadline = (self.deadline + self.step).min(self.last);
+        true
     }
 }
 
@@ -337,20 +403,24 @@ impl GroupCommit {
             if q.woken > 0 && q.arrived < q.woken && q.failed.is_none() {
                 q.phase = Phase::Gathering;
                 let started = Instant::now();
-                let deadline = started + (last_sync / 2).min(MAX_GATHER);
+                let mut gathering = Gathering::new(started, last_sync, q.woken);
                 let spin_until = started + GATHER_SPIN.min(last_sync / 2);
                 // First it yields rather than sleeps: a few callers come back within tens
                 // of microseconds, and a sleeping committer would add its own wake-up to
                 // every sync. Longer, it sleeps, and leaves the CPU to them.
                 while q.arrived < q.woken && !q.stop {
                     let now = Instant::now();
-                    if now >= deadline {
+                    if now >= gathering.deadline {
+                        if gathering.extend(q.arrived) {
+                            continue;
+                        }
                         break;
                     }
                     if now < spin_until {
                         MutexGuard::unlocked(&mut q, std::thread::yield_now);
-                    } else if self.work.wait_until(&mut q, deadline).timed_out() {
-                        break;
+                    } else {
+                        // Woken by the last expected registration, or at the deadline.
+                        let _ = self.work.wait_until(&mut q, gathering.deadline);
                     }
                 }
             }
@@ -703,6 +773,47 @@ mod tests {
 
     fn poll_once(f: &mut Durable<'_>, waker: &Waker) -> Poll<Result<()>> {
         Pin::new(f).poll(&mut Context::from_waker(waker))
+    }
+
+    /// The deadlines a gathering goes through when `arrivals[i]` callers have registered by
+    /// its i-th deadline.
+    fn deadlines(last_sync: Duration, woken: usize, arrivals: &[usize]) -> Vec<Duration> {
+        let t0 = Instant::now();
+        let mut g = Gathering::new(t0, last_sync, woken);
+        let mut seen = vec![g.deadline - t0];
+        for &a in arrivals {
+            if !g.extend(a) {
+                break;
+            }
+            seen.push(g.deadline - t0);
+        }
+        seen
+    }
+
+    #[test]
+    fn a_gathering_goes_on_past_half_a_sync_only_when_loaded_and_while_callers_come() {
+        let us = Duration::from_micros;
+        // Few woken: half the last sync, however many keep coming.
+        assert_eq!(deadlines(us(300), 2, &[1, 2, 3]), [us(150)]);
+        assert_eq!(deadlines(us(300), LOADED - 1, &[10, 20, 30]), [us(150)]);
+        // Loaded, callers coming: steps of half a sync, up to four syncs.
+        let steps: Vec<_> = (1..=8).map(|i| us(150 * i)).collect();
+        assert_eq!(
+            deadlines(us(300), LOADED, &[1, 2, 3, 4, 5, 6, 7, 8, 9]),
+            steps
+        );
+        // Loaded, but nobody came in the last step: the sync starts.
+        assert_eq!(
+            deadlines(us(300), 1000, &[5, 9, 9, 12]),
+            [us(150), us(300), us(450)]
+        );
+        assert_eq!(deadlines(us(300), 1000, &[0, 1]), [us(150)]);
+        // Long syncs: the usual cap on the first step, and the loaded cap on the whole.
+        assert_eq!(deadlines(us(3000), 2, &[1]), [MAX_GATHER]);
+        let long = deadlines(us(3000), 1000, &[1, 2, 3, 4]);
+        assert_eq!(long, [MAX_GATHER, MAX_LOADED_GATHER]);
+        // A first sync (nothing measured yet) gathers nothing.
+        assert_eq!(deadlines(Duration::ZERO, 1000, &[1, 2]), [Duration::ZERO]);
     }
 
     #[test]
