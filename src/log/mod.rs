@@ -169,7 +169,9 @@ impl Log {
                 if active_totals.tomb_max_expires > now {
                     live += active_totals.tomb_bytes;
                 }
-            } else if u.is_sealed() {
+            } else {
+                // Sealed, or being sealed: its totals were recorded when it stopped taking
+                // appends.
                 live += u.live_bytes() + u.needed_tomb_bytes(now);
             }
         }

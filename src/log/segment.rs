@@ -122,8 +122,16 @@ impl Totals {
 }
 
 impl Usage {
-    /// Records the segment's final totals.
+    /// Records the segment's final totals and marks it sealed.
     pub(crate) fn seal(&self, t: Totals, data_end: usize, sealed_at: u64) {
+        self.record_totals(t, data_end, sealed_at);
+        self.mark_sealed();
+    }
+
+    /// Records the segment's final totals, once it takes no more appends: rotation does,
+    /// before its seal job makes the segment durable and marks it sealed, so that
+    /// `Log::live_bytes` counts it meanwhile.
+    pub(crate) fn record_totals(&self, t: Totals, data_end: usize, sealed_at: u64) {
         self.sealed_at.store(sealed_at, Ordering::Relaxed);
         self.claim_bytes.store(t.claim_bytes, Ordering::Relaxed);
         self.tomb_bytes.store(t.tomb_bytes, Ordering::Relaxed);
@@ -132,6 +140,11 @@ impl Usage {
         self.max_expires.store(t.max_expires, Ordering::Relaxed);
         self.records.store(t.records, Ordering::Relaxed);
         self.data_end.store(data_end as u64, Ordering::Relaxed);
+    }
+
+    /// Marks the segment sealed (its totals recorded): maintenance may now read, rewrite
+    /// or delete it.
+    pub(crate) fn mark_sealed(&self) {
         self.sealed.store(true, Ordering::Release);
     }
 
@@ -140,7 +153,7 @@ impl Usage {
         self.dead_bytes.fetch_add(len, Ordering::Relaxed);
     }
 
-    /// Bytes of state records still pointed at (0 while unsealed: not known yet).
+    /// Bytes of state records still pointed at (0 until the totals are recorded).
     pub(crate) fn live_bytes(&self) -> u64 {
         let claims = self.claim_bytes.load(Ordering::Relaxed);
         claims.saturating_sub(self.dead_bytes.load(Ordering::Relaxed))

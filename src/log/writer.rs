@@ -333,15 +333,14 @@ impl Log {
                 return Err(self.poison(e.to_string()));
             }
         };
+        // Known now, and counted by `live_bytes` while the job runs.
+        w.segment.usage.record_totals(w.totals, data_end, now);
         let job = SealJob {
             io: io.clone(),
             dir: self.config.dir.clone(),
             sealed: Arc::clone(&w.segment),
-            totals: w.totals,
-            data_end,
             from,
             sealed_end,
-            now,
             next: Arc::clone(&segment),
             next_tmp: tmp,
             commit: Arc::clone(&self.commit),
@@ -426,14 +425,11 @@ impl Prep {
 pub(crate) struct SealJob {
     io: Io,
     dir: PathBuf,
-    /// Segment N, its seal record appended.
+    /// Segment N, its seal record appended and its totals recorded.
     sealed: Arc<Segment>,
-    totals: Totals,
-    data_end: usize,
     /// N is durable below this offset already; the seal ends at `sealed_end`.
     from: usize,
     sealed_end: usize,
-    now: u64,
     /// Segment N+1, which takes appends already, and its temporary name.
     next: Arc<Segment>,
     next_tmp: PathBuf,
@@ -469,7 +465,7 @@ impl SealJob {
         }
         // Only now does maintenance see N as sealed: it may delete or rewrite N, and N+1's
         // name must be durable before N can go (recovery adopts N+1 only after a sealed N).
-        n.usage.seal(self.totals, self.data_end, self.now);
+        n.usage.mark_sealed();
         self.commit.advance(lsn(next.id, SEGMENT_HEADER_LEN));
         Ok(())
     }
@@ -620,6 +616,9 @@ mod tests {
         while !hook.held.load(Ordering::SeqCst) {
             std::thread::yield_now();
         }
+        // The full segment's claims still count as live while it is being sealed
+        // (checked once the job is let go: a failed check here would leave it held).
+        let live_while_sealing = log.live_bytes(1_000);
         for j in 0..100 {
             log.append(claim(format!("more-{j:03}").as_bytes()))
                 .unwrap();
@@ -634,6 +633,13 @@ mod tests {
         *hook.gate.lock() = None;
         hook.gate_opened.notify_all();
         log.finish_sealing().unwrap();
+        let in_first: usize = (0..i - 1)
+            .map(|k| crate::format::encoded_len(format!("key-{k:05}").len(), 0))
+            .sum();
+        assert!(
+            live_while_sealing >= in_first as u64,
+            "{live_while_sealing} < {in_first}"
+        );
         assert!(dir.path().join(&new).exists() && !tmp.exists());
         assert!(log.durable_lsn() >= lsn(first + 1, SEGMENT_HEADER_LEN));
         let sealed = log.table().segments();
