@@ -66,12 +66,13 @@ pub(crate) struct Segment {
 /// installed under the same stripe lock) and dies exactly once: when its entry is replaced,
 /// removed, swept after expiry, or was never installed (recovery skipping an expired or
 /// superseded record, compaction output whose key changed meanwhile). `dead_bytes` may run
-/// ahead of `claim_bytes` while the segment is active: the totals are set when it is sealed.
+/// ahead of `claim_bytes` while the segment is active: the totals are recorded when it
+/// stops taking appends (rotation, `Usage::record_totals`), before it is marked sealed.
 #[derive(Debug, Default)]
 pub(crate) struct Usage {
-    /// The segment is sealed and the totals below are final.
+    /// The segment is sealed (durable, and open to maintenance); the totals below are final.
     sealed: AtomicBool,
-    /// Offset of the seal record (the end of the data); 0 until sealed.
+    /// Offset of the seal record (the end of the data); 0 until the totals are recorded.
     pub(crate) data_end: AtomicU64,
     /// Bytes of state records.
     pub(crate) claim_bytes: AtomicU64,
@@ -97,7 +98,8 @@ pub(crate) struct Usage {
     damaged: AtomicBool,
 }
 
-/// Totals of a segment's records, known once it is sealed (from the writer, a scan or a hint).
+/// Totals of a segment's records, known once it takes no more appends (from the writer, a
+/// scan or a hint).
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Totals {
     pub(crate) records: u64,
@@ -212,7 +214,7 @@ impl Segment {
     }
 
     /// The bytes of a sealed segment up to the end of its seal record; `None` while it is
-    /// the active segment.
+    /// the active segment or being sealed.
     #[allow(unsafe_code)]
     pub(crate) fn sealed_bytes(&self) -> Option<&[u8]> {
         if !self.usage.is_sealed() {
@@ -220,7 +222,9 @@ impl Segment {
         }
         let end = self.usage.data_end.load(Ordering::Relaxed) as usize + SEAL_LEN;
         // SAFETY: the Acquire load in `is_sealed` pairs with the Release store in
-        // `Usage::seal`, made after the seal was written; nothing is written after it.
+        // `Usage::mark_sealed`, made after the seal record was written and `data_end`
+        // recorded (on the rotating thread, before the seal job's thread was started);
+        // nothing is written after it.
         Some(unsafe { self.map.sealed_bytes(end) })
     }
 
