@@ -417,7 +417,8 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
                     "  {t:>6.1}s  {n:>12} claims  {rate:>12.0}/s  {:>10} keys  {:>10} expired, not yet swept",
                     s.keys, s.expired_unswept
                 );
-            } else {
+            } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                // A line redrawn in place: only on a terminal, not into a file or a pipe.
                 eprint!("\r  {t:>6.1}s  {n:>12} claims  {rate:>12.0}/s   ");
             }
             last = (now, n);
@@ -437,7 +438,9 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     }
     // From the start to the last worker's finish, not to when this thread noticed.
     let elapsed = finished - started;
-    eprint!("\r{:60}\r", "");
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprint!("\r{:60}\r", "");
+    }
     let ops = new + dups;
     let stats = store.stats();
     let rss_after = rss_bytes();

@@ -157,12 +157,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Makes glibc serve every allocation of 64 KiB or more (the index's arrays, which a
-/// large store has thousands of) from a mapping of its own, returned to the system when
-/// freed. By default glibc raises that threshold as the process frees large blocks, up to
-/// 32 MiB, and then keeps the arrays an index outgrew in a thread's arena, whose free top
-/// it does not give back: 2–5 B more resident heap per key at 5M and 10M keys, measured
-/// with `oncelog bench`. Left alone when `GLIBC_TUNABLES` sets the threshold already.
+/// Makes glibc serve allocations of 64 KiB or more (the index's arrays, which a large
+/// store has thousands of) from mappings of their own, returned to the system when freed,
+/// unless free room in the heap already fits them. By default glibc raises that threshold
+/// as the process frees large blocks, up to 32 MiB, and then keeps the arrays an index
+/// outgrew in a thread's arena, whose free top it does not give back: 2–5 B more resident
+/// heap per key at 5M and 10M keys, measured with `oncelog bench`. Left alone when
+/// `GLIBC_TUNABLES` sets the threshold already.
 fn large_blocks_as_mappings() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
