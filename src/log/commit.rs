@@ -62,9 +62,10 @@ const MAX_GATHER: Duration = Duration::from_millis(1);
 /// A sync that woke this many callers marks the committer as loaded: its next gathering
 /// may go on past the usual half sync while the callers keep registering
 /// (`Gathering::extend`). Below it, a gathering is as short as before: two to a few dozen
-/// callers come back within the half sync, or are not coming. 64 blocking threads or 64
-/// `oncelog serve` connections sit at the threshold (a sync covers 62–64 of the threads):
-/// their gatherings are loaded now and then, which measured neither better nor worse.
+/// callers come back within the half sync, or are not coming. 64 blocking threads sit at
+/// the threshold (a sync covers 62–64 of them): their gatherings are loaded now and then,
+/// which measured neither better nor worse. Each command of a pipeline that `oncelog serve`
+/// runs waits on its own, so 50 clients pipelining 16 commands each are loaded.
 const LOADED: usize = 64;
 
 /// A loaded gathering lasts at most this many times the previous sync, and at most
