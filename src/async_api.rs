@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::engine::Seen;
 use crate::error::Result;
 use crate::lease::{Begin, Ticket};
-use crate::store::{Claim, Store};
+use crate::store::{Claim, ClaimRequest, Store};
 
 impl Store {
     /// [`claim`](Store::claim), waiting for durability without blocking the thread.
@@ -77,6 +77,17 @@ impl Store {
         ttl: Duration,
     ) -> Result<Vec<Claim>> {
         let (answers, wait) = self.claim_many_now(keys, ttl)?;
+        self.engine().settled(wait).await?;
+        Ok(answers)
+    }
+
+    /// [`claim_batch`](Store::claim_batch), waiting for durability without blocking the
+    /// thread: one durable write for the whole batch.
+    ///
+    /// **Cancel safety:** a future dropped after its first poll has claimed every new key
+    /// of the batch, with its outcome: they become durable with the next sync.
+    pub async fn claim_batch_async(&self, requests: &[ClaimRequest<'_>]) -> Result<Vec<Claim>> {
+        let (answers, wait) = self.claim_batch_now(requests)?;
         self.engine().settled(wait).await?;
         Ok(answers)
     }

@@ -77,7 +77,7 @@ pub use options::{
 };
 pub use salvage::MAX_SALVAGED_PLACES;
 pub use stats::Stats;
-pub use store::{Claim, Store};
+pub use store::{Claim, ClaimRequest, Store};
 
 /// The README's examples, compiled and run as doctests so that they stay true.
 #[cfg(doctest)]

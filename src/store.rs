@@ -11,7 +11,7 @@ use std::time::Duration;
 use hashbrown::HashTable;
 use parking_lot::{Condvar, Mutex};
 
-use crate::engine::{check_key, Engine, Memory, Seen, Status};
+use crate::engine::{check_key, expiry, Engine, Memory, Seen, Status};
 use crate::error::{Error, Result};
 use crate::format::{encode_state, RecordKind, StateValue, MAX_OUTCOME_LEN};
 use crate::index::Stripe;
@@ -36,6 +36,42 @@ impl Claim {
     pub fn is_new(&self) -> bool {
         matches!(self, Claim::New)
     }
+}
+
+/// One claim of a [`Store::claim_batch`]: a key, its TTL and the outcome to store with it
+/// (empty for a plain claim, as [`Store::claim`] makes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimRequest<'a> {
+    /// The key, 1 to [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes.
+    pub key: &'a [u8],
+    /// The outcome, at most [`MAX_OUTCOME_LEN`] bytes.
+    pub outcome: &'a [u8],
+    /// How long the claim holds, at least 1 ms.
+    pub ttl: Duration,
+}
+
+impl<'a> ClaimRequest<'a> {
+    /// A plain claim of `key` for `ttl`.
+    pub fn new(key: &'a (impl AsRef<[u8]> + ?Sized), ttl: Duration) -> ClaimRequest<'a> {
+        ClaimRequest {
+            key: key.as_ref(),
+            outcome: &[],
+            ttl,
+        }
+    }
+
+    /// The same claim, storing `outcome` with it.
+    #[must_use]
+    pub fn with_outcome(self, outcome: &'a [u8]) -> ClaimRequest<'a> {
+        ClaimRequest { outcome, ..self }
+    }
+}
+
+/// A checked claim of a batch: its key, outcome and expiry (ms since the epoch).
+struct Item<'a> {
+    key: &'a [u8],
+    outcome: &'a [u8],
+    expires: u64,
 }
 
 /// An open dedupe store. `Send + Sync`: share it between threads with `Arc`.
@@ -224,13 +260,88 @@ impl Store {
         for k in keys {
             check_key(k.as_ref())?;
         }
+        let (now, expires) = self.engine.window(ttl)?;
+        let items: Vec<Item<'_>> = keys
+            .iter()
+            .map(|k| Item {
+                key: k.as_ref(),
+                outcome: &[],
+                expires,
+            })
+            .collect();
+        self.claim_items(&items, now)
+    }
+
+    /// Claims each request's key for its own TTL, with its own outcome, in one durable
+    /// write: [`claim_many`](Store::claim_many) for claims that differ, such as a pipeline
+    /// of Redis `SET key value NX EX n` commands. The answers are in the order of
+    /// `requests`, as if each were made in turn by
+    /// [`claim_with_outcome`](Store::claim_with_outcome): a key repeated in the batch is
+    /// `New` at most once, and its repeats get what the first one stored.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::time::Duration;
+    /// use oncelog::{Claim, ClaimRequest, Store};
+    ///
+    /// let store = Store::open(dir.path())?;
+    /// let hour = Duration::from_secs(3600);
+    /// let batch = [
+    ///     ClaimRequest::new("order-7", hour).with_outcome(b"shipped"),
+    ///     ClaimRequest::new("evt_1", 24 * hour),
+    ///     ClaimRequest::new("order-7", hour).with_outcome(b"again"),
+    /// ];
+    /// let answers = store.claim_batch(&batch)?;
+    /// assert!(answers[0].is_new() && answers[1].is_new());
+    /// match &answers[2] {
+    ///     Claim::Duplicate(seen) => assert_eq!(seen.outcome.as_deref(), Some(&b"shipped"[..])),
+    ///     Claim::New => unreachable!("the batch claimed the key before"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// Every request is checked first (its key, TTL and outcome, as `claim_with_outcome`
+    /// checks them); one that fails fails the call before anything is claimed. Otherwise
+    /// it fails, and holds stripes, as `claim_many` does.
+    pub fn claim_batch(&self, requests: &[ClaimRequest<'_>]) -> Result<Vec<Claim>> {
+        let (answers, wait) = self.claim_batch_now(requests)?;
+        self.engine.settle(wait)?;
+        Ok(answers)
+    }
+
+    /// `claim_batch` up to the wait for durability.
+    pub(crate) fn claim_batch_now(
+        &self,
+        requests: &[ClaimRequest<'_>],
+    ) -> Result<(Vec<Claim>, u64)> {
+        let now = self.engine.now();
+        let mut items = Vec::with_capacity(requests.len());
+        for r in requests {
+            check_key(r.key)?;
+            if r.outcome.len() > MAX_OUTCOME_LEN {
+                return Err(Error::OutcomeTooLarge {
+                    len: r.outcome.len(),
+                    max: MAX_OUTCOME_LEN,
+                });
+            }
+            items.push(Item {
+                key: r.key,
+                outcome: r.outcome,
+                expires: expiry(now, r.ttl)?,
+            });
+        }
+        self.claim_items(&items, now)
+    }
+
+    /// Claims checked items at `now`, in one append: the answers, and the lsn to settle
+    /// before giving them.
+    fn claim_items(&self, items: &[Item<'_>], now: u64) -> Result<(Vec<Claim>, u64)> {
         let engine = &*self.engine;
-        let (now, expires) = engine.window(ttl)?;
-        if keys.is_empty() {
+        if items.is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let key = |i: usize| keys.get(i).map_or(&[][..], |k| k.as_ref());
-        let hashes: Vec<u64> = keys.iter().map(|k| engine.hash(k.as_ref())).collect();
+        let key = |i: usize| items.get(i).map_or(&[][..], |it| it.key);
+        let hashes: Vec<u64> = items.iter().map(|it| engine.hash(it.key)).collect();
         let hash = |i: usize| hashes.get(i).copied().unwrap_or(0);
         let mut stripes = engine.lock_all(&hashes);
         // Each key's first index slot is a cache miss: ask for all of them before the
@@ -242,17 +353,17 @@ impl Store {
         }
 
         let mut wait = 0u64;
-        let mut answers: Vec<Option<Claim>> = vec![None; keys.len()];
+        let mut answers: Vec<Option<Claim>> = vec![None; items.len()];
         // Keys answered New in this batch, to answer their repeats within it.
         let mut fresh: HashTable<usize> = HashTable::new();
+        let mut repeats: Vec<usize> = Vec::new();
         let mut to_write: Vec<(usize, Option<Memory>)> = Vec::new();
         for (i, answer) in answers.iter_mut().enumerate() {
             let Some(stripe) = stripes.get(hash(i)) else {
                 continue;
             };
             if fresh.find(hash(i), |&j| key(j) == key(i)).is_some() {
-                stripe.counters.duplicates += 1;
-                *answer = Some(Claim::Duplicate(Seen::claimed(now, expires)));
+                repeats.push(i);
                 continue;
             }
             match Status::of(engine.find(stripe, key(i), hash(i)), now) {
@@ -271,7 +382,10 @@ impl Store {
         let specs: Vec<RecordSpec<'_>> = to_write
             .iter()
             .zip(values.iter_mut())
-            .map(|(&(i, memory), value)| claim_spec(key(i), &[], memory, now, expires, value))
+            .map(|(&(i, memory), value)| {
+                let it = &items[i];
+                claim_spec(it.key, it.outcome, memory, now, it.expires, value)
+            })
             .collect();
         let mut written: Vec<Appended> = Vec::with_capacity(specs.len());
         engine.append_all(&specs, |_, a| written.push(a))?;
@@ -286,6 +400,19 @@ impl Store {
             c.expired_reclaimed += u64::from(replaced);
             wait = wait.max(at.lsn_end);
             answers[i] = Some(Claim::New);
+        }
+        // A repeat gets what a claim made after the batch's first one would: that one's
+        // record, now in the index.
+        for i in repeats {
+            let Some(stripe) = stripes.get(hash(i)) else {
+                continue;
+            };
+            stripe.counters.duplicates += 1;
+            if let Status::Held { current, state } =
+                Status::of(engine.find(stripe, key(i), hash(i)), now)
+            {
+                answers[i] = Some(Claim::Duplicate(current.seen(state.as_ref())));
+            }
         }
         drop(stripes);
         let answers = answers

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::powercut::{PowerSim, Rng};
-use oncelog::{Begin, Claim, Durability, Error, IoHook, IoOp, Options, Store};
+use oncelog::{Begin, Claim, ClaimRequest, Durability, Error, IoHook, IoOp, Options, Store};
 
 const TTL: Duration = Duration::from_secs(3600);
 const LEASE: Duration = Duration::from_secs(600);
@@ -51,9 +51,13 @@ fn assert_send<T: Send>(t: T) -> T {
 
 /// Which way task `i` claims its key: each async method that can take a key first.
 async fn first_time(store: &Store, i: usize, key: &str) -> oncelog::Result<bool> {
-    Ok(match i % 4 {
+    Ok(match i % 5 {
         0 => store.claim_async(key, TTL).await?.is_new(),
         1 => store.claim_many_async(&[key, key], TTL).await?[0].is_new(),
+        4 => {
+            let request = ClaimRequest::new(key, TTL).with_outcome(b"first");
+            store.claim_batch_async(&[request, request]).await?[0].is_new()
+        }
         2 => match store.begin_async(key, LEASE).await? {
             Begin::Acquired(t) => {
                 store.extend_async(&t, LEASE).await?;

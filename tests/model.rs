@@ -1,4 +1,5 @@
-//! Model test: random sequences of claim, claim_many, remove, get, clock moves and reopens
+//! Model test: random sequences of claim, claim_many, claim_batch, remove, get, clock moves
+//! and reopens
 //! run against the store and against a `HashMap`; every answer must match exactly, `Seen`
 //! times included. Keys are drawn from a small pool (so operations meet), some long (so
 //! small segments rotate), and some runs hash every key alike (invariant 2).
@@ -11,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{clock, ms, opts};
-use oncelog::{Claim, ManualClock, Seen, Store};
+use oncelog::{Claim, ClaimRequest, ManualClock, Seen, Store};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ enum Op {
     /// `claim_with_outcome`, the outcome made from the tag.
     ClaimWithOutcome(usize, u64, u8),
     ClaimMany(Vec<usize>, u64),
+    /// `claim_batch`: each request's key, TTL and outcome tag (none: a plain claim).
+    ClaimBatch(Vec<(usize, u64, Option<u8>)>),
     Remove(usize),
     Get(usize),
     /// Move the clock forward by this many ms.
@@ -49,6 +52,8 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0..POOL, ttl_ms()).prop_map(|(k, t)| Op::Claim(k, t)),
         2 => (0..POOL, ttl_ms(), any::<u8>()).prop_map(|(k, t, o)| Op::ClaimWithOutcome(k, t, o)),
         2 => (prop::collection::vec(0..POOL, 0..12), ttl_ms()).prop_map(|(ks, t)| Op::ClaimMany(ks, t)),
+        2 => prop::collection::vec((0..POOL, ttl_ms(), prop::option::of(any::<u8>())), 0..12)
+            .prop_map(Op::ClaimBatch),
         2 => (0..POOL).prop_map(Op::Remove),
         2 => (0..POOL).prop_map(Op::Get),
         2 => prop_oneof![1u64..1_000, 1_000u64..3_600_000].prop_map(Op::Advance),
@@ -241,6 +246,49 @@ fn run(ops: &[Op], collide: bool, stripes: usize) -> Result<(), TestCaseError> {
                     );
                     if got[i].is_new() {
                         model.claimed_with(key, None);
+                    }
+                }
+            }
+            Op::ClaimBatch(items) => {
+                let keys: Vec<Vec<u8>> = items.iter().map(|&(k, ..)| pool_key(k)).collect();
+                let outcomes: Vec<Option<Vec<u8>>> =
+                    items.iter().map(|&(.., tag)| tag.map(outcome_of)).collect();
+                let requests: Vec<ClaimRequest<'_>> = items
+                    .iter()
+                    .zip(&keys)
+                    .zip(&outcomes)
+                    .map(|((&(_, ttl, _), key), outcome)| {
+                        ClaimRequest::new(key, Duration::from_millis(ttl))
+                            .with_outcome(outcome.as_deref().unwrap_or_default())
+                    })
+                    .collect();
+                let got = store.claim_batch(&requests).unwrap();
+                prop_assert_eq!(got.len(), keys.len());
+                // As if each were claimed in turn.
+                for (i, (key, outcome)) in keys.iter().zip(outcomes).enumerate() {
+                    let before = model.state(key, now);
+                    if let Claim::Duplicate(seen) = &got[i] {
+                        prop_assert!(
+                            model.outcome_matches(key, seen),
+                            "step {}: {:?} request #{}: duplicate's outcome {:?}, model {:?}",
+                            step,
+                            op,
+                            i,
+                            seen.outcome,
+                            model.outcomes.get(key)
+                        );
+                    }
+                    prop_assert!(
+                        model.claim(key, now, items[i].1, answer(&got[i])),
+                        "step {}: {:?} request #{}: store {:?}, model {:?}",
+                        step,
+                        op,
+                        i,
+                        got[i],
+                        before
+                    );
+                    if got[i].is_new() {
+                        model.claimed_with(key, outcome);
                     }
                 }
             }

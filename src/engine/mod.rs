@@ -126,17 +126,8 @@ impl Engine {
 
     /// Now, and the expiry of a claim (or lease) made now for `ttl`, in ms since the epoch.
     pub(crate) fn window(&self, ttl: Duration) -> Result<(u64, u64)> {
-        if ttl.is_zero() {
-            return Err(Error::InvalidTtl { ttl });
-        }
-        let ttl_ms = u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
-            .map_err(|_| Error::InvalidTtl { ttl })?;
         let now = self.now();
-        let expires = now
-            .checked_add(ttl_ms)
-            .filter(|&e| e <= MAX_EXPIRES_MS)
-            .ok_or(Error::InvalidTtl { ttl })?;
-        Ok((now, expires))
+        Ok((now, expiry(now, ttl)?))
     }
 
     /// The key's 64-bit hash: its stripe, and the hash bits its entry keeps.
@@ -618,6 +609,19 @@ impl Tokens {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed).max(1)
     }
+}
+
+/// When a claim made at `now` (ms) for `ttl` expires: `ttl` rounded up to whole
+/// milliseconds; [`Error::InvalidTtl`] for a zero TTL or an expiry past `MAX_EXPIRES_MS`.
+pub(crate) fn expiry(now: u64, ttl: Duration) -> Result<u64> {
+    if ttl.is_zero() {
+        return Err(Error::InvalidTtl { ttl });
+    }
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+        .ok()
+        .and_then(|ttl_ms| now.checked_add(ttl_ms))
+        .filter(|&e| e <= MAX_EXPIRES_MS)
+        .ok_or(Error::InvalidTtl { ttl })
 }
 
 #[cfg(test)]
