@@ -296,6 +296,56 @@ fn pipelined_commands_take_effect_in_order() {
     assert_eq!(replies, want);
 }
 
+/// Consecutive `SET ... NX` of a pipeline run as one batch in the store; each still
+/// answers as it would have alone, in turn: a key repeated in the run, a key already live,
+/// each its own expiry, an expiry already past, and a refused key among good ones.
+#[test]
+fn a_run_of_pipelined_sets_answers_as_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.connect();
+    assert_eq!(
+        ok(&mut c, &["SET", "live", "v0", "NX", "EX", "100"]),
+        Value::Okay
+    );
+    let mut s = server.raw();
+    s.write_all(
+        b"SET a 1 NX EX 100\r\nSET b 2 NX PX 5000\r\nSET a 3 NX EX 100\r\n\
+          SET live 4 NX EX 100\r\nSET c 7 NX EX 1000\r\n\
+          GET a\r\nGET b\r\nGET live\r\nPTTL b\r\nTTL c\r\nPING\r\n",
+    )
+    .unwrap();
+    let text = read_until(&mut s, b"+PONG\r\n");
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(
+        &lines[..11],
+        ["+OK", "+OK", "$-1", "$-1", "+OK", "$1", "1", "$1", "2", "$2", "v0"],
+        "{text}"
+    );
+    let pttl: i64 = lines[11].strip_prefix(':').unwrap().parse().unwrap();
+    assert!((4_000..=5_000).contains(&pttl), "{text}");
+    assert_eq!(&lines[12..14], [":1000", "+PONG"], "{text}");
+
+    // An expiry already past: answered as set, nothing written; the others stay.
+    s.write_all(b"SET past 5 NX PXAT 1000\r\nSET d 8 NX EX 100\r\nGET past\r\nGET d\r\n")
+        .unwrap();
+    assert_eq!(
+        read_until(&mut s, b"8\r\n"),
+        "+OK\r\n+OK\r\n$-1\r\n$1\r\n8\r\n"
+    );
+
+    // A refused key among good ones: its error, and the others done.
+    let long = "k".repeat(oncelog::MAX_KEY_LEN + 1);
+    let request =
+        format!("SET e 9 NX EX 100\r\nSET {long} 6 NX EX 100\r\nSET e 10 NX EX 100\r\nGET e\r\n");
+    s.write_all(request.as_bytes()).unwrap();
+    let text = read_until(&mut s, b"9\r\n");
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(lines[0], "+OK", "{text}");
+    assert!(lines[1].starts_with("-ERR invalid key"), "{text}");
+    assert_eq!(&lines[2..5], ["$-1", "$1", "9"], "{text}");
+}
+
 #[test]
 fn many_connections_claim_each_key_exactly_once() {
     let dir = tempfile::tempdir().unwrap();

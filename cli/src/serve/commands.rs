@@ -8,10 +8,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oncelog::{
-    Begin, Claim, Durability, Error, KeyState, Seen, Ticket, MAX_KEY_LEN, MAX_OUTCOME_LEN,
+    Begin, Claim, ClaimRequest, Durability, Error, KeyState, Seen, Ticket, MAX_KEY_LEN,
+    MAX_OUTCOME_LEN,
 };
 
-use super::{join_in_order, Boxed, Client, Shared, Step};
+use super::{join_in_order, Boxed, Client, Pending, Shared, Step};
 use crate::resp::Reply;
 
 /// A command, for `COMMAND`: name, arity (negative: at least that many), flags, and the
@@ -111,7 +112,7 @@ pub(super) fn dispatch<'a>(
         "dbsize" => Step::Later(Box::pin(
             async move { Reply::Int(store.stats().keys as i64) },
         )),
-        "set" => set(shared, argv),
+        "set" => set(argv),
         "get" => Step::Later(Box::pin(async move {
             match store.get_async(argv[1]).await {
                 Ok(None) => Reply::Nil,
@@ -239,7 +240,7 @@ pub(super) fn dispatch<'a>(
 /// `SET key value NX EX seconds | PX ms | EXAT unix-seconds | PXAT unix-ms`, the options in
 /// any order: `OK` if the key was new (it is claimed, with the value as its outcome), nil if
 /// it is live. Every other form is refused before anything is written.
-fn set<'a>(shared: &'a Shared, argv: &'a [&'a [u8]]) -> Step<'a> {
+fn set<'a>(argv: &'a [&'a [u8]]) -> Step<'a> {
     const ONLY: &str = "oncelog supports only SET key value NX with one of EX seconds, \
                         PX milliseconds, EXAT unix-time-seconds, PXAT unix-time-milliseconds";
     let mut nx = false;
@@ -294,9 +295,26 @@ fn set<'a>(shared: &'a Shared, argv: &'a [&'a [u8]]) -> Step<'a> {
             argv[2].len()
         )));
     }
+    Step::SetNx(SetNx {
+        key: argv[1],
+        value: argv[2],
+        at,
+    })
+}
+
+/// A checked `SET key value NX` with its expiry, to run alone (`set_one`) or with the
+/// `SET`s next to it in a pipeline (`set_group`).
+pub(crate) struct SetNx<'a> {
+    key: &'a [u8],
+    value: &'a [u8],
+    at: SystemTime,
+}
+
+/// Runs one `SET ... NX`: `OK` if the key was new, nil if it is live.
+pub(crate) fn set_one<'a>(shared: &'a Shared, set: SetNx<'a>) -> Pending<'a> {
     let store = &shared.store;
-    let (key, value) = (argv[1], argv[2]);
-    Step::Later(Box::pin(async move {
+    let SetNx { key, value, at } = set;
+    Box::pin(async move {
         let Ok(ttl) = at.duration_since(SystemTime::now()) else {
             // An expiry already past: as in Redis, the key is set and gone at once, so
             // answer as a set would and write nothing.
@@ -314,7 +332,39 @@ fn set<'a>(shared: &'a Shared, argv: &'a [&'a [u8]]) -> Step<'a> {
             Ok(Claim::Duplicate(_)) => Reply::Nil,
             Err(e) => store_error(shared, "set", e),
         }
-    }))
+    })
+}
+
+/// Runs consecutive `SET ... NX` of one batch as one `claim_batch`: one index pass, one
+/// append and one wait for durability, with the answers each `set_one` would have given
+/// in turn. Anything the batch call cannot answer as they would (an expiry already past, a
+/// request it refuses, a store error) runs them one by one instead: a refusal leaves
+/// nothing done, and after a failed sync every call fails alike.
+pub(crate) fn set_group<'a>(shared: &'a Shared, sets: Vec<SetNx<'a>>) -> Boxed<'a, Vec<Reply>> {
+    let store = &shared.store;
+    Box::pin(async move {
+        let now = SystemTime::now();
+        let requests: Option<Vec<ClaimRequest<'_>>> = sets
+            .iter()
+            .map(|s| {
+                let ttl = s.at.duration_since(now).ok()?;
+                Some(ClaimRequest {
+                    key: s.key,
+                    outcome: s.value,
+                    ttl: ttl.max(Duration::from_millis(1)),
+                })
+            })
+            .collect();
+        if let Some(requests) = requests {
+            if let Ok(answers) = store.claim_batch_async(&requests).await {
+                return answers
+                    .iter()
+                    .map(|a| if a.is_new() { Reply::OK } else { Reply::Nil })
+                    .collect();
+            }
+        }
+        join_in_order(sets.into_iter().map(|s| set_one(shared, s)).collect()).await
+    })
 }
 
 /// `ONCE.BEGIN key lease_ms [FP fingerprint]`: see README "oncelog serve".

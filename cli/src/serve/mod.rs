@@ -7,7 +7,8 @@
 //! durability of all of them at once (the store's async API), then the replies go out in
 //! order. Batches of all connections meet in the store's group commit, so a thousand
 //! clients each waiting for one reply share a sync, and so do the sixteen commands of a
-//! pipeline.
+//! pipeline. Under `sync`, consecutive `SET ... NX` of a batch are one `claim_batch` call:
+//! one append and one waiter for the run instead of one each.
 //!
 //! The invariants:
 //! - a reply is written only after what it reports is as durable as the store's
@@ -368,6 +369,8 @@ pub(crate) enum Step<'a> {
     Now(Reply),
     /// A store operation: its future.
     Later(Pending<'a>),
+    /// `SET key value NX` with an expiry: run with the `SET`s next to it in the batch.
+    SetNx(commands::SetNx<'a>),
     /// `QUIT`: reply `OK`, run nothing after it, close.
     Quit,
 }
@@ -389,7 +392,9 @@ async fn run_batch(
         .iter()
         .map(|a| input.get(a.clone()).unwrap_or_default())
         .collect();
-    let mut steps: Vec<Pending<'_>> = Vec::with_capacity(requests.len());
+    let mut steps: Vec<Running<'_>> = Vec::with_capacity(requests.len());
+    // Consecutive `SET ... NX`, not yet made a step.
+    let mut sets: Vec<commands::SetNx<'_>> = Vec::new();
     // The protocol each reply is written in: `HELLO` may change it within the batch.
     let mut protocols = Vec::with_capacity(requests.len());
     let mut quit = false;
@@ -399,20 +404,96 @@ async fn run_batch(
         at += n;
         let step = commands::dispatch(shared, client, request);
         protocols.push(client.resp3);
+        if let Step::SetNx(set) = step {
+            sets.push(set);
+            continue;
+        }
+        flush_sets(shared, &mut sets, &mut steps);
         match step {
-            Step::Now(reply) => steps.push(Box::pin(std::future::ready(reply))),
-            Step::Later(future) => steps.push(future),
+            Step::Now(reply) => steps.push(Running::Done(reply)),
+            Step::Later(future) => steps.push(Running::One(future)),
+            Step::SetNx(_) => {}
             Step::Quit => {
-                steps.push(Box::pin(std::future::ready(Reply::OK)));
+                steps.push(Running::Done(Reply::OK));
                 quit = true;
                 break;
             }
         }
     }
-    for (reply, resp3) in join_in_order(steps).await.iter().zip(protocols) {
-        reply.write(out, resp3);
+    flush_sets(shared, &mut sets, &mut steps);
+    run_in_order(&mut steps).await;
+    let mut protocols = protocols.into_iter();
+    for step in &steps {
+        let replies = match step {
+            Running::Done(reply) => std::slice::from_ref(reply),
+            Running::Many(replies) => replies.as_slice(),
+            Running::One(_) | Running::Group(_) => &[],
+        };
+        for (reply, resp3) in replies.iter().zip(protocols.by_ref()) {
+            reply.write(out, resp3);
+        }
     }
     quit
+}
+
+/// A step of a batch while it runs.
+enum Running<'a> {
+    /// Answered.
+    Done(Reply),
+    /// One request's future.
+    One(Pending<'a>),
+    /// The future of consecutive `SET ... NX` (one reply each).
+    Group(Boxed<'a, Vec<Reply>>),
+    /// Their replies.
+    Many(Vec<Reply>),
+}
+
+/// Makes the `SET`s gathered so far steps: one group under `sync`, where they then share
+/// one wait for durability (a pipeline of 16 `SET`s under `redis-benchmark -P 16` answered
+/// 1.2× as many requests per second so); each alone under the other modes, where nothing
+/// waits and a group only costs more (0.9× as many).
+fn flush_sets<'a>(
+    shared: &'a Shared,
+    sets: &mut Vec<commands::SetNx<'a>>,
+    steps: &mut Vec<Running<'a>>,
+) {
+    if sets.len() > 1 && shared.config.durability == Durability::Sync {
+        steps.push(Running::Group(commands::set_group(
+            shared,
+            std::mem::take(sets),
+        )));
+    } else {
+        steps.extend(
+            sets.drain(..)
+                .map(|set| Running::One(commands::set_one(shared, set))),
+        );
+    }
+}
+
+/// Polls every step, in order, until all are answered.
+async fn run_in_order(steps: &mut [Running<'_>]) {
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for step in steps.iter_mut() {
+            match step {
+                Running::One(f) => match f.as_mut().poll(cx) {
+                    Poll::Ready(reply) => *step = Running::Done(reply),
+                    Poll::Pending => waiting = true,
+                },
+                Running::Group(f) => match f.as_mut().poll(cx) {
+                    Poll::Ready(replies) => *step = Running::Many(replies),
+                    Poll::Pending => waiting = true,
+                },
+                Running::Done(_) | Running::Many(_) => {}
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
 }
 
 /// Runs `futures` together, polled in order, and gives their outputs in order.
