@@ -52,6 +52,8 @@ pub struct BenchArgs {
     pub lag: bool,
     /// After the run, two maintenance runs, then the resident memory again.
     pub settle: bool,
+    /// `Options::stripes`.
+    pub stripes: usize,
 }
 
 impl BenchArgs {
@@ -373,7 +375,8 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         with_open_progress(
             Options::new()
                 .durability(args.durability)
-                .hints(!args.no_hints),
+                .hints(!args.no_hints)
+                .stripes(args.stripes),
         )
         .open(&args.dir)
         .map_err(|e| format!("open {}: {e}", args.dir.display()))?,

@@ -376,6 +376,9 @@ struct BenchCmd {
     /// --hints-before-reopen.
     #[arg(long, verbatim_doc_comment, conflicts_with = "no_hints")]
     settle: bool,
+    /// Index stripes (`Options::stripes`: rounded up to a power of two).
+    #[arg(long, value_name = "N", value_parser = positive, default_value = "1024")]
+    stripes: usize,
 }
 
 /// Opens the store as every command but `bench` does, showing progress on a terminal and
@@ -767,6 +770,7 @@ fn cmd_bench(a: BenchCmd) -> Result<ExitCode, String> {
         no_hints: a.no_hints,
         lag: a.lag,
         settle: a.settle,
+        stripes: a.stripes,
     })?;
     Ok(ExitCode::SUCCESS)
 }
