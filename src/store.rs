@@ -39,8 +39,10 @@ impl Claim {
 }
 
 /// One claim of a [`Store::claim_batch`]: a key, its TTL and the outcome to store with it
-/// (empty for a plain claim, as [`Store::claim`] makes).
+/// (empty for a plain claim, as [`Store::claim`] makes). Made with
+/// [`new`](ClaimRequest::new) and [`with_outcome`](ClaimRequest::with_outcome).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClaimRequest<'a> {
     /// The key, 1 to [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes.
     pub key: &'a [u8],
@@ -357,6 +359,8 @@ impl Store {
         // Keys answered New in this batch, to answer their repeats within it.
         let mut fresh: HashTable<usize> = HashTable::new();
         let mut repeats: Vec<usize> = Vec::new();
+        // Duplicates, counted once the batch is written (a failed append answers nothing).
+        let mut duplicates: Vec<usize> = Vec::new();
         let mut to_write: Vec<(usize, Option<Memory>)> = Vec::new();
         for (i, answer) in answers.iter_mut().enumerate() {
             let Some(stripe) = stripes.get(hash(i)) else {
@@ -369,7 +373,7 @@ impl Store {
             match Status::of(engine.find(stripe, key(i), hash(i)), now) {
                 Status::Held { current, state } => {
                     wait = wait.max(current.end);
-                    stripe.counters.duplicates += 1;
+                    duplicates.push(i);
                     *answer = Some(Claim::Duplicate(current.seen(state.as_ref())));
                 }
                 Status::Free(memory) => {
@@ -402,16 +406,23 @@ impl Store {
             answers[i] = Some(Claim::New);
         }
         // A repeat gets what a claim made after the batch's first one would: that one's
-        // record, now in the index.
-        for i in repeats {
+        // record, now in the index (and held: it expires after `now`).
+        for &i in &repeats {
             let Some(stripe) = stripes.get(hash(i)) else {
                 continue;
             };
-            stripe.counters.duplicates += 1;
-            if let Status::Held { current, state } =
-                Status::of(engine.find(stripe, key(i), hash(i)), now)
-            {
-                answers[i] = Some(Claim::Duplicate(current.seen(state.as_ref())));
+            let seen = match Status::of(engine.find(stripe, key(i), hash(i)), now) {
+                Status::Held { current, state } => current.seen(state.as_ref()),
+                Status::Free(_) => {
+                    debug_assert!(false, "a key claimed in this batch is not held");
+                    Seen::claimed(now, items[i].expires)
+                }
+            };
+            answers[i] = Some(Claim::Duplicate(seen));
+        }
+        for i in duplicates.into_iter().chain(repeats) {
+            if let Some(stripe) = stripes.get(hash(i)) {
+                stripe.counters.duplicates += 1;
             }
         }
         drop(stripes);

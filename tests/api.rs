@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{clock, opts, t0, temporaries, TTL};
-use oncelog::{Claim, Durability, Error, Options, Store, MAX_KEY_LEN};
+use oncelog::{Claim, ClaimRequest, Durability, Error, Options, Store, MAX_KEY_LEN};
 
 #[test]
 fn claim_answers_new_once_then_duplicate_with_times() {
@@ -104,6 +104,60 @@ fn claim_many_answers_in_order_and_dedupes_within_the_batch() {
         .is_empty());
     let s = store.stats();
     assert_eq!((s.new, s.duplicates, s.claims, s.keys), (4, 3, 7, 4));
+}
+
+#[test]
+fn claim_batch_gives_each_request_its_ttl_and_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let store = opts(&clock).open(dir.path()).unwrap();
+    assert!(store.claim_with_outcome("b", b"old", TTL).unwrap().is_new());
+    let short = Duration::from_secs(5);
+    let batch = [
+        ClaimRequest::new("a", short).with_outcome(b"first"),
+        ClaimRequest::new("b", short).with_outcome(b"new"),
+        ClaimRequest::new("a", TTL).with_outcome(b"second"),
+        ClaimRequest::new("c", TTL),
+    ];
+    let answers = store.claim_batch(&batch).unwrap();
+    let new: Vec<bool> = answers.iter().map(Claim::is_new).collect();
+    assert_eq!(new, [true, false, false, true]);
+    let seen = |i: usize| match &answers[i] {
+        Claim::Duplicate(seen) => seen.clone(),
+        Claim::New => unreachable!(),
+    };
+    // A live key keeps what it had; a repeat sees what the batch's first claim stored.
+    assert_eq!(seen(1).outcome.as_deref(), Some(&b"old"[..]));
+    assert_eq!(seen(1).expires_at, t0() + TTL);
+    assert_eq!(seen(2).outcome.as_deref(), Some(&b"first"[..]));
+    assert_eq!(seen(2).expires_at, t0() + short);
+    assert_eq!(store.get("c").unwrap().unwrap().expires_at, t0() + TTL);
+    let s = store.stats();
+    assert_eq!((s.new, s.duplicates, s.keys), (3, 2, 3));
+    // One bad request refuses the whole batch, and nothing is claimed or counted.
+    let long = vec![0u8; oncelog::MAX_OUTCOME_LEN + 1];
+    let bad = [
+        ClaimRequest::new("d", TTL),
+        ClaimRequest::new("e", TTL).with_outcome(&long),
+    ];
+    assert!(matches!(
+        store.claim_batch(&bad),
+        Err(Error::OutcomeTooLarge { .. })
+    ));
+    let zero = [
+        ClaimRequest::new("d", TTL),
+        ClaimRequest::new("a", Duration::ZERO),
+    ];
+    assert!(matches!(
+        store.claim_batch(&zero),
+        Err(Error::InvalidTtl { .. })
+    ));
+    assert!(store.get("d").unwrap().is_none());
+    let s = store.stats();
+    assert_eq!((s.new, s.duplicates, s.keys), (3, 2, 3));
+    // After the TTL of "a", it is free again.
+    clock.advance(short);
+    assert!(store.claim("a", TTL).unwrap().is_new());
 }
 
 #[test]

@@ -56,7 +56,15 @@ async fn first_time(store: &Store, i: usize, key: &str) -> oncelog::Result<bool>
         1 => store.claim_many_async(&[key, key], TTL).await?[0].is_new(),
         4 => {
             let request = ClaimRequest::new(key, TTL).with_outcome(b"first");
-            store.claim_batch_async(&[request, request]).await?[0].is_new()
+            let answers = store.claim_batch_async(&[request, request]).await?;
+            // The repeat is a duplicate of the first, whoever claimed the key.
+            let Claim::Duplicate(seen) = &answers[1] else {
+                panic!("a repeat within a batch answered New");
+            };
+            if answers[0].is_new() {
+                assert_eq!(seen.outcome.as_deref(), Some(&b"first"[..]));
+            }
+            answers[0].is_new()
         }
         2 => match store.begin_async(key, LEASE).await? {
             Begin::Acquired(t) => {

@@ -75,6 +75,17 @@ impl Seen {
             state: kind,
         }
     }
+
+    /// A key claimed by `claim` at `time` until `expires`.
+    pub(crate) fn claimed(time: u64, expires: u64) -> Seen {
+        Seen {
+            first_seen: from_millis(time),
+            expires_at: from_millis(expires),
+            outcome: None,
+            attempt: 1,
+            state: KeyState::Claimed,
+        }
+    }
 }
 
 /// A key's newest record, read under its stripe lock.

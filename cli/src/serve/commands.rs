@@ -337,9 +337,9 @@ pub(crate) fn set_one<'a>(shared: &'a Shared, set: SetNx<'a>) -> Pending<'a> {
 
 /// Runs consecutive `SET ... NX` of one batch as one `claim_batch`: one index pass, one
 /// append and one wait for durability, with the answers each `set_one` would have given
-/// in turn. Anything the batch call cannot answer as they would (an expiry already past, a
-/// request it refuses, a store error) runs them one by one instead: a refusal leaves
-/// nothing done, and after a failed sync every call fails alike.
+/// in turn. What the batch call cannot answer as they would (an expiry already past, a
+/// request it refuses before doing anything) runs them one by one instead. A store error
+/// (a full disk, a failed sync) is every `SET`'s answer.
 pub(crate) fn set_group<'a>(shared: &'a Shared, sets: Vec<SetNx<'a>>) -> Boxed<'a, Vec<Reply>> {
     let store = &shared.store;
     Box::pin(async move {
@@ -348,19 +348,29 @@ pub(crate) fn set_group<'a>(shared: &'a Shared, sets: Vec<SetNx<'a>>) -> Boxed<'
             .iter()
             .map(|s| {
                 let ttl = s.at.duration_since(now).ok()?;
-                Some(ClaimRequest {
-                    key: s.key,
-                    outcome: s.value,
-                    ttl: ttl.max(Duration::from_millis(1)),
-                })
+                Some(
+                    ClaimRequest::new(s.key, ttl.max(Duration::from_millis(1)))
+                        .with_outcome(s.value),
+                )
             })
             .collect();
         if let Some(requests) = requests {
-            if let Ok(answers) = store.claim_batch_async(&requests).await {
-                return answers
-                    .iter()
-                    .map(|a| if a.is_new() { Reply::OK } else { Reply::Nil })
-                    .collect();
+            match store.claim_batch_async(&requests).await {
+                Ok(answers) => {
+                    return answers
+                        .iter()
+                        .map(|a| if a.is_new() { Reply::OK } else { Reply::Nil })
+                        .collect()
+                }
+                // Refused before anything was done: each answers alone, below.
+                Err(
+                    Error::InvalidKey { .. }
+                    | Error::InvalidTtl { .. }
+                    | Error::OutcomeTooLarge { .. },
+                ) => {}
+                // The store failed the run (a full disk, a failed sync): every SET of it
+                // gets the error, as each would have alone.
+                Err(e) => return vec![store_error(shared, "set", e); sets.len()],
             }
         }
         join_in_order(sets.into_iter().map(|s| set_one(shared, s)).collect()).await
