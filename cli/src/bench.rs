@@ -471,7 +471,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     };
     println!(
         "oncelog bench: {claimers}, {} key(s) of {} bytes, dup ratio {:.2}, {ttls}, {mode}, \
-         {}",
+         {}, {} index stripes",
         args.keys,
         args.key_len,
         args.dup_ratio,
@@ -479,7 +479,8 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             format!("claim_many batches of {}", args.batch)
         } else {
             "claim".to_string()
-        }
+        },
+        args.stripes.next_power_of_two(),
     );
     println!(
         "  claims      {ops} ({new} new, {dups} duplicate) in {:.3} s",
