@@ -168,6 +168,49 @@ fn answer(c: &Claim) -> Option<(u64, u64)> {
     }
 }
 
+/// One claim of a batch: key, TTL in ms, and the outcome stored with it.
+type BatchClaim<'a> = (&'a [u8], u64, Option<Vec<u8>>);
+
+/// Checks a batch's answers (`claim_many`, `claim_batch`) against the model, as if each
+/// claim were made in turn, and applies them.
+fn check_batch(
+    model: &mut Model,
+    step: usize,
+    op: &Op,
+    now: u64,
+    claims: Vec<BatchClaim<'_>>,
+    got: &[Claim],
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.len(), claims.len());
+    for (i, ((key, ttl, outcome), got)) in claims.into_iter().zip(got).enumerate() {
+        let before = model.state(key, now);
+        if let Claim::Duplicate(seen) = got {
+            prop_assert!(
+                model.outcome_matches(key, seen),
+                "step {}: {:?} #{}: duplicate's outcome {:?}, model {:?}",
+                step,
+                op,
+                i,
+                seen.outcome,
+                model.outcomes.get(key)
+            );
+        }
+        prop_assert!(
+            model.claim(key, now, ttl, answer(got)),
+            "step {}: {:?} #{}: store {:?}, model {:?}",
+            step,
+            op,
+            i,
+            got,
+            before
+        );
+        if got.is_new() {
+            model.claimed_with(key, outcome);
+        }
+    }
+    Ok(())
+}
+
 fn open(dir: &std::path::Path, clock: &ManualClock, collide: bool, stripes: usize) -> Store {
     let mut o = opts(clock).stripes(stripes);
     if collide {
@@ -224,30 +267,9 @@ fn run(ops: &[Op], collide: bool, stripes: usize) -> Result<(), TestCaseError> {
                 let got = store
                     .claim_many(&keys, Duration::from_millis(*ttl))
                     .unwrap();
-                prop_assert_eq!(got.len(), keys.len());
-                for (i, key) in keys.iter().enumerate() {
-                    let before = model.state(key, now);
-                    if let Claim::Duplicate(seen) = &got[i] {
-                        prop_assert!(
-                            model.outcome_matches(key, seen),
-                            "step {}: key #{}",
-                            step,
-                            i
-                        );
-                    }
-                    prop_assert!(
-                        model.claim(key, now, *ttl, answer(&got[i])),
-                        "step {}: {:?} key #{}: store {:?}, model {:?}",
-                        step,
-                        op,
-                        i,
-                        got[i],
-                        before
-                    );
-                    if got[i].is_new() {
-                        model.claimed_with(key, None);
-                    }
-                }
+                let claims: Vec<BatchClaim<'_>> =
+                    keys.iter().map(|k| (&k[..], *ttl, None)).collect();
+                check_batch(&mut model, step, op, now, claims, &got)?;
             }
             Op::ClaimBatch(items) => {
                 let keys: Vec<Vec<u8>> = items.iter().map(|&(k, ..)| pool_key(k)).collect();
@@ -263,34 +285,13 @@ fn run(ops: &[Op], collide: bool, stripes: usize) -> Result<(), TestCaseError> {
                     })
                     .collect();
                 let got = store.claim_batch(&requests).unwrap();
-                prop_assert_eq!(got.len(), keys.len());
-                // As if each were claimed in turn.
-                for (i, (key, outcome)) in keys.iter().zip(outcomes).enumerate() {
-                    let before = model.state(key, now);
-                    if let Claim::Duplicate(seen) = &got[i] {
-                        prop_assert!(
-                            model.outcome_matches(key, seen),
-                            "step {}: {:?} request #{}: duplicate's outcome {:?}, model {:?}",
-                            step,
-                            op,
-                            i,
-                            seen.outcome,
-                            model.outcomes.get(key)
-                        );
-                    }
-                    prop_assert!(
-                        model.claim(key, now, items[i].1, answer(&got[i])),
-                        "step {}: {:?} request #{}: store {:?}, model {:?}",
-                        step,
-                        op,
-                        i,
-                        got[i],
-                        before
-                    );
-                    if got[i].is_new() {
-                        model.claimed_with(key, outcome);
-                    }
-                }
+                let claims: Vec<BatchClaim<'_>> = keys
+                    .iter()
+                    .zip(items)
+                    .zip(outcomes)
+                    .map(|((k, &(_, ttl, _)), o)| (&k[..], ttl, o))
+                    .collect();
+                check_batch(&mut model, step, op, now, claims, &got)?;
             }
             Op::Remove(k) => {
                 let key = pool_key(*k);
