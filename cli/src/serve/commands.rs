@@ -339,7 +339,8 @@ pub(crate) fn set_one<'a>(shared: &'a Shared, set: SetNx<'a>) -> Pending<'a> {
 /// append and one wait for durability, with the answers each `set_one` would have given
 /// in turn. What the batch call cannot answer as they would (an expiry already past, a
 /// request it refuses before doing anything) runs them one by one instead. A store error
-/// (a full disk, a failed sync) is every `SET`'s answer.
+/// (a full disk, a failed sync) is every `SET`'s answer: the run is refused or failed
+/// whole.
 pub(crate) fn set_group<'a>(shared: &'a Shared, sets: Vec<SetNx<'a>>) -> Boxed<'a, Vec<Reply>> {
     let store = &shared.store;
     Box::pin(async move {
@@ -368,8 +369,9 @@ pub(crate) fn set_group<'a>(shared: &'a Shared, sets: Vec<SetNx<'a>>) -> Boxed<'
                     | Error::InvalidTtl { .. }
                     | Error::OutcomeTooLarge { .. },
                 ) => {}
-                // The store failed the run (a full disk, a failed sync): every SET of it
-                // gets the error, as each would have alone.
+                // The store failed the run: every SET of it gets the error. A full disk
+                // refuses the run whole (alone, the first SETs might still have fitted);
+                // after a failed sync each would have failed alike.
                 Err(e) => return vec![store_error(shared, "set", e); sets.len()],
             }
         }
