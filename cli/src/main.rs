@@ -307,6 +307,10 @@ struct ServeArgs {
     /// them at once); then the store is synced and closed.
     #[arg(long, value_name = "TIME", value_parser = parse_duration, default_value = "5s")]
     drain_timeout: Duration,
+    /// Index stripes (rounded up to a power of two). For tens of millions of keys, 4096
+    /// shortens the pauses when the index grows; the default costs less memory below that.
+    #[arg(long, value_name = "N", value_parser = positive, default_value = "1024", verbatim_doc_comment)]
+    stripes: usize,
 }
 
 #[derive(Args)]
@@ -393,7 +397,11 @@ fn cmd_serve(a: ServeArgs) -> Result<ExitCode, String> {
     config.drain_timeout = a.drain_timeout;
     config.max_clients = a.max_clients;
     // A long-running server: background maintenance on (the default).
-    let opts = with_open_progress(Options::new().recovery_mode(a.store.recovery));
+    let opts = with_open_progress(
+        Options::new()
+            .recovery_mode(a.store.recovery)
+            .stripes(a.stripes),
+    );
     oncelog_cli::serve::run(config, opts)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -260,6 +260,53 @@ fn a_command_that_succeeds_prints_nothing_on_stderr() {
 
 /// Runs `oncelog bench` with `args` on a fresh directory, under `Buffered` and without the
 /// reopen, and returns what it printed (after checking it succeeded).
+/// `--stripes` reaches the store: too many is refused by `Options` (naming the option), a
+/// count is rounded up to a power of two, and `bench` names what it ran with.
+#[test]
+fn stripes_reach_the_store_in_bench_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = in_dir(
+        &dir.path().join("b"),
+        &["bench", "--keys", "100", "--stripes", "2000000"],
+    );
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(stderr(&out).contains("stripes"), "{}", stderr(&out));
+    // A server that took the store would serve until stopped: give it 20 s to refuse.
+    let s = dir.path().join("s");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_oncelog"))
+        .args([
+            "serve",
+            "--dir",
+            s.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--stripes", "2000000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn oncelog serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            server.kill().unwrap();
+            let _ = server.wait();
+            panic!("serve --stripes 2000000 started serving");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("stripes"), "{err}");
+    let text = bench(&["--keys", "1000", "--stripes", "3000"]);
+    assert!(text.contains("4096 index stripes"), "{text}");
+}
+
 fn bench(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("b");
