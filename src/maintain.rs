@@ -8,10 +8,11 @@
 //!   points at it (its key was removed, re-claimed, or the entry was swept) or it has
 //!   expired; a remove record (tombstone) only once its `expires` has passed — it carries
 //!   the expiry of the claim it hides, so from then on that claim is expired too, wherever
-//!   a copy of it may still be read — or once its segment is the oldest there is: a
-//!   tombstone hides only records before it in the log, and there are none left but its
-//!   own segment's, which are dead. Nothing else is ever dropped, so a removed or expired
-//!   key never comes back (invariant 4 of docs/DESIGN.md).
+//!   a copy of it may still be read — or once no segment it may hide records in (its
+//!   `Hides` range, older than its own) is left on disk, durably: what it hides in its own
+//!   segment is dead, and goes with the same copy or deletion. Nothing else is ever
+//!   dropped, so a removed or expired key never comes back (invariant 4 of
+//!   docs/DESIGN.md).
 //! - **Log order is kept.** A compacted segment keeps its id and so its place in the replay
 //!   order; its records keep their relative order. Records are never moved to another
 //!   position in the log, so a tombstone can never end up after a newer claim of its key.
@@ -29,7 +30,7 @@
 //! [`Store::compact`]: crate::Store::compact
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,10 +39,11 @@ use parking_lot::Mutex;
 use crate::engine::{Engine, Fate};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{
-    decode_hint, decode_record, encode_hint, HintEntry, HintHeader, RecordKind, SEGMENT_HEADER_LEN,
+    decode_hint, decode_record, encode_hint, Hides, HintEntry, HintHeader, RecordKind,
+    SEGMENT_HEADER_LEN,
 };
 use crate::fs;
-use crate::log::{Location, SealedWriter, Segment, SegmentMap, MAX_SEGMENTS};
+use crate::log::{Location, SealedWriter, Segment, SegmentIds, SegmentMap, MAX_SEGMENTS};
 
 /// What one maintenance run did, returned by [`Store::compact`](crate::Store::compact).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -113,6 +115,8 @@ pub(crate) struct Maintenance {
     index_freed: AtomicU64,
     /// Bytes the index tables had freed at the end of the previous run.
     index_freed_prev_run: AtomicU64,
+    /// The last run failed (see `run_locked`).
+    unfinished: AtomicBool,
 }
 
 impl Maintenance {
@@ -131,6 +135,8 @@ impl Maintenance {
         let started = Instant::now();
         let mut report = CompactionReport::default();
         let result = self.run_locked(engine, &mut report);
+        // A run that failed may have deleted a segment without making the deletion durable.
+        self.unfinished.store(result.is_err(), Ordering::Relaxed);
         report.duration = started.elapsed();
         self.runs.fetch_add(1, Ordering::Relaxed);
         self.swept
@@ -163,6 +169,12 @@ impl Maintenance {
 
     fn run_locked(&self, engine: &Engine, report: &mut CompactionReport) -> Result<()> {
         engine.check_poison()?;
+        if self.unfinished.load(Ordering::Relaxed) {
+            // Tombstones are dropped once the segments they hide records in are gone from
+            // the table (`SegmentIds`): a deletion that a failed run did not make durable
+            // could be undone by a power cut, so make it durable first.
+            fs::sync_dir(engine.io(), engine.dir())?;
+        }
         let now = engine.now();
         let segments = engine.sealed_segments();
 
@@ -172,9 +184,13 @@ impl Maintenance {
         for (_, seg) in &segments {
             if seg.usage.unverified() {
                 report.segments_verified += 1;
-                if !records_check_out(seg) {
-                    seg.usage.set_damaged();
-                    report.damaged_found += 1;
+                match removes_hide(seg) {
+                    // Now known: what its tombstones hide (the hint did not say).
+                    Some(hides) => seg.usage.set_tomb_hides(hides),
+                    None => {
+                        seg.usage.set_damaged();
+                        report.damaged_found += 1;
+                    }
                 }
                 seg.usage.set_unverified(false);
             }
@@ -189,11 +205,8 @@ impl Maintenance {
             .filter(|(slot, _)| !gone.contains(*slot))
             .cloned()
             .collect();
-        let oldest = engine.oldest_segment_id();
-        let next_oldest_goes = left
-            .first()
-            .is_some_and(|(_, seg)| Some(seg.id) == oldest && unneeded(seg, now, true));
-        if next_oldest_goes || left.iter().any(|(_, seg)| unneeded(seg, now, false)) {
+        let present = engine.segment_ids();
+        if left.iter().any(|(_, seg)| unneeded(seg, now, &present)) {
             let more = delete_unneeded(engine, &left, now, report)?;
             for (slot, _) in &left {
                 if more.contains(*slot) {
@@ -212,10 +225,11 @@ impl Maintenance {
                 if gone.contains(*slot) {
                     continue;
                 }
-                let oldest = engine.oldest_segment_id() == Some(seg.id);
-                if !seg.usage.damaged() && worth_compacting(seg, now, oldest, self.threshold) {
+                // Every deletion so far is durable (each step syncs the directory).
+                let present = engine.segment_ids();
+                if !seg.usage.damaged() && worth_compacting(seg, now, &present, self.threshold) {
                     let hints = self.hints && engine.hints_usable();
-                    compact_segment(engine, *slot, seg, now, oldest, hints, report)?;
+                    compact_segment(engine, *slot, seg, now, &present, hints, report)?;
                     let t = engine.now();
                     if t.saturating_sub(swept_at) >= SWEEP_EVERY_MS {
                         sweep_expired(engine, t, report);
@@ -266,23 +280,11 @@ fn sweep_expired(engine: &Engine, now: u64, report: &mut CompactionReport) {
     }
 }
 
-/// Whether nothing in `seg` is needed: no entry points into it, and its tombstones (if
-/// any) have expired or, with `oldest`, hide nothing any more (see `needed_tombs`).
-fn unneeded(seg: &Segment, now: u64, oldest: bool) -> bool {
-    seg.usage.live_bytes() == 0 && needed_tombs(seg, now, oldest) == 0
-}
-
-/// Bytes of tombstones in `seg` that must be kept at `now`: those hiding a claim that has
-/// not expired, unless `seg` is the oldest segment of the store (`oldest`). A tombstone
-/// hides only records before it in the log; in the oldest segment those are its own
-/// records of the same key, which are dead (compaction never keeps them, and deleting the
-/// segment takes them along), so nothing is left for it to hide.
-fn needed_tombs(seg: &Segment, now: u64, oldest: bool) -> u64 {
-    if oldest {
-        0
-    } else {
-        seg.usage.needed_tomb_bytes(now)
-    }
+/// Whether nothing in `seg` is needed while the segments `present` are on disk: no entry
+/// points into it, and none of its tombstones still hides anything
+/// (`Usage::needed_tomb_bytes`).
+fn unneeded(seg: &Segment, now: u64, present: &SegmentIds) -> bool {
+    seg.usage.live_bytes() == 0 && seg.usage.needed_tomb_bytes(now, seg.id, present) == 0
 }
 
 /// Sweeps expired entries out of every stripe that may hold some, and deletes the segments
@@ -294,11 +296,12 @@ fn needed_tombs(seg: &Segment, now: u64, oldest: bool) -> u64 {
 /// stripe lock is taken after the segments were picked, so no reader is inside one of
 /// them any more when they are removed.
 ///
-/// The oldest segments go first: once the oldest is deleted, the tombstones of the next
-/// hide nothing, so a run of oldest segments whose only content is such tombstones goes in
-/// one pass (`cascade`). Those are deleted in id order, each after the deletion before it
-/// is durable, and all of them are spared if any segment is: a tombstone must never be
-/// gone while a claim it hides is still there.
+/// A tombstone hides records only in the segments its `Hides` range names, all older than
+/// its own: once those are deleted, it hides nothing. So a segment whose only content is
+/// tombstones of segments deleted in the same pass goes too (`cascade`). Those are deleted
+/// in id order, each after the deletions before it are durable, and all of them are spared
+/// if any segment is: a tombstone must never be gone while a record it hides is still
+/// there.
 fn delete_unneeded(
     engine: &Engine,
     segments: &[(u16, Arc<Segment>)],
@@ -306,17 +309,21 @@ fn delete_unneeded(
     report: &mut CompactionReport,
 ) -> Result<SlotSet> {
     let mut doomed = SlotSet::new();
-    // Segments doomed only because the ones before them go.
+    // Segments doomed only because others before them go.
     let mut cascade = SlotSet::new();
-    let mut oldest = segments.first().map(|(_, s)| s.id) == engine.oldest_segment_id();
+    // The segments on disk now (every earlier deletion is durable: see `run`), and those
+    // that will be left. A tombstone's range names only ids below its own segment's, and
+    // segments come in id order, so `after` is final for every id a range can name.
+    let present = engine.segment_ids();
+    let mut after = present.clone();
     for (slot, seg) in segments {
-        if unneeded(seg, now, false) {
+        if unneeded(seg, now, &present) {
             doomed.insert(*slot);
-        } else if oldest && unneeded(seg, now, true) {
+            after.remove(seg.id);
+        } else if unneeded(seg, now, &after) {
             doomed.insert(*slot);
             cascade.insert(*slot);
-        } else {
-            oldest = false;
+            after.remove(seg.id);
         }
     }
     let mut spared = SlotSet::new();
@@ -385,8 +392,9 @@ fn delete_segment(
     Ok(())
 }
 
-/// Whether what must be kept of `seg` is below `threshold` of its data.
-fn worth_compacting(seg: &Segment, now: u64, oldest: bool, threshold: f64) -> bool {
+/// Whether what must be kept of `seg` (with the segments `present` on disk) is below
+/// `threshold` of its data.
+fn worth_compacting(seg: &Segment, now: u64, present: &SegmentIds, threshold: f64) -> bool {
     let u = &seg.usage;
     let data = u
         .data_end
@@ -395,7 +403,7 @@ fn worth_compacting(seg: &Segment, now: u64, oldest: bool, threshold: f64) -> bo
     if data == 0 {
         return false;
     }
-    let keep = u.live_bytes() + needed_tombs(seg, now, oldest);
+    let keep = u.live_bytes() + u.needed_tomb_bytes(now, seg.id, present);
     if (keep as f64) >= threshold * data as f64 {
         return false;
     }
@@ -420,13 +428,14 @@ struct Kept {
 
 /// Rewrites segment `seg` (in `slot`) without its dead records, under the same id; with
 /// `hints`, writes the copy's hint file too, from the records it kept (so the copy is
-/// never read back for it). The oldest segment (`oldest`) loses all its tombstones.
+/// never read back for it). A tombstone is kept while its hidden records' expiry is ahead
+/// and a segment it may hide them in is among `present` (`SegmentIds::hidden_in`).
 fn compact_segment(
     engine: &Engine,
     slot: u16,
     seg: &Arc<Segment>,
     now: u64,
-    oldest: bool,
+    present: &SegmentIds,
     hints: bool,
     report: &mut CompactionReport,
 ) -> Result<()> {
@@ -460,7 +469,10 @@ fn compact_segment(
         let len = rec.len;
         let keep = match rec.header.kind {
             RecordKind::Seal => break,
-            RecordKind::Remove => !oldest && rec.header.expires > now,
+            RecordKind::Remove => {
+                let hides = rec.hides().unwrap_or(Hides::ANY);
+                rec.header.expires > now && present.hidden_in(hides, seg.id)
+            }
             RecordKind::Claim | RecordKind::Lease | RecordKind::Done => {
                 let hash = engine.hash(rec.key);
                 let loc = Location {
@@ -500,7 +512,8 @@ fn compact_segment(
                 });
             }
             let src = bytes.get(pos..pos + len).unwrap_or(&[]);
-            copy.push(src, rec.header.kind, rec.header.expires)?;
+            let hides = rec.hides().unwrap_or(Hides::ANY);
+            copy.push(src, rec.header.kind, rec.header.expires, hides)?;
         }
         pos += len;
     }
@@ -550,18 +563,23 @@ fn compact_segment(
     Ok(())
 }
 
-/// Whether every record of sealed segment `seg` decodes and passes its checksum, and the
-/// seal sits where the segment says its data ends.
-fn records_check_out(seg: &Segment) -> bool {
+/// Checks that every record of sealed segment `seg` decodes and passes its checksum, and
+/// that the seal sits where the segment says its data ends; if so, returns the union of
+/// what its remove records hide (`None` inside: it has none). `None` if a check fails.
+fn removes_hide(seg: &Segment) -> Option<Option<Hides>> {
     let data_end = seg.usage.data_end.load(Ordering::Relaxed) as usize;
     let bytes = seg.sealed_bytes().unwrap_or(&[]);
     let mut pos = SEGMENT_HEADER_LEN;
+    let mut union: Option<Hides> = None;
     loop {
-        match decode_record(bytes.get(pos..).unwrap_or(&[])) {
-            Ok(rec) if rec.header.kind == RecordKind::Seal => return pos == data_end,
-            Ok(rec) => pos += rec.len,
-            Err(_) => return false,
+        let rec = decode_record(bytes.get(pos..).unwrap_or(&[])).ok()?;
+        if rec.header.kind == RecordKind::Seal {
+            return (pos == data_end).then_some(union);
         }
+        if let Some(h) = rec.hides() {
+            union = Some(union.map_or(h, |u| u.union(h)));
+        }
+        pos += rec.len;
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{
-    decode_hint, decode_record, DecodeError, HeaderError, RecordKind, SegmentHeader,
+    decode_hint, decode_record, DecodeError, HeaderError, Hides, RecordKind, SegmentHeader,
     FORMAT_VERSION, HINT_ENTRY_LEN, HINT_HEADER_LEN, HINT_TRAILER_LEN, RECORD_HEADER_LEN, SEAL_LEN,
     SEGMENT_HEADER_LEN,
 };
@@ -518,7 +518,9 @@ fn replay_hint(
     let mut totals = Totals::default();
     for e in entries {
         let remove = e.kind == RecordKind::Remove;
-        totals.add(e.kind, e.len as usize, e.expires);
+        // A hint does not say what a remove hides: assume anything before it, until
+        // maintenance reads the records (`crate::maintain`, step 0).
+        totals.add(e.kind, e.len as usize, e.expires, Hides::ANY);
         replay.push(Replayed {
             stripe: replay.index.stripe_of(e.hash),
             hash: e.hash,
@@ -609,8 +611,9 @@ fn scan_segment(
                     len: rec.len as u32,
                     remove: rec.header.kind == RecordKind::Remove,
                 });
+                let hides = rec.hides().unwrap_or(Hides::ANY);
                 scan.totals
-                    .add(rec.header.kind, rec.len, rec.header.expires);
+                    .add(rec.header.kind, rec.len, rec.header.expires, hides);
                 pos += rec.len;
                 scan.end = pos;
             }

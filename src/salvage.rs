@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::format::{
-    decode_record, DecodeError, HeaderError, RecordHeader, RecordKind, SegmentHeader,
+    decode_record, DecodeError, HeaderError, Hides, RecordHeader, RecordKind, SegmentHeader,
     FORMAT_VERSION, MAX_RECORD_LEN, RECORD_ALIGN, SEAL_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::fs::{self, Listing};
@@ -209,8 +209,9 @@ fn rewrite(io: &Io, e: &Examined, store_id: u128, now: u64) -> Result<()> {
     let map = SegmentMap::read_only(&file).map_err(|err| Error::io("map segment", &e.path, err))?;
     let created_at = e.header.map_or(now, |h| h.created_at);
     let mut copy = SealedWriter::create(io, &e.path, e.id, created_at, store_id)?;
+    // (The copy's totals are not used: `open` scans the copy after salvage.)
     scan(map.scan_bytes(), |_, record, header| {
-        copy.push(record, header.kind, header.expires)
+        copy.push(record, header.kind, header.expires, Hides::ANY)
     })?;
     let copy = copy.finish(e.scan.seal.map_or(now, |(_, time)| time))?;
     copy.rename_into_place(io)

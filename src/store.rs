@@ -496,8 +496,10 @@ impl Store {
                 return Ok((false, 0));
             }
             let held = matches!(Status::of(Some(current), now), Status::Held { .. });
-            // The tombstone hides the record until that record's own `expires`.
-            let a = engine.append(RecordSpec::plain(RecordKind::Remove, key, now, h.expires))?;
+            // The tombstone hides the record until that record's own `expires`, and only
+            // as long as a segment that may hold it is left.
+            let hides = engine.hidden_by_remove(place.entry(), h.kind).encode();
+            let a = engine.append(RecordSpec::remove(key, now, h.expires, &hides))?;
             if let Some(old) = place.take() {
                 engine.retire(&old);
             }

@@ -707,6 +707,134 @@ fn compacting_the_oldest_segment_drops_its_tombstones() {
     store.close().unwrap();
 }
 
+/// Claims short-lived filler keys (`filler-<n>`, from `*next`) until `dir` holds `n`
+/// segments.
+fn fill_until(store: &Store, dir: &Path, next: &mut u64, n: usize) {
+    while segments(dir).len() < n {
+        let key = format!("filler-{next:06}");
+        assert!(store.claim(key, Duration::from_secs(60)).unwrap().is_new());
+        *next += 1;
+    }
+}
+
+/// The kinds of the records in segment file `p`.
+fn kinds(p: &Path) -> Vec<oncelog::format::RecordKind> {
+    records(p).iter().map(|r| r.kind).collect()
+}
+
+/// A tombstone that hides a plain claim says which segment the claim was in, and goes
+/// once that segment is gone, even while an older segment lives on (here kept by a
+/// long-lived claim): it is not kept for the hidden claim's 100 h. It goes with its
+/// segment when nothing else there is live (`keeper` false; compaction off, so that the
+/// segment is deleted whole), or is left out of the segment's compacted copy (`keeper`
+/// true: a long-lived claim beside it). With `reopen`
+/// the store is reopened from hint files first, which do not say what a tombstone hides:
+/// maintenance learns it when it reads the records.
+#[test]
+fn a_tombstone_goes_with_the_segment_of_the_claim_it_hides() {
+    use oncelog::format::RecordKind;
+    for keeper in [false, true] {
+        for reopen in [false, true] {
+            let what = format!("keeper {keeper}, reopen {reopen}");
+            let dir = tempfile::tempdir().unwrap();
+            let clock = clock();
+            let long = Duration::from_secs(100 * 3600);
+            let opts = || {
+                let o = opts_no_bg(&clock);
+                if keeper {
+                    o
+                } else {
+                    o.compaction_threshold(0.0)
+                }
+            };
+            let mut store = opts().open(dir.path()).unwrap();
+            let mut next = 0;
+            // Segment 1: a claim that keeps it alive. Segment 2: the victim's claim.
+            assert!(store.claim("anchor", long).unwrap().is_new());
+            fill_until(&store, dir.path(), &mut next, 2);
+            assert!(store.claim("victim", long).unwrap().is_new());
+            fill_until(&store, dir.path(), &mut next, 3);
+            // Segment 3: the victim's tombstone, and maybe a claim that keeps it alive.
+            assert!(store.remove("victim").unwrap());
+            if keeper {
+                assert!(store.claim("keeper", long).unwrap().is_new());
+            }
+            fill_until(&store, dir.path(), &mut next, 4);
+            let all = segments(dir.path());
+            assert!(kinds(&all[2]).contains(&RecordKind::Remove), "{what}");
+            if reopen {
+                // Hints for the sealed segments, then a reopen that replays from them.
+                assert_eq!(store.compact().unwrap().segments_deleted, 0, "{what}");
+                store.close().unwrap();
+                store = opts().open(dir.path()).unwrap();
+                assert_eq!(store.stats().recovery_hinted_segments, 3, "{what}");
+            }
+            clock.advance(Duration::from_secs(120));
+            let report = store.compact().unwrap();
+            assert!(all[0].exists(), "{what}: the anchor's segment went");
+            assert!(!all[1].exists(), "{what}: the victim's segment was kept");
+            if keeper {
+                // Segment 3 was compacted (so was segment 1, around the anchor).
+                assert!(report.segments_written >= 1, "{what}: {report:?}");
+                let left = kinds(&all[2]);
+                assert!(!left.contains(&RecordKind::Remove), "{what}: {left:?}");
+                assert_eq!(left, [RecordKind::Claim, RecordKind::Seal], "{what}");
+                assert!(store.get("keeper").unwrap().is_some());
+            } else {
+                assert!(
+                    !all[2].exists(),
+                    "{what}: the tombstone was kept ({report:?})"
+                );
+                assert_eq!(report.segments_written, 0, "{what}: {report:?}");
+            }
+            store.close().unwrap();
+            let store = opts().open(dir.path()).unwrap();
+            assert!(store.get("victim").unwrap().is_none(), "{what}: came back");
+            assert!(store.get("anchor").unwrap().is_some(), "{what}");
+            assert!(store.claim("victim", long).unwrap().is_new(), "{what}");
+            store.close().unwrap();
+        }
+    }
+}
+
+/// A tombstone that hides a lease chain's last record cannot say where the chain began:
+/// the `begin` record may sit in any older segment, behind the `complete` that was hidden.
+/// Here the lease is in segment 1 (kept alive by another claim), the done record in
+/// segment 2, the tombstone in segment 3. Segment 2 going must not take the tombstone
+/// along, or the lease would replay and the key read as in flight.
+#[test]
+fn a_tombstone_over_a_lease_chain_stays_while_older_segments_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let long = Duration::from_secs(100 * 3600);
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    let mut next = 0;
+    assert!(store.claim("anchor", long).unwrap().is_new());
+    let oncelog::Begin::Acquired(ticket) = store.begin("job", HOUR).unwrap() else {
+        panic!("a new key is acquired")
+    };
+    fill_until(&store, dir.path(), &mut next, 2);
+    store.complete(&ticket, b"done", long).unwrap();
+    fill_until(&store, dir.path(), &mut next, 3);
+    assert!(store.remove("job").unwrap());
+    fill_until(&store, dir.path(), &mut next, 4);
+    let all = segments(dir.path());
+    clock.advance(Duration::from_secs(120));
+    store.compact().unwrap();
+    assert!(!all[1].exists(), "the done record's segment was kept");
+    assert!(
+        kinds(&all[2]).contains(&oncelog::format::RecordKind::Remove),
+        "the tombstone went while the lease's segment is there"
+    );
+    store.close().unwrap();
+    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    assert!(
+        store.get("job").unwrap().is_none(),
+        "the removed key came back"
+    );
+    store.close().unwrap();
+}
+
 /// Moves the store's clock forward once, at the first segment renamed into place after it
 /// was armed (`done` cleared): keys expire in the middle of a maintenance run.
 struct TimeJumpAtCompaction {

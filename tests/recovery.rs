@@ -372,7 +372,10 @@ fn a_segment_of_another_store_or_another_version_is_refused() {
             found,
             supported,
         }) => {
-            assert_eq!((path, found, supported), (first, 7, 2));
+            assert_eq!(
+                (path, found, supported),
+                (first, 7, oncelog::format::FORMAT_VERSION)
+            );
         }
         other => panic!("{other:?}"),
     }

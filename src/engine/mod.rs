@@ -37,10 +37,12 @@ use parking_lot::MutexGuard;
 
 use crate::clock::{to_millis, Clock};
 use crate::error::{Error, Result};
-use crate::format::{encoded_len, MAX_KEY_LEN};
+use crate::format::{encoded_len, Hides, RecordKind, MAX_KEY_LEN};
 use crate::index::{Counters, Entry, Index, Place, SliceResult, Stripe, SWEEP_SLICE};
 use crate::iohook::Io;
-use crate::log::{lsn, Appended, Committer, Durable, Location, Log, RecordSpec, Segment};
+use crate::log::{
+    lsn, Appended, Committer, Durable, Location, Log, RecordSpec, Segment, SegmentIds,
+};
 use crate::options::{Durability, Options};
 
 pub(crate) use key::{Current, Memory, Status};
@@ -337,9 +339,28 @@ impl Engine {
         self.log.sealed_segments()
     }
 
-    /// The id of the oldest segment of the store, sealed or not.
-    pub(crate) fn oldest_segment_id(&self) -> Option<u64> {
-        self.log.table().segments().iter().map(|(_, s)| s.id).min()
+    /// The ids of every segment of the store, sealed or not.
+    pub(crate) fn segment_ids(&self) -> SegmentIds {
+        self.log.segment_ids()
+    }
+
+    /// What a remove of a key hides, given its entry (pointing at its newest record, of
+    /// kind `kind`): segments up to the one that record is in. A plain claim record is
+    /// written only for a key with no unexpired state (`claim_spec`), so every older record
+    /// of the key has expired or is hidden by an earlier remove, and the claim's segment is
+    /// all there is to hide. A lease or done record may follow earlier records of its
+    /// chain anywhere before it.
+    pub(crate) fn hidden_by_remove(&self, entry: Option<&Entry>, kind: RecordKind) -> Hides {
+        let Some(id) = entry
+            .and_then(|e| self.log.table().get(e.slot))
+            .map(|s| s.id)
+        else {
+            return Hides::ANY;
+        };
+        match kind {
+            RecordKind::Claim => Hides { from: id, to: id },
+            _ => Hides { from: 0, to: id },
+        }
     }
 
     /// `sealed_segments` without waiting for a seal job (for `stats()`).
@@ -627,7 +648,6 @@ pub(crate) fn expiry(now: u64, ttl: Duration) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::RecordKind;
     use crate::options::MIN_SEGMENT_SIZE;
 
     /// An engine on a fresh directory whose hasher sends every key to one hash: every

@@ -15,11 +15,13 @@ pub use hint::{
     HINT_ENTRY_LEN, HINT_HEADER_LEN, HINT_MAGIC, HINT_TRAILER_LEN, HINT_VERSION,
 };
 pub use record::{
-    decode_record, decode_state, encoded_len, DecodeError, Decoded, RecordHeader, RecordKind,
-    SealInfo, StateValue, MAX_FINGERPRINT_LEN, RECORD_ALIGN, RECORD_HEADER_LEN, STATE_PREFIX_LEN,
+    decode_record, decode_state, encoded_len, DecodeError, Decoded, Hides, RecordHeader,
+    RecordKind, SealInfo, StateValue, MAX_FINGERPRINT_LEN, RECORD_ALIGN, RECORD_HEADER_LEN,
+    STATE_PREFIX_LEN,
 };
 pub(crate) use record::{
-    encode_record, encode_seal, encode_state, peek_trusted, trusted_span, SEAL_LEN,
+    encode_record, encode_seal, encode_state, peek_trusted, trusted_span, REMOVE_VALUE_LEN,
+    SEAL_LEN,
 };
 pub use segment::{HeaderError, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN, SEGMENT_MAGIC};
 

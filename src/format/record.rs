@@ -6,7 +6,8 @@
 //!      4     1  kind      1 = claim, 2 = remove, 3 = seal, 4 = lease, 5 = done
 //!      5     1  flags     0
 //!      6     2  key_len   1..=4096, 0 for seal
-//!      8     4  value_len 0 for claim and remove, 16 for seal, >= 24 for lease and done
+//!      8     4  value_len 0 for claim, 16 for seal, >= 24 for lease and done; remove: 16,
+//!                         or 0 in segments written before format version 3
 //!     12     4  attempt   lease and done: the attempt number (>= 1); 0 for the others
 //!     16     8  time      claim: first seen; lease, done: first seen (the chain's first
 //!                         attempt); remove: removed at; seal: sealed at (ms since epoch)
@@ -26,6 +27,14 @@
 //!     16     1  fp_len    0..=64: bytes of payload fingerprint
 //!     17     7  zero
 //!     24     -  fingerprint (fp_len bytes), then (done only) the outcome
+//! ```
+//!
+//! The value of a remove record (format version 3; older removes have none):
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  from      the oldest segment id that may hold a record this remove hides
+//!      8     8  to        the newest such segment id (the one its key's entry pointed into)
 //! ```
 //!
 //! All integers are little-endian. Kinds 4 and 5 were added after the first release of
@@ -59,6 +68,7 @@ pub enum RecordKind {
     /// The key was claimed at `time` until `expires`.
     Claim,
     /// The key was removed at `time`; `expires` is when the removed claim would have expired.
+    /// Its value says which segments may hold the records it hides (see [`Hides`]).
     Remove,
     /// Closes a segment; nothing valid follows it.
     Seal,
@@ -146,6 +156,14 @@ pub struct SealInfo {
 }
 
 impl Decoded<'_> {
+    /// What a remove record hides, if this is one.
+    pub fn hides(&self) -> Option<Hides> {
+        if self.header.kind != RecordKind::Remove {
+            return None;
+        }
+        Hides::decode(self.value)
+    }
+
     /// The seal's contents, if this is a well-formed seal record.
     pub fn seal(&self) -> Option<SealInfo> {
         if self.header.kind != RecordKind::Seal {
@@ -158,6 +176,60 @@ impl Decoded<'_> {
         })
     }
 }
+
+/// The segments that may hold records a remove record hides: those with ids in
+/// `from..=to`. Every record of the key that the remove hides lies in one of them, so once
+/// none of them is left (deleted for good), the remove hides nothing (see `maintain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hides {
+    /// The oldest segment id that may hold a hidden record.
+    pub from: u64,
+    /// The newest one.
+    pub to: u64,
+}
+
+impl Hides {
+    /// What a remove without a value (written before format version 3) hides: any record
+    /// before it.
+    pub const ANY: Hides = Hides {
+        from: 0,
+        to: u64::MAX,
+    };
+
+    /// The encoded value of a remove record.
+    pub(crate) fn encode(self) -> [u8; REMOVE_VALUE_LEN] {
+        let mut value = [0u8; REMOVE_VALUE_LEN];
+        put(&mut value, 0, &self.from.to_le_bytes());
+        put(&mut value, 8, &self.to.to_le_bytes());
+        value
+    }
+
+    /// Decodes a remove record's value: `ANY` if empty, `None` if malformed.
+    pub(crate) fn decode(value: &[u8]) -> Option<Hides> {
+        match value.len() {
+            0 => Some(Hides::ANY),
+            REMOVE_VALUE_LEN => {
+                let h = Hides {
+                    from: le_u64(value, 0),
+                    to: le_u64(value, 8),
+                };
+                (h.from <= h.to).then_some(h)
+            }
+            _ => None,
+        }
+    }
+
+    /// The smallest range that covers both.
+    pub(crate) fn union(self, other: Hides) -> Hides {
+        Hides {
+            from: self.from.min(other.from),
+            to: self.to.max(other.to),
+        }
+    }
+}
+
+/// Payload of a remove record (format version 3): the `Hides` range, 8 bytes each end.
+pub(crate) const REMOVE_VALUE_LEN: usize = 16;
 
 /// Why bytes did not decode as a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,7 +336,8 @@ pub fn decode_record(buf: &[u8]) -> Result<Decoded<'_>, DecodeError> {
         .get(RECORD_HEADER_LEN + usize::from(key_len)..data_end)
         .ok_or(DecodeError::Malformed)?;
     let fields_ok = match kind {
-        RecordKind::Claim | RecordKind::Remove => key_len > 0 && value_len == 0 && attempt == 0,
+        RecordKind::Claim => key_len > 0 && value_len == 0 && attempt == 0,
+        RecordKind::Remove => key_len > 0 && attempt == 0 && Hides::decode(value).is_some(),
         RecordKind::Seal => key_len == 0 && value_len as usize == SEAL_VALUE_LEN && attempt == 0,
         RecordKind::Lease | RecordKind::Done => {
             let expires = le_u64(head, EXPIRES_AT);
@@ -404,6 +477,44 @@ mod tests {
         let mut out = vec![0u8; encoded_len(3, value.len())];
         encode_record(&mut out, kind, b"key", &value, 2, 10, expires);
         out
+    }
+
+    fn encode_remove(value: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; encoded_len(3, value.len())];
+        encode_record(&mut out, RecordKind::Remove, b"key", value, 0, 10, 20);
+        out
+    }
+
+    #[test]
+    fn a_remove_says_what_it_hides_and_an_old_one_hides_anything() {
+        let hides = Hides { from: 3, to: 9 };
+        let bytes = encode_remove(&hides.encode());
+        assert_eq!(bytes.len(), 56);
+        let d = decode_record(&bytes).unwrap();
+        assert_eq!(
+            (d.header.kind, d.hides()),
+            (RecordKind::Remove, Some(hides))
+        );
+        let old = encode_remove(&[]);
+        assert_eq!(decode_record(&old).unwrap().hides(), Some(Hides::ANY));
+        // Only removes hide anything.
+        let claim = encode(RecordKind::Claim, b"key", 10, 20);
+        assert_eq!(decode_record(&claim).unwrap().hides(), None);
+    }
+
+    #[test]
+    fn a_remove_with_a_wrong_value_is_malformed() {
+        let backwards = Hides { from: 9, to: 3 }.encode();
+        assert_eq!(
+            decode_record(&encode_remove(&backwards)),
+            Err(DecodeError::Malformed)
+        );
+        for len in [1, 8, 15, 17, 24] {
+            let bytes = encode_remove(&vec![0u8; len]);
+            assert_eq!(decode_record(&bytes), Err(DecodeError::Malformed), "{len}");
+        }
+        let same = Hides { from: 4, to: 4 };
+        assert!(decode_record(&encode_remove(&same.encode())).is_ok());
     }
 
     #[test]

@@ -42,7 +42,9 @@ pub(crate) use commit::{Committer, Durable};
 use commit::{GroupCommit, Poison, Syncer};
 pub(crate) use map::{preallocate, SegmentMap};
 pub(crate) use sealed::SealedWriter;
-pub(crate) use segment::{lsn, new_store_id, random_u64, Location, NewSegment, Segment, Totals};
+pub(crate) use segment::{
+    lsn, new_store_id, random_u64, Location, NewSegment, Segment, SegmentIds, Totals,
+};
 pub(crate) use table::SegmentTable;
 pub use table::MAX_SEGMENTS;
 use writer::Prep;
@@ -159,23 +161,33 @@ impl Log {
             let w = self.writer.lock();
             (w.totals, Arc::clone(&w.segment))
         };
+        let segments = self.table.segments();
+        let present = SegmentIds::new(segments.iter().map(|(_, s)| s.id).collect());
         let mut live = 0u64;
-        for (_, seg) in self.table.segments() {
+        for (_, seg) in segments {
             let u = &seg.usage;
             if seg.id == active.id {
                 // Unsealed: its totals are the writer's so far.
                 let dead = u.dead_bytes.load(std::sync::atomic::Ordering::Relaxed);
                 live += active_totals.claim_bytes.saturating_sub(dead);
-                if active_totals.tomb_max_expires > now {
+                let hidden = active_totals
+                    .tomb_hides
+                    .is_some_and(|h| present.hidden_in(h, seg.id));
+                if active_totals.tomb_max_expires > now && hidden {
                     live += active_totals.tomb_bytes;
                 }
             } else {
                 // Sealed, or being sealed: its totals were recorded when it stopped taking
                 // appends.
-                live += u.live_bytes() + u.needed_tomb_bytes(now);
+                live += u.live_bytes() + u.needed_tomb_bytes(now, seg.id, &present);
             }
         }
         live
+    }
+
+    /// The ids of every segment in the table (sealed, being sealed, or active).
+    pub(crate) fn segment_ids(&self) -> SegmentIds {
+        SegmentIds::new(self.table.segments().iter().map(|(_, s)| s.id).collect())
     }
 
     /// Starts the thread that makes this log durable for its waiters (group commit, see

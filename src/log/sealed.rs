@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use super::segment::Totals;
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_seal, RecordKind, SealInfo, SegmentHeader, FORMAT_VERSION, SEAL_LEN, SEGMENT_HEADER_LEN,
+    encode_seal, Hides, RecordKind, SealInfo, SegmentHeader, FORMAT_VERSION, SEAL_LEN,
+    SEGMENT_HEADER_LEN,
 };
 use crate::fs;
 use crate::iohook::Io;
@@ -90,9 +91,16 @@ impl<'a> SealedWriter<'a> {
         self.flushed as usize + self.buf.len()
     }
 
-    /// Appends one record (its encoded bytes, of a record that says `kind` and `expires`).
-    pub(crate) fn push(&mut self, record: &[u8], kind: RecordKind, expires: u64) -> Result<()> {
-        self.totals.add(kind, record.len(), expires);
+    /// Appends one record (its encoded bytes, of a record that says `kind` and `expires`,
+    /// and, if a remove, hides `hides`).
+    pub(crate) fn push(
+        &mut self,
+        record: &[u8],
+        kind: RecordKind,
+        expires: u64,
+        hides: Hides,
+    ) -> Result<()> {
+        self.totals.add(kind, record.len(), expires, hides);
         self.buf.extend_from_slice(record);
         if self.buf.len() >= WRITE_CHUNK {
             self.flush()?;
@@ -188,9 +196,9 @@ mod tests {
         assert_eq!(w.offset(), SEGMENT_HEADER_LEN);
         let a = record(b"a", RecordKind::Claim, 100);
         let b = record(b"bb", RecordKind::Remove, 300);
-        w.push(&a, RecordKind::Claim, 100).unwrap();
+        w.push(&a, RecordKind::Claim, 100, Hides::ANY).unwrap();
         assert_eq!(w.offset(), SEGMENT_HEADER_LEN + a.len());
-        w.push(&b, RecordKind::Remove, 300).unwrap();
+        w.push(&b, RecordKind::Remove, 300, Hides::ANY).unwrap();
         let sealed = w.finish(55).unwrap();
         assert!(!path.exists(), "visible before the rename");
         sealed.rename_into_place(&io).unwrap();
@@ -236,8 +244,13 @@ mod tests {
         let io = Io::new(Some(std::sync::Arc::new(FailWrites)));
         let path = dir.path().join(fs::segment_name(1));
         let mut w = SealedWriter::create(&io, &path, 1, 0, 0).unwrap();
-        w.push(&record(b"k", RecordKind::Claim, 9), RecordKind::Claim, 9)
-            .unwrap();
+        w.push(
+            &record(b"k", RecordKind::Claim, 9),
+            RecordKind::Claim,
+            9,
+            Hides::ANY,
+        )
+        .unwrap();
         match w.finish(0) {
             Err(Error::Io { op, source, .. }) => {
                 assert_eq!(op, "write segment copy");

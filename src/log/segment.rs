@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use super::map::{preallocate, Appender, SegmentMap};
 use crate::error::{Error, Result};
-use crate::format::{RecordKind, SegmentHeader, FORMAT_VERSION, SEAL_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{
+    Hides, RecordKind, SegmentHeader, FORMAT_VERSION, SEAL_LEN, SEGMENT_HEADER_LEN,
+};
 use crate::fs;
 use crate::iohook::{Io, IoOp};
 
@@ -82,6 +84,10 @@ pub(crate) struct Usage {
     pub(crate) tomb_bytes: AtomicU64,
     /// Latest `expires` of the remove records: until then a tombstone may be needed.
     pub(crate) tomb_max_expires: AtomicU64,
+    /// The union of what the remove records hide (`Hides`): while a segment with an id in
+    /// `tomb_from..=tomb_to` other than this one exists, a tombstone may be needed.
+    pub(crate) tomb_from: AtomicU64,
+    pub(crate) tomb_to: AtomicU64,
     /// Latest `expires` of any record.
     pub(crate) max_expires: AtomicU64,
     /// State and remove records.
@@ -106,17 +112,21 @@ pub(crate) struct Totals {
     pub(crate) claim_bytes: u64,
     pub(crate) tomb_bytes: u64,
     pub(crate) tomb_max_expires: u64,
+    /// The union of what the remove records hide; `None` without removes.
+    pub(crate) tomb_hides: Option<Hides>,
     pub(crate) max_expires: u64,
 }
 
 impl Totals {
-    /// Counts one state or remove record.
-    pub(crate) fn add(&mut self, kind: RecordKind, len: usize, expires: u64) {
+    /// Counts one state or remove record; `hides` is what a remove hides (ignored for the
+    /// other kinds; `Hides::ANY` when not known).
+    pub(crate) fn add(&mut self, kind: RecordKind, len: usize, expires: u64, hides: Hides) {
         self.records += 1;
         self.max_expires = self.max_expires.max(expires);
         if kind == RecordKind::Remove {
             self.tomb_bytes += len as u64;
             self.tomb_max_expires = self.tomb_max_expires.max(expires);
+            self.tomb_hides = Some(self.tomb_hides.map_or(hides, |h| h.union(hides)));
         } else {
             self.claim_bytes += len as u64;
         }
@@ -139,6 +149,7 @@ impl Usage {
         self.tomb_bytes.store(t.tomb_bytes, Ordering::Relaxed);
         self.tomb_max_expires
             .store(t.tomb_max_expires, Ordering::Relaxed);
+        self.set_tomb_hides(t.tomb_hides);
         self.max_expires.store(t.max_expires, Ordering::Relaxed);
         self.records.store(t.records, Ordering::Relaxed);
         self.data_end.store(data_end as u64, Ordering::Relaxed);
@@ -161,11 +172,31 @@ impl Usage {
         claims.saturating_sub(self.dead_bytes.load(Ordering::Relaxed))
     }
 
-    /// Bytes of tombstones that may still be needed at `now`: all of them until the
-    /// latest claim they hide has expired.
-    pub(crate) fn needed_tomb_bytes(&self, now: u64) -> u64 {
-        if self.tomb_max_expires.load(Ordering::Relaxed) > now {
-            self.tomb_bytes.load(Ordering::Relaxed)
+    /// Sets what the segment's removes hide (a segment replayed from its hint learns it
+    /// only once maintenance reads its records).
+    pub(crate) fn set_tomb_hides(&self, hides: Option<Hides>) {
+        // No removes: an empty range.
+        let h = hides.unwrap_or(Hides { from: 1, to: 0 });
+        self.tomb_from.store(h.from, Ordering::Relaxed);
+        self.tomb_to.store(h.to, Ordering::Relaxed);
+    }
+
+    /// Bytes of tombstones that may still be needed at `now` in segment `own`, with the
+    /// segments `present` still on disk: all of them until the latest record they hide has
+    /// expired, unless no segment other than `own` is left that may hold such a record.
+    /// (A record of their key in `own` itself, before them, is dead: compaction drops it
+    /// in the same copy, and deleting `own` takes it along.)
+    pub(crate) fn needed_tomb_bytes(&self, now: u64, own: u64, present: &SegmentIds) -> u64 {
+        let bytes = self.tomb_bytes.load(Ordering::Relaxed);
+        let hides = Hides {
+            from: self.tomb_from.load(Ordering::Relaxed),
+            to: self.tomb_to.load(Ordering::Relaxed),
+        };
+        if bytes > 0
+            && self.tomb_max_expires.load(Ordering::Relaxed) > now
+            && present.hidden_in(hides, own)
+        {
+            bytes
         } else {
             0
         }
@@ -198,6 +229,35 @@ impl Usage {
 
     pub(crate) fn set_damaged(&self) {
         self.damaged.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The ids of a store's segments at one moment, sorted: which segments a tombstone's hidden
+/// records may still be read from.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SegmentIds(Vec<u64>);
+
+impl SegmentIds {
+    pub(crate) fn new(mut ids: Vec<u64>) -> Self {
+        ids.sort_unstable();
+        SegmentIds(ids)
+    }
+
+    /// Whether a remove record in segment `own` that hides `hides` may still hide
+    /// something: some segment other than `own` with an id in `hides.from..=hides.to` is
+    /// here. (A remove follows what it hides, so only ids below `own` count.)
+    pub(crate) fn hidden_in(&self, hides: Hides, own: u64) -> bool {
+        let to = hides.to.min(own.saturating_sub(1));
+        if hides.from > to {
+            return false;
+        }
+        let i = self.0.partition_point(|&id| id < hides.from);
+        self.0.get(i).is_some_and(|&id| id <= to)
+    }
+
+    /// Forgets `id` (a segment about to be deleted).
+    pub(crate) fn remove(&mut self, id: u64) {
+        self.0.retain(|&x| x != id);
     }
 }
 
@@ -364,19 +424,49 @@ mod tests {
     fn usage_counts_live_bytes_and_needed_tombstones() {
         let u = Usage::default();
         let mut t = Totals::default();
-        t.add(RecordKind::Claim, 48, 1_000);
-        t.add(RecordKind::Lease, 80, 2_000);
-        t.add(RecordKind::Remove, 40, 5_000);
+        t.add(RecordKind::Claim, 48, 1_000, Hides::ANY);
+        t.add(RecordKind::Lease, 80, 2_000, Hides::ANY);
+        t.add(RecordKind::Remove, 56, 5_000, Hides { from: 3, to: 3 });
+        t.add(RecordKind::Remove, 56, 4_000, Hides { from: 5, to: 6 });
         assert!(!u.is_sealed());
         u.seal(t, 4096, 9);
         assert!(u.is_sealed());
-        assert_eq!(u.records.load(Ordering::Relaxed), 3);
+        assert_eq!(u.records.load(Ordering::Relaxed), 4);
         assert_eq!(u.live_bytes(), 128);
         u.died(48);
         assert_eq!(u.live_bytes(), 80);
-        assert_eq!(u.needed_tomb_bytes(4_999), 40);
-        assert_eq!(u.needed_tomb_bytes(5_000), 0);
+        // Segment 7 with 3 and 6 still there: needed until the latest hidden expiry.
+        let all = SegmentIds::new(vec![7, 3, 6]);
+        assert_eq!(u.needed_tomb_bytes(4_999, 7, &all), 112);
+        assert_eq!(u.needed_tomb_bytes(5_000, 7, &all), 0);
+        // Segments 3 to 6 gone for good: nothing of theirs can come back to hide.
+        let rest = SegmentIds::new(vec![1, 2, 7, 8]);
+        assert_eq!(u.needed_tomb_bytes(0, 7, &rest), 0);
+        // One left in the range is enough to keep them.
+        let one = SegmentIds::new(vec![1, 4, 7]);
+        assert_eq!(u.needed_tomb_bytes(0, 7, &one), 112);
         assert_eq!(u.max_expires.load(Ordering::Relaxed), 5_000);
+    }
+
+    #[test]
+    fn a_tombstone_hides_only_in_older_segments_of_its_range() {
+        let ids = SegmentIds::new(vec![9, 2, 5]);
+        let r = |from, to| Hides { from, to };
+        assert!(ids.hidden_in(r(2, 2), 9));
+        assert!(ids.hidden_in(r(3, 5), 9));
+        assert!(!ids.hidden_in(r(3, 4), 9));
+        assert!(!ids.hidden_in(r(6, 8), 9));
+        // Its own segment does not count, nor anything newer.
+        assert!(!ids.hidden_in(r(5, 5), 5));
+        assert!(!ids.hidden_in(r(5, 9), 5));
+        assert!(ids.hidden_in(r(2, 9), 5));
+        // A remove from before format version 3: anything older than its own segment.
+        assert!(ids.hidden_in(Hides::ANY, 5));
+        assert!(!ids.hidden_in(Hides::ANY, 2));
+        assert!(!SegmentIds::default().hidden_in(Hides::ANY, 1));
+        let mut fewer = ids.clone();
+        fewer.remove(2);
+        assert!(!fewer.hidden_in(r(1, 4), 9));
     }
 
     #[test]

@@ -24,8 +24,8 @@ use super::segment::{self, lsn, Location, NewSegment, Segment, Totals};
 use super::Log;
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_record, encode_seal, encoded_len, RecordKind, SealInfo, FORMAT_VERSION, SEAL_LEN,
-    SEGMENT_HEADER_LEN,
+    encode_record, encode_seal, encoded_len, Hides, RecordKind, SealInfo, FORMAT_VERSION,
+    REMOVE_VALUE_LEN, SEAL_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::fs;
 use crate::iohook::Io;
@@ -77,7 +77,8 @@ pub(crate) struct Appended {
 pub(crate) struct RecordSpec<'a> {
     pub(crate) kind: RecordKind,
     pub(crate) key: &'a [u8],
-    /// Empty for claims and removes; the encoded `StateValue` for leases and done records.
+    /// Empty for claims; the encoded `Hides` for removes; the encoded `StateValue` for
+    /// leases and done records.
     pub(crate) value: &'a [u8],
     pub(crate) attempt: u32,
     pub(crate) time: u64,
@@ -94,6 +95,31 @@ impl<'a> RecordSpec<'a> {
             attempt: 0,
             time,
             expires,
+        }
+    }
+
+    /// A remove record of `key` that hides `hides` (`value` holds its encoding).
+    pub(crate) fn remove(
+        key: &'a [u8],
+        time: u64,
+        expires: u64,
+        value: &'a [u8; REMOVE_VALUE_LEN],
+    ) -> Self {
+        RecordSpec {
+            kind: RecordKind::Remove,
+            key,
+            value,
+            attempt: 0,
+            time,
+            expires,
+        }
+    }
+
+    /// What a remove record hides (`Hides::ANY` for other kinds, where it is not used).
+    pub(crate) fn hides(&self) -> Hides {
+        match self.kind {
+            RecordKind::Remove => Hides::decode(self.value).unwrap_or(Hides::ANY),
+            _ => Hides::ANY,
         }
     }
 
@@ -200,7 +226,7 @@ impl Log {
                     _ => rec.encode(buf),
                 })
                 .ok_or_else(|| self.poison("record does not fit a fresh segment".to_string()))?;
-            w.totals.add(rec.kind, len, rec.expires);
+            w.totals.add(rec.kind, len, rec.expires, rec.hides());
             done(
                 i,
                 Appended {
