@@ -70,7 +70,8 @@ pub struct Stats {
     /// index (they already answer as absent). Counting them walks the index.
     pub expired_unswept: u64,
     /// Bytes of records that must be kept: claims the index points at, and removes whose
-    /// hidden claim has not yet expired. `disk_bytes` minus this is what maintenance can
+    /// hidden claim has not yet expired while a segment that may hold it is left.
+    /// `disk_bytes` minus this is what maintenance can
     /// still reclaim (plus the unused room of the active segment).
     pub live_bytes: u64,
     /// Maintenance runs since open (background and [`Store::compact`](crate::Store::compact)).

@@ -185,10 +185,15 @@ fn a_directory_from_before_tombstone_ranges_opens_and_answers() {
         assert_eq!(stats.recovery_hinted_segments, hinted, "{mode:?}");
         assert_eq!(stats.recovery_truncated_bytes, 0, "{mode:?}");
         check_v2_keys(&store, "at open");
-        // Maintenance keeps the old tombstones (they do not say what they hide), so the
-        // removed keys stay removed through it and a reopen.
+        // Maintenance keeps the old tombstones (they do not say what they hide, and older
+        // segments are left), so the removed keys stay removed through it and a reopen.
         store.compact().unwrap();
         check_v2_keys(&store, "after compaction");
+        let removes = common::records(&dir.path().join("seg-0000000000000003.olog"))
+            .iter()
+            .filter(|r| r.kind == oncelog::format::RecordKind::Remove)
+            .count();
+        assert_eq!(removes, 400, "{mode:?}");
         match store.begin("held-0003", LEASE).unwrap() {
             Begin::InFlight { .. } => {}
             other => panic!("{other:?}"),

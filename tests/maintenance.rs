@@ -802,12 +802,21 @@ fn a_tombstone_goes_with_the_segment_of_the_claim_it_hides() {
 /// Here the lease is in segment 1 (kept alive by another claim), the done record in
 /// segment 2, the tombstone in segment 3. Segment 2 going must not take the tombstone
 /// along, or the lease would replay and the key read as in flight.
+/// With compaction on, segment 1's copy loses the dead lease in the same run; with it off,
+/// segment 1 keeps it, so a tombstone wrongly dropped would let it replay.
 #[test]
 fn a_tombstone_over_a_lease_chain_stays_while_older_segments_do() {
+    for threshold in [0.0, 0.5] {
+        lease_chain_tombstone(threshold);
+    }
+}
+
+fn lease_chain_tombstone(threshold: f64) {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
     let long = Duration::from_secs(100 * 3600);
-    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    let opts = || opts_no_bg(&clock).compaction_threshold(threshold);
+    let store = opts().open(dir.path()).unwrap();
     let mut next = 0;
     assert!(store.claim("anchor", long).unwrap().is_new());
     let oncelog::Begin::Acquired(ticket) = store.begin("job", HOUR).unwrap() else {
@@ -821,18 +830,75 @@ fn a_tombstone_over_a_lease_chain_stays_while_older_segments_do() {
     let all = segments(dir.path());
     clock.advance(Duration::from_secs(120));
     store.compact().unwrap();
-    assert!(!all[1].exists(), "the done record's segment was kept");
     assert!(
-        kinds(&all[2]).contains(&oncelog::format::RecordKind::Remove),
-        "the tombstone went while the lease's segment is there"
+        !all[1].exists(),
+        "{threshold}: the done record's segment was kept"
+    );
+    assert!(
+        all[2].exists() && kinds(&all[2]).contains(&oncelog::format::RecordKind::Remove),
+        "{threshold}: the tombstone went while the lease's segment is there"
     );
     store.close().unwrap();
-    let store = opts_no_bg(&clock).open(dir.path()).unwrap();
+    let store = opts().open(dir.path()).unwrap();
+    let got = store.get("job").unwrap();
     assert!(
-        store.get("job").unwrap().is_none(),
-        "the removed key came back"
+        got.is_none(),
+        "{threshold}: the removed key came back: {got:?}"
     );
     store.close().unwrap();
+}
+
+/// Fails the first directory sync once armed, and records every operation after that.
+#[derive(Default)]
+struct FailDirSyncOnce {
+    armed: std::sync::atomic::AtomicBool,
+    ops: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl oncelog::IoHook for FailDirSyncOnce {
+    fn before(&self, op: &oncelog::IoOp<'_>) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if let oncelog::IoOp::SyncDir { .. } = op {
+            if self.armed.swap(false, Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected"));
+            }
+        }
+        self.ops.lock().unwrap().push(op.kind());
+        Ok(())
+    }
+}
+
+/// A run that deleted a segment but failed to make that durable (its directory sync
+/// failed) leaves the next run to sync the directory before anything else: a tombstone
+/// may go because a segment is gone, and a power cut must not bring that segment back.
+#[test]
+fn a_run_after_a_failed_directory_sync_syncs_the_directory_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let hook = Arc::new(FailDirSyncOnce::default());
+    let store = opts_no_bg(&clock)
+        .io_hook(hook.clone())
+        .open(dir.path())
+        .unwrap();
+    let mut next = 0;
+    fill_until(&store, dir.path(), &mut next, 3);
+    clock.advance(Duration::from_secs(120));
+    hook.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = store.compact();
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(
+        hook.ops.lock().unwrap().contains(&"remove"),
+        "nothing deleted"
+    );
+    hook.ops.lock().unwrap().clear();
+    store.compact().unwrap();
+    let ops = hook.ops.lock().unwrap().clone();
+    assert_eq!(ops.first(), Some(&"sync-dir"), "{ops:?}");
+    // Only after a failed run.
+    hook.ops.lock().unwrap().clear();
+    store.compact().unwrap();
+    let ops = hook.ops.lock().unwrap().clone();
+    assert_ne!(ops.first(), Some(&"sync-dir"), "{ops:?}");
 }
 
 /// Moves the store's clock forward once, at the first segment renamed into place after it

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oncelog::format::{decode_record, SegmentHeader, SEGMENT_HEADER_LEN};
+use oncelog::format::{decode_record, RecordKind, SegmentHeader, SEGMENT_HEADER_LEN};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = SegmentHeader::decode(data) {
@@ -24,6 +24,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(rec.len > 0 && rec.len <= rest.len());
         assert_eq!(rec.key.len(), usize::from(rec.header.key_len));
         assert_eq!(rec.value.len(), rec.header.value_len as usize);
+        // A remove that decodes says what it hides, as a range.
+        let hides = rec.hides();
+        assert_eq!(hides.is_some(), rec.header.kind == RecordKind::Remove);
+        assert!(hides.is_none_or(|h| h.from <= h.to));
         std::hint::black_box((
             rec.header.kind,
             rec.header.time,

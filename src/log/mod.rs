@@ -155,14 +155,14 @@ impl Log {
     }
 
     /// Bytes of records that must be kept at `now`: state records that index entries point
-    /// at, and tombstones whose hidden claim has not expired.
+    /// at, and tombstones that may still hide something (`Usage::needed_tomb_bytes`).
     pub(crate) fn live_bytes(&self, now: u64) -> u64 {
         let (active_totals, active) = {
             let w = self.writer.lock();
             (w.totals, Arc::clone(&w.segment))
         };
         let segments = self.table.segments();
-        let present = SegmentIds::new(segments.iter().map(|(_, s)| s.id).collect());
+        let present = SegmentIds::new(segments.iter().map(|(_, s)| s.id));
         let mut live = 0u64;
         for (_, seg) in segments {
             let u = &seg.usage;
@@ -187,7 +187,7 @@ impl Log {
 
     /// The ids of every segment in the table (sealed, being sealed, or active).
     pub(crate) fn segment_ids(&self) -> SegmentIds {
-        SegmentIds::new(self.table.segments().iter().map(|(_, s)| s.id).collect())
+        SegmentIds::new(self.table.segments().iter().map(|(_, s)| s.id))
     }
 
     /// Starts the thread that makes this log durable for its waiters (group commit, see

@@ -11,6 +11,7 @@
 //! - `Usage::claim_bytes - Usage::dead_bytes` is the size of the state records that index
 //!   entries point at (see `Usage`).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -232,15 +233,14 @@ impl Usage {
     }
 }
 
-/// The ids of a store's segments at one moment, sorted: which segments a tombstone's hidden
+/// The ids of a store's segments at one moment: which segments a tombstone's hidden
 /// records may still be read from.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct SegmentIds(Vec<u64>);
+pub(crate) struct SegmentIds(BTreeSet<u64>);
 
 impl SegmentIds {
-    pub(crate) fn new(mut ids: Vec<u64>) -> Self {
-        ids.sort_unstable();
-        SegmentIds(ids)
+    pub(crate) fn new(ids: impl IntoIterator<Item = u64>) -> Self {
+        SegmentIds(ids.into_iter().collect())
     }
 
     /// Whether a remove record in segment `own` that hides `hides` may still hide
@@ -248,16 +248,12 @@ impl SegmentIds {
     /// here. (A remove follows what it hides, so only ids below `own` count.)
     pub(crate) fn hidden_in(&self, hides: Hides, own: u64) -> bool {
         let to = hides.to.min(own.saturating_sub(1));
-        if hides.from > to {
-            return false;
-        }
-        let i = self.0.partition_point(|&id| id < hides.from);
-        self.0.get(i).is_some_and(|&id| id <= to)
+        hides.from <= to && self.0.range(hides.from..=to).next().is_some()
     }
 
     /// Forgets `id` (a segment about to be deleted).
     pub(crate) fn remove(&mut self, id: u64) {
-        self.0.retain(|&x| x != id);
+        self.0.remove(&id);
     }
 }
 
@@ -436,21 +432,21 @@ mod tests {
         u.died(48);
         assert_eq!(u.live_bytes(), 80);
         // Segment 7 with 3 and 6 still there: needed until the latest hidden expiry.
-        let all = SegmentIds::new(vec![7, 3, 6]);
+        let all = SegmentIds::new([7, 3, 6]);
         assert_eq!(u.needed_tomb_bytes(4_999, 7, &all), 112);
         assert_eq!(u.needed_tomb_bytes(5_000, 7, &all), 0);
         // Segments 3 to 6 gone for good: nothing of theirs can come back to hide.
-        let rest = SegmentIds::new(vec![1, 2, 7, 8]);
+        let rest = SegmentIds::new([1, 2, 7, 8]);
         assert_eq!(u.needed_tomb_bytes(0, 7, &rest), 0);
         // One left in the range is enough to keep them.
-        let one = SegmentIds::new(vec![1, 4, 7]);
+        let one = SegmentIds::new([1, 4, 7]);
         assert_eq!(u.needed_tomb_bytes(0, 7, &one), 112);
         assert_eq!(u.max_expires.load(Ordering::Relaxed), 5_000);
     }
 
     #[test]
     fn a_tombstone_hides_only_in_older_segments_of_its_range() {
-        let ids = SegmentIds::new(vec![9, 2, 5]);
+        let ids = SegmentIds::new([9, 2, 5]);
         let r = |from, to| Hides { from, to };
         assert!(ids.hidden_in(r(2, 2), 9));
         assert!(ids.hidden_in(r(3, 5), 9));
