@@ -155,7 +155,7 @@ fn mismatched(stored: Option<&StateValue<'_>>, given: Option<&[u8]>) -> bool {
     }
 }
 
-fn encode_value(token: u64, until: u64, fingerprint: &[u8], outcome: &[u8]) -> Vec<u8> {
+fn encode_value(token: u64, until: u64, fingerprint: &[u8], outcome: &[u8], chain: u64) -> Vec<u8> {
     let mut value = Vec::with_capacity(32 + fingerprint.len() + outcome.len());
     encode_state(
         &mut value,
@@ -164,6 +164,7 @@ fn encode_value(token: u64, until: u64, fingerprint: &[u8], outcome: &[u8]) -> V
             until,
             fingerprint,
             outcome,
+            chain,
         },
     );
     value
@@ -297,7 +298,9 @@ impl Store {
                 .attempt_kept_until(deadline)
                 .max(memory.map_or(0, |m| m.keep));
             let token = engine.new_token();
-            let value = encode_value(token, deadline, fp.unwrap_or(&[]), &[]);
+            // A free key with a memory continues its chain; one without begins a chain.
+            let chain = memory.map_or_else(|| engine.chain_start(), |m| m.chain);
+            let value = encode_value(token, deadline, fp.unwrap_or(&[]), &[], chain);
             let spec = RecordSpec {
                 kind: RecordKind::Lease,
                 key,
@@ -396,16 +399,22 @@ impl Store {
             let held = check_ticket(ticket, place, current, now)?;
             let h = held.header;
             let fp = held.state.fingerprint;
+            // The chain goes on.
+            let chain = held.state.chain;
             let (kind, value, expires) = match act {
                 Act::Complete { until, outcome } => (
                     RecordKind::Done,
-                    encode_value(ticket.token, until, fp, outcome),
+                    encode_value(ticket.token, until, fp, outcome, chain),
                     until.max(h.expires),
                 ),
-                Act::Abandon => (RecordKind::Lease, encode_value(0, now, fp, &[]), h.expires),
+                Act::Abandon => (
+                    RecordKind::Lease,
+                    encode_value(0, now, fp, &[], chain),
+                    h.expires,
+                ),
                 Act::Extend { deadline } => (
                     RecordKind::Lease,
-                    encode_value(ticket.token, deadline, fp, &[]),
+                    encode_value(ticket.token, deadline, fp, &[], chain),
                     engine.attempt_kept_until(deadline).max(h.expires),
                 ),
             };

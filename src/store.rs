@@ -383,12 +383,13 @@ impl Store {
             }
         }
         let mut values: Vec<Vec<u8>> = vec![Vec::new(); to_write.len()];
+        let chain = || engine.chain_start();
         let specs: Vec<RecordSpec<'_>> = to_write
             .iter()
             .zip(values.iter_mut())
             .map(|(&(i, memory), value)| {
                 let it = &items[i];
-                claim_spec(it.key, it.outcome, memory, now, it.expires, value)
+                claim_spec(it.key, it.outcome, memory, now, it.expires, chain, value)
             })
             .collect();
         let mut written: Vec<Appended> = Vec::with_capacity(specs.len());
@@ -498,7 +499,7 @@ impl Store {
             let held = matches!(Status::of(Some(current), now), Status::Held { .. });
             // The tombstone hides the record until that record's own `expires`, and only
             // as long as a segment that may hold it is left.
-            let hides = engine.hidden_by_remove(place.entry(), h.kind).encode();
+            let hides = engine.hidden_by_remove(place.entry(), &current).encode();
             let a = engine.append(RecordSpec::remove(key, now, h.expires, &hides))?;
             if let Some(old) = place.take() {
                 engine.retire(&old);
@@ -618,7 +619,8 @@ fn claim_locked(
         Status::Free(memory) => memory,
     };
     let mut value = Vec::new();
-    let spec = claim_spec(key, outcome, memory, now, expires, &mut value);
+    let chain = || engine.chain_start();
+    let spec = claim_spec(key, outcome, memory, now, expires, chain, &mut value);
     let w = engine.write(place, hash, &spec)?;
     stripe.counters.new += 1;
     stripe.counters.expired_reclaimed += u64::from(w.replaced);
@@ -627,7 +629,8 @@ fn claim_locked(
 
 /// A claim of a key that is free: a plain claim record; or a done record, if the claim
 /// carries an outcome or the key remembers past attempts (a done record keeps that memory's
-/// attempt, first sighting and `expires`: retention is monotone, see `lease`). `value`
+/// attempt, first sighting and `expires`: retention is monotone, see `lease`; and it
+/// continues that memory's chain, or begins one in segment `chain_start()`). `value`
 /// holds the done record's value.
 fn claim_spec<'a>(
     key: &'a [u8],
@@ -635,6 +638,7 @@ fn claim_spec<'a>(
     memory: Option<Memory>,
     now: u64,
     expires: u64,
+    chain_start: impl FnOnce() -> u64,
     value: &'a mut Vec<u8>,
 ) -> RecordSpec<'a> {
     if memory.is_none() && outcome.is_empty() {
@@ -647,6 +651,7 @@ fn claim_spec<'a>(
             until: expires,
             fingerprint: &[],
             outcome,
+            chain: memory.map_or_else(chain_start, |m| m.chain),
         },
     );
     let (attempt, first_seen, keep) =

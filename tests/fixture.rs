@@ -168,11 +168,23 @@ fn check_v2_keys(store: &oncelog::Store, what: &str) {
 
 #[test]
 fn a_directory_from_before_tombstone_ranges_opens_and_answers() {
+    opens_and_answers_as_before("v2-leases", 2);
+}
+
+#[test]
+fn a_directory_from_before_lease_chains_opens_and_answers() {
+    opens_and_answers_as_before("v3-ranges", 3);
+}
+
+/// Opens a copy of fixture `name` (written by format version `version`, with the keys of
+/// `check_v2_keys`) in both modes, runs maintenance, adds records of the current version
+/// and reopens.
+fn opens_and_answers_as_before(name: &str, version: u16) {
     for (mode, hinted) in [
         (RecoveryMode::TolerateTornTail, 2),
         (RecoveryMode::Strict, 0),
     ] {
-        let dir = copy_fixture("v2-leases");
+        let dir = copy_fixture(name);
         let open = || {
             Options::new()
                 .recovery_mode(mode)
@@ -215,7 +227,7 @@ fn a_directory_from_before_tombstone_ranges_opens_and_answers() {
         store.compact().unwrap();
         store.close().unwrap();
         let v = versions(dir.path());
-        assert!(v.contains(&2), "{v:?}");
+        assert!(v.contains(&version), "{v:?}");
         assert_eq!(v.iter().max(), Some(&FORMAT_VERSION), "{v:?}");
 
         let store = open();

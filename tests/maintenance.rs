@@ -848,6 +848,48 @@ fn lease_chain_tombstone(threshold: f64) {
     store.close().unwrap();
 }
 
+/// A lease chain records the segment it began in, so a tombstone over it goes once the
+/// segments from there to the hidden record's are gone, even while an older segment lives
+/// on: here the lease is in segment 2, the outcome in segment 3, the tombstone in segment
+/// 4, and segment 1 holds a long-lived claim. Compaction off deletes segments whole; on,
+/// it may rewrite some of them first.
+#[test]
+fn a_tombstone_over_a_lease_chain_goes_with_the_chain_s_segments() {
+    for threshold in [0.0, 0.5] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = clock();
+        let long = Duration::from_secs(100 * 3600);
+        let opts = || opts_no_bg(&clock).compaction_threshold(threshold);
+        let store = opts().open(dir.path()).unwrap();
+        let mut next = 0;
+        assert!(store.claim("anchor", long).unwrap().is_new());
+        fill_until(&store, dir.path(), &mut next, 2);
+        let oncelog::Begin::Acquired(ticket) = store.begin("job", HOUR).unwrap() else {
+            panic!("a new key is acquired")
+        };
+        fill_until(&store, dir.path(), &mut next, 3);
+        store.complete(&ticket, b"done", long).unwrap();
+        fill_until(&store, dir.path(), &mut next, 4);
+        assert!(store.remove("job").unwrap());
+        fill_until(&store, dir.path(), &mut next, 5);
+        let all = segments(dir.path());
+        clock.advance(Duration::from_secs(120));
+        let report = store.compact().unwrap();
+        assert!(all[0].exists(), "{threshold}: the anchor's segment went");
+        for seg in &all[1..4] {
+            assert!(!seg.exists(), "{threshold}: {seg:?} kept ({report:?})");
+        }
+        store.close().unwrap();
+        let store = opts().open(dir.path()).unwrap();
+        assert!(
+            store.get("job").unwrap().is_none(),
+            "{threshold}: came back"
+        );
+        assert!(store.get("anchor").unwrap().is_some());
+        store.close().unwrap();
+    }
+}
+
 /// Fails the first directory sync once armed, and records every operation after that.
 #[derive(Default)]
 struct FailDirSyncOnce {

@@ -108,6 +108,9 @@ pub(crate) struct Memory {
     pub(crate) first_seen: u64,
     /// The `expires` of the record remembered: a record replacing it keeps at least this.
     pub(crate) keep: u64,
+    /// Where the remembered record's chain began (`StateValue::chain`): a record replacing
+    /// it continues the chain.
+    pub(crate) chain: u64,
 }
 
 /// What a key's newest record means now (see the module table).
@@ -154,12 +157,14 @@ impl<'t> Status<'t> {
                         next_attempt: h.attempt.saturating_add(1),
                         first_seen: h.time,
                         keep: h.expires,
+                        chain: s.chain,
                     }))
                 } else {
                     Status::Free(Some(Memory {
                         next_attempt: 1,
                         first_seen: now,
                         keep: h.expires,
+                        chain: s.chain,
                     }))
                 }
             }
@@ -200,6 +205,7 @@ mod tests {
                 until,
                 fingerprint: b"",
                 outcome: b"out",
+                chain: 0,
             },
         );
         v

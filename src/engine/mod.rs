@@ -37,7 +37,7 @@ use parking_lot::MutexGuard;
 
 use crate::clock::{to_millis, Clock};
 use crate::error::{Error, Result};
-use crate::format::{encoded_len, Hides, RecordKind, MAX_KEY_LEN};
+use crate::format::{decode_state, encoded_len, Hides, RecordKind, MAX_KEY_LEN};
 use crate::index::{Counters, Entry, Index, Place, SliceResult, Stripe, SWEEP_SLICE};
 use crate::iohook::Io;
 use crate::log::{
@@ -344,23 +344,31 @@ impl Engine {
         self.log.segment_ids()
     }
 
-    /// What a remove of a key hides, given its entry (pointing at its newest record, of
-    /// kind `kind`): segments up to the one that record is in. A plain claim record is
-    /// written only for a key with no unexpired state (`claim_spec`), so every older record
-    /// of the key has expired or is hidden by an earlier remove, and the claim's segment is
-    /// all there is to hide. A lease or done record may follow earlier records of its
-    /// chain anywhere before it.
-    pub(crate) fn hidden_by_remove(&self, entry: Option<&Entry>, kind: RecordKind) -> Hides {
+    /// What a remove of a key hides, given its entry (pointing at its newest record,
+    /// `current`): segments up to the one that record is in, from the one its chain began
+    /// in. A plain claim record is written only for a key with no unexpired state
+    /// (`store::claim_spec`), so every older record of the key has expired or is hidden by
+    /// an earlier remove, and the claim's segment is all there is to hide. A lease or done
+    /// record follows the earlier records of its chain, which began in segment
+    /// `StateValue::chain` or later (0, anywhere before, if that is not known).
+    pub(crate) fn hidden_by_remove(&self, entry: Option<&Entry>, current: &Current<'_>) -> Hides {
         let Some(id) = entry
             .and_then(|e| self.log.table().get(e.slot))
             .map(|s| s.id)
         else {
             return Hides::ANY;
         };
-        match kind {
-            RecordKind::Claim => Hides { from: id, to: id },
-            _ => Hides { from: 0, to: id },
-        }
+        let from = match current.header.kind {
+            RecordKind::Claim => id,
+            _ => decode_state(current.value).map_or(0, |s| s.chain.min(id)),
+        };
+        Hides { from, to: id }
+    }
+
+    /// The id of the segment a chain of lease and done records that begins now begins in,
+    /// or a lower one (`StateValue::chain`).
+    pub(crate) fn chain_start(&self) -> u64 {
+        self.log.active_id_at_least()
     }
 
     /// `sealed_segments` without waiting for a seal job (for `stats()`).

@@ -25,7 +25,9 @@
 //!      0     8  token     the attempt's fencing token (0: the attempt was abandoned)
 //!      8     8  until     lease: the lease's deadline; done: when the outcome expires (ms)
 //!     16     1  fp_len    0..=64: bytes of payload fingerprint
-//!     17     7  zero
+//!     17     7  chain     the id of the segment the key's chain of lease and done records
+//!                         began in, or below it (56 bits; 0: not known, as in every record
+//!                         written before format version 4)
 //!     24     -  fingerprint (fp_len bytes), then (done only) the outcome
 //! ```
 //!
@@ -427,15 +429,25 @@ pub struct StateValue<'a> {
     pub fingerprint: &'a [u8],
     /// The stored outcome (done records; empty for leases).
     pub outcome: &'a [u8],
+    /// The id of the segment the key's chain of lease and done records began in (the
+    /// records since it last had no unexpired state), or a lower one; 0 if not known. A
+    /// remove of the key hides records in that segment and the ones after it only.
+    pub chain: u64,
 }
+
+/// The largest `StateValue::chain` the 7 bytes hold; a larger id is stored as 0 (not
+/// known), which only keeps a tombstone longer.
+const MAX_CHAIN: u64 = (1 << 56) - 1;
 
 /// Decodes the value of a lease or done record; `None` if it is malformed.
 pub fn decode_state(value: &[u8]) -> Option<StateValue<'_>> {
     let prefix = value.get(..STATE_PREFIX_LEN)?;
     let fp_len = usize::from(*prefix.get(16)?);
-    if fp_len > MAX_FINGERPRINT_LEN || prefix.get(17..).is_some_and(|z| z.iter().any(|&b| b != 0)) {
+    if fp_len > MAX_FINGERPRINT_LEN {
         return None;
     }
+    let mut chain = [0u8; 8];
+    chain[..7].copy_from_slice(prefix.get(17..24)?);
     let fingerprint = value.get(STATE_PREFIX_LEN..STATE_PREFIX_LEN + fp_len)?;
     let outcome = value.get(STATE_PREFIX_LEN + fp_len..)?;
     Some(StateValue {
@@ -443,6 +455,7 @@ pub fn decode_state(value: &[u8]) -> Option<StateValue<'_>> {
         until: le_u64(prefix, 8),
         fingerprint,
         outcome,
+        chain: u64::from_le_bytes(chain),
     })
 }
 
@@ -456,7 +469,8 @@ pub(crate) fn encode_state(out: &mut Vec<u8>, s: &StateValue<'_>) {
     out.extend_from_slice(&s.token.to_le_bytes());
     out.extend_from_slice(&s.until.to_le_bytes());
     out.push(fp.len() as u8);
-    out.extend_from_slice(&[0u8; 7]);
+    let chain = if s.chain <= MAX_CHAIN { s.chain } else { 0 };
+    out.extend_from_slice(&chain.to_le_bytes()[..7]);
     out.extend_from_slice(fp);
     out.extend_from_slice(s.outcome);
 }
@@ -524,6 +538,7 @@ mod tests {
             until: 500,
             fingerprint: b"fp",
             outcome: b"out",
+            chain: 0,
         };
         let bytes = encode_state_record(RecordKind::Done, &s, 900);
         let key_only = trusted_span(&bytes, false).expect("span");
@@ -543,6 +558,7 @@ mod tests {
             until: 500,
             fingerprint: b"fp",
             outcome: b"shipped",
+            chain: 0x00ab_cdef_0123_4567,
         };
         let bytes = encode_state_record(RecordKind::Done, &s, 900);
         let d = decode_record(&bytes).expect("decodes");
@@ -562,6 +578,27 @@ mod tests {
     }
 
     #[test]
+    fn a_chain_too_large_for_its_bytes_is_stored_as_not_known() {
+        let s = StateValue {
+            token: 1,
+            until: 5,
+            fingerprint: b"",
+            outcome: b"",
+            chain: 1 << 56,
+        };
+        let mut value = Vec::new();
+        encode_state(&mut value, &s);
+        assert_eq!(decode_state(&value).map(|d| d.chain), Some(0));
+        let largest = StateValue {
+            chain: MAX_CHAIN,
+            ..s
+        };
+        value.clear();
+        encode_state(&mut value, &largest);
+        assert_eq!(decode_state(&value).map(|d| d.chain), Some(MAX_CHAIN));
+    }
+
+    #[test]
     fn impossible_state_records_are_malformed_even_with_a_good_crc() {
         let lease =
             |s: &StateValue<'_>, expires| encode_state_record(RecordKind::Lease, s, expires);
@@ -570,6 +607,7 @@ mod tests {
             until: 500,
             fingerprint: b"",
             outcome: b"",
+            chain: 7,
         };
         assert!(decode_record(&lease(&ok, 500)).is_ok());
         // Kept for less time than the state lasts.

@@ -21,7 +21,7 @@ use super::{le_u128, le_u16, le_u32, le_u64, mask_crc};
 /// Identifies an oncelog segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"oncelog\0";
 /// The newest format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// Bytes before the first record.
 pub const SEGMENT_HEADER_LEN: usize = 64;
 
@@ -148,10 +148,10 @@ mod tests {
             ..sample()
         };
         let hex: Vec<String> = h.encode().iter().map(|b| format!("{b:02x}")).collect();
-        let expected = "6f 6e 63 65 6c 6f 67 00 03 00 40 00 00 00 00 00 \
+        let expected = "6f 6e 63 65 6c 6f 67 00 04 00 40 00 00 00 00 00 \
                         01 00 00 00 00 00 00 00 00 68 e5 cf 8b 01 00 00 \
                         00 00 00 04 00 00 00 00 77 66 55 44 33 22 11 00 \
-                        ef cd ab 89 67 45 23 01 00 00 00 00 c8 28 4a 66";
+                        ef cd ab 89 67 45 23 01 00 00 00 00 b7 9c 85 c9";
         assert_eq!(
             hex.join(" "),
             expected.split_whitespace().collect::<Vec<_>>().join(" ")

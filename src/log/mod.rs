@@ -30,6 +30,7 @@ mod table;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -87,13 +88,20 @@ pub(crate) struct Log {
     /// Background preparation of the next segment (see `Log::prepare_next`); the thread
     /// returns the spare it made, if it made one.
     prep: Mutex<Option<Prep>>,
+    /// The active segment's id, read without the writer lock (it only grows). On a cache
+    /// line of its own: claims read it, and the writer lock's line changes at every append.
+    active: ActiveId,
 }
+
+#[repr(align(128))]
+struct ActiveId(AtomicU64);
 
 impl Log {
     /// Wires up a log whose segments recovery has installed and whose active segment's
     /// content up to the writer's tail is already durable.
     pub(crate) fn new(config: LogConfig, table: Arc<SegmentTable>, writer: Writer) -> Log {
         let durable = writer.tail_lsn();
+        let active = writer.segment.id;
         // Fault in the rest of the active segment off the append path.
         let map = Arc::clone(&writer.segment.map);
         let from = writer.appender.tail();
@@ -109,6 +117,7 @@ impl Log {
             poison: Arc::default(),
             sealing: Mutex::new(None),
             prep: Mutex::new(populate),
+            active: ActiveId(AtomicU64::new(active)),
         }
     }
 
@@ -120,6 +129,13 @@ impl Log {
     /// The id of the segment appended to.
     pub(crate) fn active_id(&self) -> u64 {
         self.writer.lock().segment.id
+    }
+
+    /// The active segment's id, without the writer lock: it may already be behind by a
+    /// rotation, never ahead. A record appended after this call goes into this segment or
+    /// a later one.
+    pub(crate) fn active_id_at_least(&self) -> u64 {
+        self.active.0.load(Ordering::Acquire)
     }
 
     /// The id shared by every segment of this store.

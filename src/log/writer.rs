@@ -373,6 +373,9 @@ impl Log {
             poison: Arc::clone(&self.poison),
         };
         *w = Writer::new(segment, slot, appender, Totals::default());
+        self.active
+            .0
+            .store(w.segment.id, std::sync::atomic::Ordering::Release);
         // The job runs on a thread of its own; where none can be had, here.
         let job = Arc::new(Mutex::new(Some(job)));
         let theirs = Arc::clone(&job);
