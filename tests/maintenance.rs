@@ -797,15 +797,14 @@ fn a_tombstone_goes_with_the_segment_of_the_claim_it_hides() {
     }
 }
 
-/// A tombstone that hides a lease chain's last record cannot say where the chain began:
-/// the `begin` record may sit in any older segment, behind the `complete` that was hidden.
-/// Here the lease is in segment 1 (kept alive by another claim), the done record in
-/// segment 2, the tombstone in segment 3. Segment 2 going must not take the tombstone
-/// along, or the lease would replay and the key read as in flight.
+/// A tombstone that hides a lease chain's last record hides the whole chain, back to the
+/// segment its `begin` record is in. Here the lease is in segment 1 (kept alive by another
+/// claim), the done record in segment 2, the tombstone in segment 3. Segment 2 going must
+/// not take the tombstone along, or the lease would replay and the key read as in flight.
 /// With compaction on, segment 1's copy loses the dead lease in the same run; with it off,
 /// segment 1 keeps it, so a tombstone wrongly dropped would let it replay.
 #[test]
-fn a_tombstone_over_a_lease_chain_stays_while_older_segments_do() {
+fn a_tombstone_over_a_lease_chain_stays_while_the_chain_s_first_segment_does() {
     for threshold in [0.0, 0.5] {
         lease_chain_tombstone(threshold);
     }
@@ -867,10 +866,16 @@ fn a_tombstone_over_a_lease_chain_goes_with_the_chain_s_segments() {
         let oncelog::Begin::Acquired(ticket) = store.begin("job", HOUR).unwrap() else {
             panic!("a new key is acquired")
         };
+        // A chain begun by a claim with an outcome, in the same segment.
+        assert!(store
+            .claim_with_outcome("paid", b"receipt", long)
+            .unwrap()
+            .is_new());
         fill_until(&store, dir.path(), &mut next, 3);
         store.complete(&ticket, b"done", long).unwrap();
         fill_until(&store, dir.path(), &mut next, 4);
         assert!(store.remove("job").unwrap());
+        assert!(store.remove("paid").unwrap());
         fill_until(&store, dir.path(), &mut next, 5);
         let all = segments(dir.path());
         clock.advance(Duration::from_secs(120));
@@ -885,9 +890,60 @@ fn a_tombstone_over_a_lease_chain_goes_with_the_chain_s_segments() {
             store.get("job").unwrap().is_none(),
             "{threshold}: came back"
         );
+        let paid = store.get("paid").unwrap();
+        assert!(paid.is_none(), "{threshold}: came back: {paid:?}");
         assert!(store.get("anchor").unwrap().is_some());
         store.close().unwrap();
     }
+}
+
+/// A chain goes on through an attempt whose lease ran out: the next `begin` continues it,
+/// so a tombstone over the chain's end still hides the first attempt's lease. Here that
+/// lease is in segment 2, kept alive by a claim beside it; the second attempt and its
+/// outcome are in segment 3, the tombstone in segment 4. Segment 3 going must not take the
+/// tombstone along: the first lease would replay, and the next `begin` would be attempt 2.
+#[test]
+fn a_tombstone_hides_every_attempt_of_its_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let long = Duration::from_secs(100 * 3600);
+    let opts = || opts_no_bg(&clock).compaction_threshold(0.0);
+    let store = opts().open(dir.path()).unwrap();
+    let mut next = 0;
+    assert!(store.claim("anchor", long).unwrap().is_new());
+    fill_until(&store, dir.path(), &mut next, 2);
+    assert!(store.claim("anchor-2", long).unwrap().is_new());
+    let lease = Duration::from_secs(30);
+    let oncelog::Begin::Acquired(first) = store.begin("job", lease).unwrap() else {
+        panic!("a new key is acquired")
+    };
+    assert_eq!(first.attempt(), 1);
+    fill_until(&store, dir.path(), &mut next, 3);
+    clock.advance(Duration::from_secs(31));
+    let oncelog::Begin::Acquired(second) = store.begin("job", HOUR).unwrap() else {
+        panic!("the first lease ran out")
+    };
+    assert_eq!(second.attempt(), 2);
+    store.complete(&second, b"done", long).unwrap();
+    fill_until(&store, dir.path(), &mut next, 4);
+    assert!(store.remove("job").unwrap());
+    fill_until(&store, dir.path(), &mut next, 5);
+    let all = segments(dir.path());
+    clock.advance(Duration::from_secs(120));
+    store.compact().unwrap();
+    assert!(all[1].exists(), "the first lease's segment went");
+    assert!(!all[2].exists(), "the second attempt's segment was kept");
+    assert!(
+        all[3].exists(),
+        "the tombstone went while the first lease is there"
+    );
+    store.close().unwrap();
+    let store = opts().open(dir.path()).unwrap();
+    match store.begin("job", HOUR).unwrap() {
+        oncelog::Begin::Acquired(t) => assert_eq!(t.attempt(), 1, "the first lease came back"),
+        other => panic!("{other:?}"),
+    }
+    store.close().unwrap();
 }
 
 /// Fails the first directory sync once armed, and records every operation after that.

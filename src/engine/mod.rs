@@ -37,7 +37,7 @@ use parking_lot::MutexGuard;
 
 use crate::clock::{to_millis, Clock};
 use crate::error::{Error, Result};
-use crate::format::{decode_state, encoded_len, Hides, RecordKind, MAX_KEY_LEN};
+use crate::format::{decode_state, encoded_len, Hides, RecordKind, CHAIN_VERSION, MAX_KEY_LEN};
 use crate::index::{Counters, Entry, Index, Place, SliceResult, Stripe, SWEEP_SLICE};
 use crate::iohook::Io;
 use crate::log::{
@@ -352,14 +352,15 @@ impl Engine {
     /// record follows the earlier records of its chain, which began in segment
     /// `StateValue::chain` or later (0, anywhere before, if that is not known).
     pub(crate) fn hidden_by_remove(&self, entry: Option<&Entry>, current: &Current<'_>) -> Hides {
-        let Some(id) = entry
-            .and_then(|e| self.log.table().get(e.slot))
-            .map(|s| s.id)
-        else {
+        let Some(seg) = entry.and_then(|e| self.log.table().get(e.slot)) else {
             return Hides::ANY;
         };
+        let id = seg.id;
         let from = match current.header.kind {
             RecordKind::Claim => id,
+            // Before version 4 these bytes were zero: a record there that says otherwise
+            // is damaged, and does not know either.
+            _ if seg.version < CHAIN_VERSION => 0,
             _ => decode_state(current.value).map_or(0, |s| s.chain.min(id)),
         };
         Hides { from, to: id }

@@ -16,8 +16,8 @@ pub use hint::{
 };
 pub use record::{
     decode_record, decode_state, encoded_len, DecodeError, Decoded, Hides, RecordHeader,
-    RecordKind, SealInfo, StateValue, MAX_FINGERPRINT_LEN, RECORD_ALIGN, RECORD_HEADER_LEN,
-    STATE_PREFIX_LEN,
+    RecordKind, SealInfo, StateValue, CHAIN_VERSION, MAX_FINGERPRINT_LEN, RECORD_ALIGN,
+    RECORD_HEADER_LEN, STATE_PREFIX_LEN,
 };
 pub(crate) use record::{
     encode_record, encode_seal, encode_state, peek_trusted, trusted_span, REMOVE_VALUE_LEN,

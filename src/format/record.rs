@@ -435,6 +435,10 @@ pub struct StateValue<'a> {
     pub chain: u64,
 }
 
+/// The first format version whose lease and done records hold `StateValue::chain` (zero
+/// before).
+pub const CHAIN_VERSION: u16 = 4;
+
 /// The largest `StateValue::chain` the 7 bytes hold; a larger id is stored as 0 (not
 /// known), which only keeps a tombstone longer.
 const MAX_CHAIN: u64 = (1 << 56) - 1;
