@@ -42,6 +42,8 @@ pub(crate) struct RecoveryStats {
     pub(crate) segments: u64,
     pub(crate) records: u64,
     pub(crate) truncated_bytes: u64,
+    /// Bytes missing from the end of the newest segment's file, put back as zeros.
+    pub(crate) extended_bytes: u64,
     pub(crate) duration: Duration,
     /// The newest segment and the directory were fsynced before the log was handed out.
     pub(crate) synced: bool,
@@ -351,8 +353,8 @@ fn check_segment(
 }
 
 /// Maps a checked segment: read-only, or writable for the newest one, whose file is
-/// returned too.
-fn map_segment(io: &Io, c: Checked, strict: bool) -> Result<(Segment, Option<File>)> {
+/// returned too, with the bytes its file was missing (put back as zeros).
+fn map_segment(io: &Io, c: Checked, strict: bool) -> Result<(Segment, Option<File>, u64)> {
     let Checked {
         path,
         opened,
@@ -360,7 +362,7 @@ fn map_segment(io: &Io, c: Checked, strict: bool) -> Result<(Segment, Option<Fil
         len,
     } = c;
     let file = match opened {
-        Opened::Mapped(map) => return Ok((Segment::new(path, header, map), None)),
+        Opened::Mapped(map) => return Ok((Segment::new(path, header, map), None, 0)),
         Opened::Newest(file) => file,
     };
     if len < header.capacity {
@@ -374,7 +376,8 @@ fn map_segment(io: &Io, c: Checked, strict: bool) -> Result<(Segment, Option<Fil
             .map_err(|e| Error::io("allocate segment", &path, e))?;
     }
     let map = SegmentMap::writable(&file).map_err(|e| Error::io("map segment", &path, e))?;
-    Ok((Segment::new(path, header, map), Some(file)))
+    let extended = header.capacity.saturating_sub(len);
+    Ok((Segment::new(path, header, map), Some(file), extended))
 }
 
 /// Gives its name to the segment a crash caught between rotation and the end of its seal
@@ -682,6 +685,8 @@ struct DecodedSegment {
     capacity: u64,
     /// The newest segment's file, kept open (see `Opened`).
     file: Option<File>,
+    /// Bytes its file was missing, put back as zeros (the newest segment only).
+    extended: u64,
 }
 
 /// What decoding reads, shared with the thread that applies.
@@ -709,7 +714,7 @@ fn decode(
         let id = c.header.segment_id;
         let store = c.header.store_id;
         let capacity = c.header.capacity;
-        let (segment, file) = map_segment(&ctx.opts.io, c, ctx.strict)?;
+        let (segment, file, extended) = map_segment(&ctx.opts.io, c, ctx.strict)?;
         let segment = Arc::new(segment);
         let slot = ctx.table.install(Arc::clone(&segment))?;
         let mut batch = Batch {
@@ -742,6 +747,7 @@ fn decode(
             hinted,
             capacity,
             file,
+            extended,
         };
         if !sink(Decoded::Segment(done)) {
             return Ok(());
@@ -867,8 +873,10 @@ impl Rebuild<'_> {
             hinted,
             capacity,
             file,
+            extended,
         } = done;
         let stats = &mut *self.stats;
+        stats.extended_bytes += extended;
         if hinted {
             segment.usage.set_hinted();
             segment.usage.set_unverified(true);

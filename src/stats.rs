@@ -46,6 +46,12 @@ pub struct Stats {
     /// Bytes of a torn tail cut from the newest segment when the store opened (0 after a
     /// clean shutdown).
     pub recovery_truncated_bytes: u64,
+    /// Bytes missing from the end of the newest segment's file when the store opened (the
+    /// file was cut short: by a copy that stopped early, say), which the default recovery
+    /// mode put back as zeros. Records that were in them, if any, are gone. 0 unless the
+    /// file was damaged; [`RecoveryMode::Strict`](crate::RecoveryMode::Strict) refuses such
+    /// a segment instead.
+    pub recovery_extended_bytes: u64,
     /// How long `open` took to rebuild the index.
     pub recovery_time: Duration,
     /// Segments that `open` rebuilt from their hint files instead of reading them.
@@ -118,6 +124,7 @@ impl Stats {
             durability_waiters: engine.commit_waiters() as u64,
             recovered_records: recovery.records,
             recovery_truncated_bytes: recovery.truncated_bytes,
+            recovery_extended_bytes: recovery.extended_bytes,
             recovery_time: recovery.duration,
             recovery_hinted_segments: recovery.hinted_segments,
             recovery_salvaged_bytes: recovery.salvaged.bytes,

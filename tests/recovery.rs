@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::segfile::{set_format_version, set_segment_id};
 use common::{clock, copy_dir, fill, key, opts, opts_no_bg, records, segments, TTL};
-use oncelog::format::{RecordKind, SEGMENT_HEADER_LEN};
+use oncelog::format::{RecordKind, SegmentHeader, SEGMENT_HEADER_LEN};
 use oncelog::{CorruptionKind, Error, RecoveryMode, Store};
 
 /// Checks that after reopening, keys `0..n` are claimed except every tenth (removed).
@@ -174,6 +174,20 @@ fn a_torn_last_record_is_cut_at_every_byte_offset() {
             if how == "garble" {
                 assert!(store.stats().recovery_truncated_bytes > 0, "{how} at {cut}");
             }
+            // What a cut took off the file is counted, whatever was in it.
+            let capacity = SegmentHeader::decode(&std::fs::read(&seg).unwrap())
+                .unwrap()
+                .capacity;
+            let extended = if how == "truncate" {
+                capacity - cut as u64
+            } else {
+                0
+            };
+            assert_eq!(
+                store.stats().recovery_extended_bytes,
+                extended,
+                "{how} at {cut}"
+            );
             // The store carries on where the valid data ends, and its new records are found
             // again: the cut left no stale bytes behind them.
             assert_eq!(store.claim(&z, TTL).unwrap().is_new(), !intact);
@@ -183,6 +197,7 @@ fn a_torn_last_record_is_cut_at_every_byte_offset() {
             assert!(store.get(&z).unwrap().is_some(), "{how} at {cut}");
             assert!(store.get("after").unwrap().is_some(), "{how} at {cut}");
             assert_eq!(store.stats().recovery_truncated_bytes, 0, "{how} at {cut}");
+            assert_eq!(store.stats().recovery_extended_bytes, 0, "{how} at {cut}");
             assert_eq!(store.stats().keys, 52);
             cases += 1;
         }

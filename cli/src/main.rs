@@ -661,7 +661,7 @@ fn cmd_stats(a: StatsArgs) -> Result<ExitCode, String> {
     let store = open(&a.store, Durability::Sync)?;
     let s = store.stats();
     let n = |v: u64| Value::Number(v.to_string());
-    let rows: [(&str, Value); 18] = [
+    let rows: [(&str, Value); 19] = [
         ("dir", Value::Text(store.path().display().to_string())),
         ("keys", n(s.keys)),
         ("live_keys", n(s.live_keys)),
@@ -673,6 +673,7 @@ fn cmd_stats(a: StatsArgs) -> Result<ExitCode, String> {
         ("recovered_records", n(s.recovered_records)),
         ("recovery_hinted_segments", n(s.recovery_hinted_segments)),
         ("recovery_truncated_bytes", n(s.recovery_truncated_bytes)),
+        ("recovery_extended_bytes", n(s.recovery_extended_bytes)),
         (
             "recovery_time_ms",
             Value::Number(format!("{:.3}", s.recovery_time.as_secs_f64() * 1e3)),

@@ -783,6 +783,10 @@ fn info(shared: &Shared, args: &[&[u8]]) -> Reply {
                     "recovery_truncated_bytes",
                     s.recovery_truncated_bytes.to_string(),
                 ),
+                (
+                    "recovery_extended_bytes",
+                    s.recovery_extended_bytes.to_string(),
+                ),
                 ("syncs", s.syncs.to_string()),
                 ("durability_waiters", s.durability_waiters.to_string()),
             ],
