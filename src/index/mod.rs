@@ -807,6 +807,25 @@ mod tests {
     }
 
     #[test]
+    fn a_stripe_allocates_nothing_until_its_first_entry() {
+        let index = Index::new(1024);
+        let total = |index: &Index| {
+            (0..1024)
+                .map(|i| index.lock_stripe(i).allocation_size())
+                .sum::<usize>()
+        };
+        assert_eq!(total(&index), 0);
+        let mut s = index.lock(0);
+        assert!(s.place(5, |_| true).entry().is_none());
+        assert_eq!(s.allocation_size(), 0, "a lookup allocated");
+        s.place(5, |_| false).put(Entry::new(5, loc(64), 9_000, 40));
+        assert!(s.allocation_size() > 0);
+        assert!(s.place(5, |_| true).entry().is_some());
+        drop(s);
+        assert_eq!(total(&index), index.lock(0).allocation_size());
+    }
+
+    #[test]
     fn single_stripe_index_works() {
         let index = Index::new(1);
         let mut s = index.lock(u64::MAX);

@@ -74,6 +74,15 @@ struct Slots {
 }
 
 impl Slots {
+    /// No slots at all: a table that has never held an entry allocates nothing.
+    fn none() -> Slots {
+        Slots {
+            slots: Box::new([]),
+            cap: 0,
+            len: 0,
+        }
+    }
+
     fn with_cap(cap: usize) -> Slots {
         Slots {
             slots: vec![Entry::EMPTY; cap + slack(cap)].into_boxed_slice(),
@@ -202,7 +211,9 @@ pub(crate) struct Table {
 
 impl Table {
     /// An empty table whose capacities are `phase` (`0.0..1.0`) of the way through one
-    /// growth step: tables given evenly spread phases grow at evenly spread sizes.
+    /// growth step: tables given evenly spread phases grow at evenly spread sizes. It has
+    /// no slots until its first insert (a store has a thousand stripes, most of them empty
+    /// while it is small), which makes it growth step 0.
     pub(crate) fn new(phase: f64) -> Table {
         let phase = if (0.0..1.0).contains(&phase) {
             phase
@@ -210,7 +221,7 @@ impl Table {
             0.0
         };
         Table {
-            cur: Slots::with_cap(cap_at(0, phase)),
+            cur: Slots::none(),
             old: None,
             generation: 0,
             level: 0,
@@ -323,6 +334,14 @@ impl Table {
         let full = self.old.is_none() && self.cur.len >= self.cur.limit();
         if !full && self.cur.insert_at(at, e) {
             return;
+        }
+        if self.cur.cap == 0 && self.old.is_none() {
+            // The first entry: the slots of step 0, with nothing to drain into them.
+            self.cur = Slots::with_cap(cap_at(self.level, self.phase));
+            self.generation += 1;
+            if self.cur.insert(e) {
+                return;
+            }
         }
         // Over the load limit, or the run overflowed the slack (then grow early).
         if self.old.is_none() {
@@ -438,8 +457,16 @@ impl Table {
     }
 
     /// Starts shrinking the table if it is mostly empty (a quarter full or less), to a
-    /// load of about 0.6; `false` if it is not worth it or a migration is under way.
+    /// load of about 0.6; `false` if it is not worth it or a migration is under way. An
+    /// empty table gives its slots back at once, as a new one has none.
     pub(crate) fn shrink_if_sparse(&mut self) -> bool {
+        if self.old.is_none() && self.cur.len == 0 && self.cur.cap > 0 {
+            self.freed += self.cur.bytes() as u64;
+            self.cur = Slots::none();
+            self.level = 0;
+            self.generation += 1;
+            return true;
+        }
         if self.old.is_some() || self.cur.cap <= MIN_CAP || self.cur.len > self.cur.cap / 4 {
             return false;
         }
