@@ -47,10 +47,11 @@ pub struct Stats {
     /// clean shutdown).
     pub recovery_truncated_bytes: u64,
     /// Bytes missing from the end of the newest segment's file when the store opened (the
-    /// file was cut short: by a copy that stopped early, say), which the default recovery
-    /// mode put back as zeros. Records that were in them, if any, are gone. 0 unless the
-    /// file was damaged; [`RecoveryMode::Strict`](crate::RecoveryMode::Strict) refuses such
-    /// a segment instead.
+    /// file was cut short: by a copy that stopped early, say), which `open` put back as
+    /// zeros (in the default mode, and in `Salvage` when that is the segment's only
+    /// damage). Records that were in them, if any, are gone. 0 unless the file was damaged;
+    /// [`RecoveryMode::Strict`](crate::RecoveryMode::Strict) refuses such a segment
+    /// instead.
     pub recovery_extended_bytes: u64,
     /// How long `open` took to rebuild the index.
     pub recovery_time: Duration,
