@@ -85,17 +85,9 @@ fn a_directory_from_before_leases_opens_and_answers() {
         // The old active segment was sealed at open and the new records went into a
         // segment of the current version: an older build refuses the directory rather
         // than misreading a kind it does not know.
-        let versions: Vec<u16> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "olog"))
-            .map(|p| {
-                let bytes = std::fs::read(&p).unwrap();
-                SegmentHeader::decode(&bytes).unwrap().version
-            })
-            .collect();
-        assert!(versions.contains(&1), "{versions:?}");
-        assert_eq!(versions.iter().max(), Some(&FORMAT_VERSION), "{versions:?}");
+        let v = versions(dir.path());
+        assert!(v.contains(&1), "{v:?}");
+        assert_eq!(v.iter().max(), Some(&FORMAT_VERSION), "{v:?}");
         let store = Options::new()
             .recovery_mode(mode)
             .background_maintenance(false)
