@@ -221,15 +221,20 @@ impl Maintenance {
         //    memory) do not wait for the next run.
         if self.threshold > 0.0 {
             let mut swept_at = now;
+            // Every deletion so far is durable (each step syncs the directory), and so is
+            // each one compaction makes below (a segment with nothing to keep goes whole).
+            let mut present = engine.segment_ids();
             for (slot, seg) in &left {
                 if gone.contains(*slot) {
                     continue;
                 }
-                // Every deletion so far is durable (each step syncs the directory).
-                let present = engine.segment_ids();
                 if !seg.usage.damaged() && worth_compacting(seg, now, &present, self.threshold) {
                     let hints = self.hints && engine.hints_usable();
+                    let deleted = report.segments_deleted;
                     compact_segment(engine, *slot, seg, now, &present, hints, report)?;
+                    if report.segments_deleted != deleted {
+                        present.remove(seg.id);
+                    }
                     let t = engine.now();
                     if t.saturating_sub(swept_at) >= SWEEP_EVERY_MS {
                         sweep_expired(engine, t, report);
