@@ -717,6 +717,14 @@ fn fill_until(store: &Store, dir: &Path, next: &mut u64, n: usize) {
     }
 }
 
+/// `begin(key, lease)`, which must acquire the key.
+fn acquire(store: &Store, key: &str, lease: Duration) -> oncelog::Ticket {
+    match store.begin(key, lease).unwrap() {
+        oncelog::Begin::Acquired(ticket) => ticket,
+        other => panic!("{key} not acquired: {other:?}"),
+    }
+}
+
 /// The kinds of the records in segment file `p`.
 fn kinds(p: &Path) -> Vec<oncelog::format::RecordKind> {
     records(p).iter().map(|r| r.kind).collect()
@@ -818,9 +826,7 @@ fn lease_chain_tombstone(threshold: f64) {
     let store = opts().open(dir.path()).unwrap();
     let mut next = 0;
     assert!(store.claim("anchor", long).unwrap().is_new());
-    let oncelog::Begin::Acquired(ticket) = store.begin("job", HOUR).unwrap() else {
-        panic!("a new key is acquired")
-    };
+    let ticket = acquire(&store, "job", HOUR);
     fill_until(&store, dir.path(), &mut next, 2);
     store.complete(&ticket, b"done", long).unwrap();
     fill_until(&store, dir.path(), &mut next, 3);
@@ -863,9 +869,7 @@ fn a_tombstone_over_a_lease_chain_goes_with_the_chain_s_segments() {
         let mut next = 0;
         assert!(store.claim("anchor", long).unwrap().is_new());
         fill_until(&store, dir.path(), &mut next, 2);
-        let oncelog::Begin::Acquired(ticket) = store.begin("job", HOUR).unwrap() else {
-            panic!("a new key is acquired")
-        };
+        let ticket = acquire(&store, "job", HOUR);
         // A chain begun by a claim with an outcome, in the same segment.
         assert!(store
             .claim_with_outcome("paid", b"receipt", long)
@@ -914,15 +918,11 @@ fn a_tombstone_hides_every_attempt_of_its_chain() {
     fill_until(&store, dir.path(), &mut next, 2);
     assert!(store.claim("anchor-2", long).unwrap().is_new());
     let lease = Duration::from_secs(30);
-    let oncelog::Begin::Acquired(first) = store.begin("job", lease).unwrap() else {
-        panic!("a new key is acquired")
-    };
+    let first = acquire(&store, "job", lease);
     assert_eq!(first.attempt(), 1);
     fill_until(&store, dir.path(), &mut next, 3);
     clock.advance(Duration::from_secs(31));
-    let oncelog::Begin::Acquired(second) = store.begin("job", HOUR).unwrap() else {
-        panic!("the first lease ran out")
-    };
+    let second = acquire(&store, "job", HOUR);
     assert_eq!(second.attempt(), 2);
     store.complete(&second, b"done", long).unwrap();
     fill_until(&store, dir.path(), &mut next, 4);
