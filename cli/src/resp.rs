@@ -125,17 +125,22 @@ fn number_line(
         Some(b'\n') => {}
         Some(_) => return Err(bad),
     }
-    let value = match text {
-        b"-1" => -1,
-        _ if text.is_empty() || text.len() > MAX_DIGITS => return Err(bad),
-        _ if !text.iter().all(u8::is_ascii_digit) => return Err(bad),
-        _ => text
-            .iter()
-            .try_fold(0i64, |n, &d| {
-                n.checked_mul(10)?.checked_add(i64::from(d - b'0'))
-            })
-            .ok_or(bad)?,
+    let (negative, digits) = match text.strip_prefix(b"-") {
+        // As Redis reads numbers: no `-0`, no `-` alone.
+        Some(d) if d.first().is_some_and(|&b| b != b'0') => (true, d),
+        Some(_) => return Err(bad),
+        None => (false, text),
     };
+    if digits.is_empty() || digits.len() > MAX_DIGITS || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(bad);
+    }
+    let magnitude = digits
+        .iter()
+        .try_fold(0i64, |n, &d| {
+            n.checked_mul(10)?.checked_add(i64::from(d - b'0'))
+        })
+        .ok_or(bad)?;
+    let value = if negative { -magnitude } else { magnitude };
     if rest.len() < cr + 2 {
         return Ok(None);
     }
@@ -363,7 +368,8 @@ mod tests {
 
     #[test]
     fn empty_and_null_arrays_are_requests_to_ignore() {
-        for buf in [&b"*0\r\n"[..], b"*-1\r\n"] {
+        // As in Redis, any count of 0 or less (its own test sends `*-10`).
+        for buf in [&b"*0\r\n"[..], b"*-1\r\n", b"*-10\r\n"] {
             let r = one(buf).unwrap().unwrap();
             assert!(r.args.is_empty());
             assert_eq!(r.len, buf.len());
@@ -375,13 +381,15 @@ mod tests {
         let cases: &[(&[u8], ProtocolError)] = &[
             (b"*x\r\n", ProtocolError::ArrayLength),
             (b"*1x", ProtocolError::ArrayLength),
-            (b"*-2\r\n", ProtocolError::ArrayLength),
+            (b"*-\r\n", ProtocolError::ArrayLength),
+            (b"*-0\r\n", ProtocolError::ArrayLength),
             (b"*1\rx", ProtocolError::ArrayLength),
             (b"*99999999999999999999\r\n", ProtocolError::ArrayLength),
             (b"*9999999999999999999\r\n", ProtocolError::ArrayLength),
             (b"*1025\r\n", ProtocolError::ArrayLength),
             (b"*1\r\n:1\r\n", ProtocolError::ExpectedBulk(b':')),
             (b"*1\r\n$-1\r\n", ProtocolError::BulkLength),
+            (b"*1\r\n$-5\r\n", ProtocolError::BulkLength),
             (b"*1\r\n$1048577\r\n", ProtocolError::BulkLength),
             (b"*1\r\n$x\r\n", ProtocolError::BulkLength),
             (b"*1\r\n$1\r\nab\r\n", ProtocolError::BulkEnd),

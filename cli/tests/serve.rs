@@ -505,6 +505,138 @@ fn a_password_is_required_when_set() {
 }
 
 #[test]
+fn before_auth_a_client_may_send_only_small_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--requirepass", "s3cret"]);
+    // Redis's limits for a client without the password: 10 arguments of 16 KiB at most.
+    let mut eleven = b"*11\r\n".to_vec();
+    for _ in 0..11 {
+        eleven.extend_from_slice(b"$1\r\nx\r\n");
+    }
+    let announced = b"*2\r\n$4\r\nECHO\r\n$20000\r\n".to_vec();
+    for (bad, want) in [
+        (
+            &eleven,
+            "-ERR Protocol error: unauthenticated multibulk length\r\n",
+        ),
+        (
+            &announced,
+            "-ERR Protocol error: unauthenticated bulk length\r\n",
+        ),
+        // Malformed for anyone: said as it is.
+        (
+            &b"*x\r\n".to_vec(),
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+    ] {
+        let mut s = server.raw();
+        s.write_all(bad).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .expect("the server closes the connection");
+        assert_eq!(String::from_utf8_lossy(&got), want);
+    }
+    // Sent with its `AUTH` in one write, a large request is read once `AUTH` has run.
+    let mut s = server.raw();
+    let value = "v".repeat(20_000);
+    let mut sent = b"*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\n".to_vec();
+    sent.extend_from_slice(
+        format!("*2\r\n$4\r\nECHO\r\n${}\r\n{value}\r\n", value.len()).as_bytes(),
+    );
+    s.write_all(&sent).unwrap();
+    let text = read_until(&mut s, format!("{value}\r\n").as_bytes());
+    assert_eq!(text, format!("+OK\r\n${}\r\n{value}\r\n", value.len()));
+}
+
+#[test]
+fn options_numbers_and_keys_are_checked_as_redis_checks_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--requirepass", "s3cret"]);
+    let mut c = server.connect();
+    // HELLO reads all its options before it authenticates: a bad one leaves the client
+    // without the password.
+    let e = err(
+        &mut c,
+        &["HELLO", "3", "AUTH", "default", "s3cret", "BOGUS"],
+    );
+    assert!(e.contains("Syntax error in HELLO option 'BOGUS'"), "{e}");
+    assert!(err(&mut c, &["GET", "k"]).contains("NOAUTH"));
+    // MULTI needs the password like any command, and leaves no state behind.
+    assert!(err(&mut c, &["MULTI"]).contains("NOAUTH"));
+    assert_eq!(ok(&mut c, &["AUTH", "s3cret"]), Value::Okay);
+    assert_eq!(
+        ok(&mut c, &["SET", "good", "v", "NX", "EX", "100"]),
+        Value::Okay
+    );
+    // Numbers as Redis reads them, and every option read before any value is checked.
+    assert!(err(&mut c, &["SELECT", "-0"]).contains("not an integer"));
+    assert!(err(&mut c, &["SELECT", "1"]).contains("out of range"));
+    assert!(err(&mut c, &["SET", "k", "v", "NX", "EX", "0", "BOGUS"]).contains("syntax error"));
+    assert!(err(&mut c, &["SET", "k", "v", "NX", "EX", "-01"]).contains("not an integer"));
+    assert!(err(&mut c, &["SET", "k", "v", "NX", "EX", "0"]).contains("invalid expire time"));
+    assert!(err(&mut c, &["SET", "k", "v", "XX", "EX", "5"]).contains("supports only"));
+    assert!(err(&mut c, &["SET", "k", "v", "XX", "EX", "x", "?"]).contains("syntax error"));
+    assert_eq!(int(&ok(&mut c, &["DBSIZE"])), 1);
+    // A key the store cannot hold is not there: reads and removals answer as Redis does
+    // for a missing key, and the keys it can hold are served.
+    let long = "k".repeat(oncelog::MAX_KEY_LEN + 1);
+    assert_eq!(ok(&mut c, &["GET", ""]), Value::Nil);
+    assert_eq!(ok(&mut c, &["ONCE.GET", &long]), Value::Nil);
+    assert_eq!(int(&ok(&mut c, &["TTL", ""])), -2);
+    assert_eq!(int(&ok(&mut c, &["PTTL", &long])), -2);
+    assert_eq!(int(&ok(&mut c, &["EXISTS", "good", "", &long, "good"])), 2);
+    assert_eq!(int(&ok(&mut c, &["DEL", "", "good", &long])), 1);
+    assert_eq!(ok(&mut c, &["GET", "good"]), Value::Nil);
+    // An array of a negative count is a request to ignore, as in Redis.
+    let mut s = server.raw();
+    s.write_all(b"AUTH s3cret\r\n*-10\r\nPING\r\n").unwrap();
+    assert_eq!(read_until(&mut s, b"+PONG\r\n"), "+OK\r\n+PONG\r\n");
+}
+
+#[test]
+fn a_client_that_sends_a_long_pipeline_before_reading_gets_every_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.connect();
+    let value = "v".repeat(oncelog::MAX_OUTCOME_LEN);
+    assert_eq!(
+        ok(&mut c, &["SET", "big", &value, "NX", "EX", "100"]),
+        Value::Okay
+    );
+    // About 5 MB of replies to a few KB of requests, which fill the socket buffers while
+    // the client does not read; then 10 MB more of requests, as a client library sends a
+    // whole pipeline before it reads (redis-py's and Jedis's do).
+    let payload = "e".repeat(64 << 10);
+    let (mut sent, mut expected) = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        sent.extend_from_slice(b"GET big\r\n");
+        expected.extend_from_slice(format!("${}\r\n{value}\r\n", value.len()).as_bytes());
+    }
+    for _ in 0..160 {
+        let echo = format!("*2\r\n$4\r\nECHO\r\n${}\r\n{payload}\r\n", payload.len());
+        sent.extend_from_slice(echo.as_bytes());
+        expected.extend_from_slice(format!("${}\r\n{payload}\r\n", payload.len()).as_bytes());
+    }
+    let mut s = server.raw();
+    let mut writer = s.try_clone().unwrap();
+    let (done, wrote) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(writer.write_all(&sent).is_ok());
+    });
+    match wrote.recv_timeout(Duration::from_secs(30)) {
+        Ok(true) => {}
+        Ok(false) => panic!("the server closed the connection"),
+        Err(_) => panic!(
+            "the pipeline was not sent in 30 s: the server stopped reading while its \
+             replies waited for the client to read"
+        ),
+    }
+    let mut got = vec![0u8; expected.len()];
+    s.read_exact(&mut got).expect("every reply");
+    assert!(got == expected, "the replies differ from what was sent");
+}
+
+#[test]
 fn malformed_frames_and_limits_close_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--max-clients", "3"]);
@@ -717,11 +849,11 @@ fn a_refused_command_changes_nothing() {
         ok(&mut c, &["SET", "good", "v", "NX", "EX", "100"]),
         Value::Okay
     );
-    // One bad key in a DEL: an error, and no key removed.
+    // A key the store cannot hold, in a write: an error, and nothing written.
     let long = "k".repeat(oncelog::MAX_KEY_LEN + 1);
-    assert!(err(&mut c, &["DEL", "good", ""]).contains("nothing was done"));
-    assert!(err(&mut c, &["UNLINK", "good", &long]).contains("nothing was done"));
-    assert!(err(&mut c, &["EXISTS", "good", ""]).contains("invalid key"));
+    assert!(err(&mut c, &["SET", &long, "v", "NX", "EX", "100"]).contains("invalid key"));
+    assert!(err(&mut c, &["ONCE.BEGIN", "", "1000"]).contains("invalid key"));
+    assert_eq!(int(&ok(&mut c, &["DBSIZE"])), 1);
     assert_eq!(ok(&mut c, &["GET", "good"]), bulk(b"v"));
     // MULTI/EXEC: nothing between them runs, and EXEC says so.
     let r: redis::RedisResult<Vec<Value>> = redis::pipe()

@@ -34,7 +34,16 @@ const TABLE: &[Entry] = &[
     ("config", -2, &["loading", "stale"], 0, 0, 0),
     ("dbsize", 1, &["readonly", "fast"], 0, 0, 0),
     ("del", -2, &["write"], 1, -1, 1),
+    (
+        "discard",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
     ("echo", 2, &["fast"], 0, 0, 0),
+    ("exec", 1, &["noscript", "loading", "stale"], 0, 0, 0),
     ("exists", -2, &["readonly", "fast"], 1, -1, 1),
     ("get", 2, &["readonly", "fast"], 1, 1, 1),
     (
@@ -46,6 +55,14 @@ const TABLE: &[Entry] = &[
         0,
     ),
     ("info", -1, &["loading", "stale"], 0, 0, 0),
+    (
+        "multi",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
     ("once.abandon", 3, &["write", "fast"], 1, 1, 1),
     ("once.begin", -3, &["write", "fast"], 1, 1, 1),
     ("once.complete", 5, &["write", "fast"], 1, 1, 1),
@@ -69,9 +86,6 @@ pub(super) fn dispatch<'a>(
     let Some(&command) = argv.first() else {
         return Step::Now(Reply::err("empty request"));
     };
-    if let Some(step) = transaction(client, command) {
-        return step;
-    }
     let Some(&(name, arity, ..)) = TABLE
         .iter()
         .find(|c| c.0.as_bytes().eq_ignore_ascii_case(command))
@@ -86,6 +100,9 @@ pub(super) fn dispatch<'a>(
     }
     if !client.authenticated && !matches!(name, "auth" | "hello" | "quit") {
         return Step::Now(Reply::Error("NOAUTH Authentication required.".into()));
+    }
+    if let Some(step) = transaction(client, name.as_bytes()) {
+        return step;
     }
     let store = &shared.store;
     let now = |reply| Step::Now(reply);
@@ -112,6 +129,15 @@ pub(super) fn dispatch<'a>(
         "dbsize" => Step::Later(Box::pin(
             async move { Reply::Int(store.stats().keys as i64) },
         )),
+        // A key the store cannot hold (empty, or over `MAX_KEY_LEN` bytes) is not there:
+        // reads and removals answer as Redis does for a missing key.
+        "get" | "once.get" if !storable(argv[1]) => now(Reply::Nil),
+        "ttl" | "pttl" if !storable(argv[1]) => now(Reply::Int(-2)),
+        "once.begin" | "once.complete" | "once.abandon" | "once.extend" if !storable(argv[1]) => {
+            now(Reply::err(format!(
+                "invalid key: keys are 1 to {MAX_KEY_LEN} bytes"
+            )))
+        }
         "set" => set(argv),
         "get" => Step::Later(Box::pin(async move {
             match store.get_async(argv[1]).await {
@@ -120,19 +146,10 @@ pub(super) fn dispatch<'a>(
                 Err(e) => store_error(shared, "get", e),
             }
         })),
-        "exists" | "del" | "unlink"
-            if argv[1..]
-                .iter()
-                .any(|k| k.is_empty() || k.len() > MAX_KEY_LEN) =>
-        {
-            // Every key is checked before any is touched: an error means nothing was done.
-            now(Reply::err(format!(
-                "invalid key: keys are 1 to {MAX_KEY_LEN} bytes; nothing was done"
-            )))
-        }
         "exists" => Step::Later(Box::pin(async move {
             let lookups: Vec<Boxed<'_, oncelog::Result<Option<Seen>>>> = argv[1..]
                 .iter()
+                .filter(|key| storable(key))
                 .map(|key| -> Boxed<'_, oncelog::Result<Option<Seen>>> {
                     Box::pin(store.get_async(key))
                 })
@@ -149,6 +166,7 @@ pub(super) fn dispatch<'a>(
         "del" | "unlink" => Step::Later(Box::pin(async move {
             let removals: Vec<Boxed<'_, oncelog::Result<bool>>> = argv[1..]
                 .iter()
+                .filter(|key| storable(key))
                 .map(|key| -> Boxed<'_, oncelog::Result<bool>> {
                     Box::pin(store.remove_async(key))
                 })
@@ -243,8 +261,11 @@ pub(super) fn dispatch<'a>(
 fn set<'a>(argv: &'a [&'a [u8]]) -> Step<'a> {
     const ONLY: &str = "oncelog supports only SET key value NX with one of EX seconds, \
                         PX milliseconds, EXAT unix-time-seconds, PXAT unix-time-milliseconds";
+    // As Redis: every option is read before any value is checked, so a syntax error
+    // anywhere wins over a bad number.
     let mut nx = false;
-    let mut expiry: Option<SystemTime> = None;
+    let mut unsupported = false;
+    let mut expiry: Option<(&[u8], &[u8])> = None;
     let mut i = 3;
     while i < argv.len() {
         let mut upper = [0u8; 8];
@@ -262,30 +283,40 @@ fn set<'a>(argv: &'a [&'a [u8]]) -> Step<'a> {
                 let (Some(value), None) = (argv.get(i + 1), expiry) else {
                     return Step::Now(Reply::err("syntax error"));
                 };
-                let Some(n) = parse_int(value) else {
-                    return Step::Now(not_an_integer());
-                };
-                if n <= 0 {
-                    return Step::Now(Reply::err("invalid expire time in 'set' command"));
-                }
-                let n = n as u64;
-                let at = match option {
-                    b"EX" => SystemTime::now().checked_add(Duration::from_secs(n)),
-                    b"PX" => SystemTime::now().checked_add(Duration::from_millis(n)),
-                    b"EXAT" => UNIX_EPOCH.checked_add(Duration::from_secs(n)),
-                    _ => UNIX_EPOCH.checked_add(Duration::from_millis(n)),
-                };
-                let Some(at) = at else {
-                    return Step::Now(Reply::err("invalid expire time in 'set' command"));
-                };
-                expiry = Some(at);
+                expiry = Some((argv[i], value));
                 i += 1;
             }
-            b"XX" | b"GET" | b"KEEPTTL" => return Step::Now(Reply::err(ONLY)),
+            b"XX" | b"GET" | b"KEEPTTL" => unsupported = true,
             _ => return Step::Now(Reply::err("syntax error")),
         }
         i += 1;
     }
+    let expiry = match expiry {
+        Some(_) if unsupported => None,
+        Some((option, value)) => {
+            let Some(n) = parse_int(value) else {
+                return Step::Now(not_an_integer());
+            };
+            if n <= 0 {
+                return Step::Now(Reply::err("invalid expire time in 'set' command"));
+            }
+            let n = n as u64;
+            let at = if option.eq_ignore_ascii_case(b"EX") {
+                SystemTime::now().checked_add(Duration::from_secs(n))
+            } else if option.eq_ignore_ascii_case(b"PX") {
+                SystemTime::now().checked_add(Duration::from_millis(n))
+            } else if option.eq_ignore_ascii_case(b"EXAT") {
+                UNIX_EPOCH.checked_add(Duration::from_secs(n))
+            } else {
+                UNIX_EPOCH.checked_add(Duration::from_millis(n))
+            };
+            let Some(at) = at else {
+                return Step::Now(Reply::err("invalid expire time in 'set' command"));
+            };
+            Some(at)
+        }
+        None => None,
+    };
     let (true, Some(at)) = (nx, expiry) else {
         return Step::Now(Reply::err(ONLY));
     };
@@ -439,6 +470,11 @@ fn outcome(seen: &Seen) -> Reply {
     }
 }
 
+/// Whether the store can hold `key` (1 to `MAX_KEY_LEN` bytes).
+fn storable(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_LEN
+}
+
 fn state_name(state: KeyState) -> &'static str {
     match state {
         KeyState::InFlight => "in-flight",
@@ -475,11 +511,11 @@ fn bad_millis(command: &str) -> Reply {
 
 /// A decimal integer as Redis reads one: optional `-`, digits, no spaces, fits in i64.
 fn parse_int(text: &[u8]) -> Option<i64> {
-    std::str::from_utf8(text)
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|_| !(text.starts_with(b"+") || text.len() > 1 && text.starts_with(b"0")))
+    std::str::from_utf8(text).ok()?.parse().ok().filter(|_| {
+        // No sign but `-`, and no leading zero (`0` alone is fine; `-0` is not).
+        let digits = text.strip_prefix(b"-").unwrap_or(text);
+        !(text.starts_with(b"+") || digits.starts_with(b"0") && text.len() > 1)
+    })
 }
 
 fn not_an_integer() -> Reply {
@@ -572,14 +608,14 @@ fn hello(shared: &Shared, client: &mut Client, args: &[&[u8]]) -> Reply {
         }
         rest = tail;
     }
+    // Every option is read and checked before any takes effect, as in Redis: a bad one
+    // leaves the client as it was, not authenticated.
     let mut name = None;
+    let mut credentials = None;
     while let Some((option, tail)) = rest.split_first() {
         match (option.to_ascii_uppercase().as_slice(), tail) {
             (b"AUTH", [user, pass, more @ ..]) => {
-                let reply = auth(shared, client, &[user, pass]);
-                if reply != Reply::OK {
-                    return reply;
-                }
+                credentials = Some([*user, *pass]);
                 rest = more;
             }
             (b"SETNAME", [n, more @ ..]) => {
@@ -589,7 +625,16 @@ fn hello(shared: &Shared, client: &mut Client, args: &[&[u8]]) -> Reply {
                 name = Some(n.to_vec());
                 rest = more;
             }
-            _ => return Reply::err("syntax error in HELLO option"),
+            _ => {
+                let shown: String = String::from_utf8_lossy(option).chars().take(128).collect();
+                return Reply::err(format!("Syntax error in HELLO option '{shown}'"));
+            }
+        }
+    }
+    if let Some(credentials) = credentials {
+        let reply = auth(shared, client, &credentials);
+        if reply != Reply::OK {
+            return reply;
         }
     }
     if !client.authenticated {
@@ -884,10 +929,15 @@ fn transaction<'a>(client: &mut Client, command: &[u8]) -> Option<Step<'a>> {
     Some(Step::Now(reply))
 }
 
-/// The most bytes the reply to `args` (ranges into `input`) can take, for bounding a
-/// batch's replies: a stored value for the commands that return one, the argument for
-/// `ECHO`/`PING`, a few KiB for the listings, a little for the rest.
-pub(super) fn reply_bound(input: &[u8], args: &[std::ops::Range<usize>]) -> usize {
+/// The most bytes the reply to `args` (ranges into `input`, read under `limits`) can take,
+/// for bounding a batch's replies: a stored value for the commands that return one, the
+/// argument for `ECHO`/`PING`, the longest name for `CLIENT` (`GETNAME`), a few KiB for the
+/// listings and a little more for each command `COMMAND INFO` names, a little for the rest.
+pub(super) fn reply_bound(
+    input: &[u8],
+    args: &[std::ops::Range<usize>],
+    limits: &crate::resp::Limits,
+) -> usize {
     let arg = |i: usize| {
         args.get(i)
             .and_then(|r| input.get(r.clone()))
@@ -899,8 +949,11 @@ pub(super) fn reply_bound(input: &[u8], args: &[std::ops::Range<usize>]) -> usiz
         MAX_OUTCOME_LEN + 256
     } else if is(b"ECHO") || is(b"PING") {
         arg(1).len() + 32
+    } else if is(b"CLIENT") && arg(1).eq_ignore_ascii_case(b"GETNAME") {
+        // A name set by an earlier request: at most one argument long.
+        limits.max_bulk + 64
     } else if is(b"INFO") || is(b"COMMAND") || is(b"HELLO") {
-        16 << 10
+        (16 << 10) + args.len() * 512
     } else {
         // Errors echo at most 8 arguments of 128 characters (up to 4 bytes each).
         8 * 128 * 4 + 256

@@ -273,10 +273,19 @@ pub(crate) struct Client {
     pub(crate) in_multi: bool,
 }
 
+/// What an unauthenticated client may send, when a password is set (Redis's limits): a
+/// client without the password cannot make the server buffer large requests.
+const UNAUTHENTICATED: Limits = Limits {
+    max_args: 10,
+    max_bulk: 16 << 10,
+    max_inline: 64 << 10,
+};
+
 /// Serves one connection until the client leaves, sends `QUIT` or a malformed frame, or the
 /// server stops.
 async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::Receiver<bool>) {
     let _ = socket.set_nodelay(true);
+    let (mut reader, mut writer) = socket.split();
     let mut client = Client {
         id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
         authenticated: shared.config.requirepass.is_none(),
@@ -288,8 +297,18 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
     // should pin.
     let mut input: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
-    let limits = shared.config.limits;
+    let max_input = shared.config.max_query_buffer;
+    // The client closed its side: what it sent is still run and answered.
+    let mut sent_all = false;
     loop {
+        // Before `AUTH`, Redis's limits for unauthenticated clients. A request sent after
+        // a pipelined `AUTH` that only the full limits allow ends the batch there, and is
+        // read again once `AUTH` has run.
+        let limits = if client.authenticated {
+            shared.config.limits
+        } else {
+            UNAUTHENTICATED
+        };
         // The batch: every request's arguments in one list, and how many each has.
         let mut args: Vec<std::ops::Range<usize>> = Vec::new();
         let mut requests: Vec<usize> = Vec::new();
@@ -305,7 +324,7 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
                     args.extend(request.args.iter().map(|a| a.start + used..a.end + used));
                     used += request.len;
                     if args.len() > first {
-                        reply_bytes += commands::reply_bound(&input, &args[first..]);
+                        reply_bytes += commands::reply_bound(&input, &args[first..], &limits);
                         requests.push(args.len() - first);
                     }
                 }
@@ -318,26 +337,58 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
         }
         if !requests.is_empty() {
             let quit = run_batch(shared, &mut client, &input, &args, &requests, &mut out).await;
+            input.drain(..used);
             // Shutting down: this batch is answered; what else the client sent is not run.
-            if socket.write_all(&out).await.is_err() || quit || *stopped.borrow() {
+            if quit || *stopped.borrow() {
+                let _ = writer.write_all(&out).await;
                 return;
+            }
+            // A client may send a long pipeline before it reads any reply (redis-py's and
+            // Jedis's pipelines do): reading on while the replies wait for it to read keeps
+            // both sides moving, up to the input limit.
+            let read_meanwhile = !sent_all;
+            match send(
+                &mut reader,
+                &mut writer,
+                &out,
+                &mut input,
+                max_input,
+                read_meanwhile,
+            )
+            .await
+            {
+                Ok(closed) => sent_all |= closed,
+                Err(()) => return,
             }
             out.clear();
             if out.capacity() > 64 << 10 {
                 out = Vec::new();
             }
-            input.drain(..used);
             continue;
         }
         input.drain(..used);
         if let Some(e) = malformed {
+            // Refused only for want of a password: say so, as Redis does.
+            let by_limits = || resp::parse(&input, &shared.config.limits) != Err(e);
+            let e = match e {
+                resp::ProtocolError::ArrayLength if !client.authenticated && by_limits() => {
+                    "Protocol error: unauthenticated multibulk length".to_string()
+                }
+                resp::ProtocolError::BulkLength if !client.authenticated && by_limits() => {
+                    "Protocol error: unauthenticated bulk length".to_string()
+                }
+                e => e.to_string(),
+            };
             Reply::err(e).write(&mut out, client.resp3);
-            let _ = socket.write_all(&out).await;
+            let _ = writer.write_all(&out).await;
             return;
         }
-        if input.len() >= shared.config.max_query_buffer {
+        if input.len() >= max_input {
             Reply::err("Protocol error: client query buffer limit reached").write(&mut out, false);
-            let _ = socket.write_all(&out).await;
+            let _ = writer.write_all(&out).await;
+            return;
+        }
+        if sent_all {
             return;
         }
         // Give back what a large request grew the buffer to, once it is gone.
@@ -346,15 +397,55 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
         } else if input.capacity() > 64 << 10 && input.len() < 16 << 10 {
             input.shrink_to(16 << 10);
         }
-        input.reserve((16 << 10).min(shared.config.max_query_buffer - input.len()));
+        input.reserve((16 << 10).min(max_input - input.len()));
         tokio::select! {
-            read = socket.read_buf(&mut input) => match read {
+            read = reader.read_buf(&mut input) => match read {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },
             _ = stopped.changed() => return,
         }
     }
+}
+
+/// Writes `out` to the client. Meanwhile, if `read` is set, reads what the client sends
+/// into `input` (up to `max_input` bytes): a client that sends on without reading its
+/// replies would otherwise wait for the server to read while the server waits for it to
+/// read. `Ok(true)` if the client closed its side meanwhile; `Err` if the connection
+/// failed.
+async fn send(
+    reader: &mut tokio::net::tcp::ReadHalf<'_>,
+    writer: &mut tokio::net::tcp::WriteHalf<'_>,
+    out: &[u8],
+    input: &mut Vec<u8>,
+    max_input: usize,
+    mut read: bool,
+) -> Result<bool, ()> {
+    let mut closed = false;
+    let mut at = 0;
+    while at < out.len() {
+        let room = max_input.saturating_sub(input.len());
+        if read && room > 0 {
+            input.reserve((16 << 10).min(room));
+        }
+        // Both are cancel safe: a write that loses the race wrote nothing, and a read that
+        // loses it read nothing.
+        tokio::select! {
+            written = writer.write(&out[at..]) => match written {
+                Ok(0) | Err(_) => return Err(()),
+                Ok(n) => at += n,
+            },
+            got = reader.read_buf(input), if read && room > 0 => match got {
+                Ok(0) => {
+                    closed = true;
+                    read = false;
+                }
+                Ok(_) => {}
+                Err(_) => return Err(()),
+            },
+        }
+    }
+    Ok(closed)
 }
 
 /// A boxed future of a connection's batch.
