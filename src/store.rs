@@ -494,6 +494,7 @@ impl Store {
                 if let Some(old) = place.take() {
                     engine.retire(&old);
                 }
+                stripe.give_back_if_empty();
                 return Ok((false, 0));
             }
             let held = matches!(Status::of(Some(current), now), Status::Held { .. });
@@ -504,6 +505,7 @@ impl Store {
             if let Some(old) = place.take() {
                 engine.retire(&old);
             }
+            stripe.give_back_if_empty();
             stripe.counters.removes += u64::from(held);
             (a.lsn_end, held)
         };

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{clock, opts, t0, temporaries, TTL};
+use common::{clock, opts, opts_no_bg, t0, temporaries, TTL};
 use oncelog::{Claim, ClaimRequest, Durability, Error, Options, Store, MAX_KEY_LEN};
 
 #[test]
@@ -351,6 +351,34 @@ fn stats_count_what_happened() {
 /// Segments are prepared in the background once the active one is half full. Across many
 /// rotations every claim lands, closing leaves no temporary file behind, and a reopen
 /// finds every key.
+#[test]
+fn removing_every_key_of_a_stripe_gives_its_table_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    // No maintenance: only `remove` can give the tables back here (a sweep would too).
+    let store = opts_no_bg(&clock).stripes(4).open(dir.path()).unwrap();
+    let keys: Vec<String> = (0..2_000).map(|i| format!("key-{i}")).collect();
+    for k in &keys {
+        assert!(store.claim(k, TTL).unwrap().is_new());
+    }
+    let full = store.stats().index_bytes;
+    assert!(full > 0);
+    let (last, rest) = keys.split_last().unwrap();
+    for k in rest {
+        assert!(store.remove(k).unwrap());
+    }
+    let one_left = store.stats().index_bytes;
+    assert!(one_left > 0, "the stripe of the last key still holds it");
+    assert!(one_left < full, "the emptied stripes kept their tables");
+    assert!(store.remove(last).unwrap());
+    assert_eq!(store.stats().index_bytes, 0);
+    // An emptied stripe allocates again on its next key.
+    assert!(store.claim(&keys[0], TTL).unwrap().is_new());
+    assert!(!store.claim(&keys[0], TTL).unwrap().is_new());
+    assert!(store.stats().index_bytes > 0);
+    assert_eq!(store.stats().keys, 1);
+}
+
 #[test]
 fn rotations_with_prepared_segments_lose_nothing_and_leave_no_temporaries() {
     let dir = tempfile::tempdir().unwrap();

@@ -442,6 +442,14 @@ impl Stripe {
         self.table.freed_bytes()
     }
 
+    /// Gives the table's slots back if its last entry is gone (a `remove` emptied it), as
+    /// a sweep pass that ends on an empty table does; a later insert allocates anew.
+    pub(crate) fn give_back_if_empty(&mut self) {
+        if self.table.is_empty() {
+            self.table.shrink_if_sparse();
+        }
+    }
+
     /// Makes room for `n` entries if the stripe is empty.
     pub(crate) fn reserve(&mut self, n: usize) {
         self.table.reserve(n);
