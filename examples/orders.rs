@@ -1,6 +1,8 @@
 //! An order API whose `POST /orders` runs once per `Idempotency-Key`, across retries,
 //! concurrent duplicates, crashes and restarts: [`oncelog::http::IdempotencyLayer`] in
-//! front of a plain axum handler, keys scoped by the `X-Tenant` header.
+//! front of a plain axum handler, keys scoped by the `X-Tenant` header. (A real service
+//! takes the scope from what it authenticated, an API key's owner, not from a header any
+//! client can set: one who sets another's tenant could replay that tenant's answers.)
 //!
 //! The handler writes one line per order to a ledger file (the side effect), waits
 //! `--work-ms` (the slow part), and answers 201 with a JSON body naming the order. A retry

@@ -83,6 +83,12 @@ async fn orders(State(h): State<Arc<Handler>>, req: Request) -> Response {
     if let Some(cc) = header("x-cache-control") {
         headers.insert("cache-control", HeaderValue::from_str(&cc).unwrap());
     }
+    if let Some(encoding) = header("x-content-encoding") {
+        headers.insert(
+            "content-encoding",
+            HeaderValue::from_str(&encoding).unwrap(),
+        );
+    }
     h.finished.fetch_add(1, Ordering::SeqCst);
     response
 }
@@ -181,6 +187,18 @@ fn first_request_runs_then_replays_with_kept_headers() {
     let quoted = s.post(&[("idempotency-key", "\"k1\"")], "{\"qty\":1}");
     assert!(quoted.replayed());
     assert_eq!(s.handler.runs(), 1);
+    // A body encoded by a layer inside this one is replayed with its encoding.
+    let key = [
+        ("idempotency-key", "k2"),
+        ("x-content-encoding", "identity"),
+    ];
+    assert_eq!(
+        s.post(&key, "{}").header("content-encoding"),
+        Some("identity")
+    );
+    let again = s.post(&[("idempotency-key", "k2")], "{}");
+    assert!(again.replayed());
+    assert_eq!(again.header("content-encoding"), Some("identity"));
 }
 
 #[test]
@@ -207,13 +225,22 @@ fn uncovered_methods_pass_through_and_methods_are_configurable() {
 
 #[test]
 fn missing_key_is_400_unless_passed_through() {
-    let s = serve(|l| l);
+    // The key is checked before the body is read: a keyless request is 400, not 413,
+    // whatever its body.
+    let s = serve(|l| l.max_request_body(10));
     assert_problem(&s.post(&[], "{}"), 400);
+    assert_problem(&s.post(&[], &"x".repeat(100)), 400);
+    assert_problem(
+        &s.post(&[("idempotency-key", "a b")], &"x".repeat(100)),
+        400,
+    );
     assert_eq!(s.handler.runs(), 0);
 
-    let s = serve(|l| l.pass_through_without_key(true));
+    // Passed through, a keyless request's body reaches the handler untouched, even one
+    // over the size the layer buffers.
+    let s = serve(|l| l.pass_through_without_key(true).max_request_body(10));
     assert_eq!(s.post(&[], "{}").status, 201);
-    assert_eq!(s.post(&[], "{}").status, 201);
+    assert_eq!(s.post(&[], &"x".repeat(100)).status, 201);
     assert_eq!(s.handler.runs(), 2);
 }
 
@@ -253,8 +280,7 @@ fn in_flight_is_409_with_retry_after_then_replays() {
     eventually("the first request runs", || s.handler.runs() == 1);
     let busy = s.post(&key, "{}");
     assert_problem(&busy, 409);
-    let retry_after: u64 = busy.header("retry-after").unwrap().parse().unwrap();
-    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    assert_eq!(busy.header("retry-after"), Some("1"), "the default hint");
     s.handler.gate_open.store(true, Ordering::SeqCst);
     let first = read(first);
     assert_eq!(first.status, 201);
@@ -262,6 +288,26 @@ fn in_flight_is_409_with_retry_after_then_replays() {
     assert!(again.replayed());
     assert_eq!(again.answer(), first.answer());
     assert_eq!(s.handler.runs(), 1);
+
+    // The hint is configurable, and never past the lease's end.
+    let s = serve(|l| l.retry_after(Duration::from_secs(7)));
+    let first = open(&s.addr, "POST", "/orders", &key, "{}");
+    eventually("the first request runs", || s.handler.runs() == 1);
+    assert_eq!(s.post(&key, "{}").header("retry-after"), Some("7"));
+    s.handler.gate_open.store(true, Ordering::SeqCst);
+    assert_eq!(read(first).status, 201);
+    let s = serve(|l| l.retry_after(Duration::from_secs(3600)));
+    let first = open(&s.addr, "POST", "/orders", &key, "{}");
+    eventually("the first request runs", || s.handler.runs() == 1);
+    let hint: u64 = s
+        .post(&key, "{}")
+        .header("retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&hint), "{hint}: the lease is 30 s");
+    s.handler.gate_open.store(true, Ordering::SeqCst);
+    assert_eq!(read(first).status, 201);
 }
 
 #[test]
@@ -316,7 +362,16 @@ fn server_errors_and_no_store_free_the_key() {
     assert_eq!(again.answer(), ok.answer());
     assert_eq!(s.handler.runs(), 3);
 
-    // A 4xx is final by default, and the statuses are configurable.
+    // A 4xx is final by default, but for those that say "try again later"; the statuses
+    // are configurable.
+    for later in ["408", "425", "429"] {
+        let key = format!("later-{later}");
+        let r = s.post(&[("idempotency-key", &key), ("x-status", later)], "{}");
+        assert_eq!(r.status.to_string(), later);
+        let retried = s.post(&[("idempotency-key", &key)], "{}");
+        assert_eq!(retried.status, 201, "{later} was stored");
+        assert!(!retried.replayed());
+    }
     let r = s.post(&[("idempotency-key", "four"), ("x-status", "404")], "{}");
     assert_eq!(r.status, 404);
     assert!(s.post(&[("idempotency-key", "four")], "{}").replayed());
@@ -328,6 +383,21 @@ fn server_errors_and_no_store_free_the_key() {
     );
     assert_eq!(s.post(&[("idempotency-key", "four")], "{}").status, 201);
     assert_eq!(s.handler.runs(), 2);
+}
+
+#[test]
+fn quoted_keys_follow_the_structured_field_syntax() {
+    let s = serve(|l| l);
+    let first = s.post(&[("idempotency-key", r#""order 7\"b";v=1"#)], "{}");
+    assert_eq!(first.status, 201);
+    assert!(first.body.contains(r#""key":"order 7"b""#), "{first:?}");
+    // The same key, without the parameter.
+    let again = s.post(&[("idempotency-key", r#""order 7\"b""#)], "{}");
+    assert!(again.replayed());
+    for bad in [r#""a\b""#, r#""ab"x"#, "a,b"] {
+        assert_problem(&s.post(&[("idempotency-key", bad)], "{}"), 400);
+    }
+    assert_eq!(s.handler.runs(), 1);
 }
 
 #[test]

@@ -11,13 +11,13 @@
 //! |---|---|
 //! | method not covered (default: only POST and PATCH are) | the handler's, untouched |
 //! | covered, no key | 400 (or, with [`IdempotencyLayer::pass_through_without_key`], the handler's) |
-//! | key empty, longer than the limit, or not visible ASCII; two key headers | 400 |
+//! | key empty, longer than the limit, or not visible ASCII; two key headers | 400 (checked before the body is read, when the key is in a header) |
 //! | body over [`IdempotencyLayer::max_request_body`] | 413 |
 //! | first with its key | the handler runs; its answer, stored if final |
 //! | same key and fingerprint, done | the stored answer, with `Idempotent-Replayed: true` |
-//! | same key, first still running | 409 with `Retry-After`, or the stored answer if it finishes within [`IdempotencyLayer::wait_in_flight`] |
+//! | same key, first still running | 409 with `Retry-After` ([`IdempotencyLayer::retry_after`], at most the lease's time left), or the stored answer if it finishes within [`IdempotencyLayer::wait_in_flight`] |
 //! | same key, different fingerprint (method, path, query, body) | 422 |
-//! | handler answered a non-final status (default: 5xx) or `Cache-Control: no-store` | the handler's answer; nothing stored, a retry runs the handler again |
+//! | handler answered a non-final status (default: 5xx, 408, 425 and 429) or `Cache-Control: no-store` | the handler's answer; nothing stored, a retry runs the handler again |
 //! | stored answer was too large to keep | 500, never a truncated replay |
 //! | the store fails | 503; the handler does not run |
 //!
@@ -32,8 +32,15 @@
 //! the handler as attempt 2, which can check whether attempt 1 did its side effect before
 //! doing it again ([`Idempotency::attempt`], in the request's extensions).
 //!
-//! The layer needs a tokio runtime (it spawns what a dropped request left, and times the
-//! heartbeat); the store itself needs none.
+//! If the handler panics (in its future or in the service's `call`), the answer is 500 and
+//! the key is freed, as for a 5xx: a retry runs the handler again as the next attempt.
+//!
+//! The scope must come from what the server has authenticated (an API key's owner, a
+//! verified tenant), not from a header any client can set: a client that can choose
+//! another's scope can replay that client's stored responses by reusing its keys.
+//!
+//! The layer needs a tokio runtime with timers (it spawns what a dropped request left, and
+//! times the heartbeat); the store itself needs none.
 
 mod outcome;
 
@@ -70,9 +77,17 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// How often a request that waits for an in-flight one looks again.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 
+/// The longest lease and TTL the layer asks of the store.
+const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The longest scope: with the longest key (2048 bytes) and the 2-byte length, the store
+/// key stays within [`MAX_KEY_LEN`](crate::MAX_KEY_LEN).
+const MAX_SCOPE_LEN: usize = crate::MAX_KEY_LEN - 2 - 2048;
+
 /// The key under which the layer keeps a request's lease and response in the store: the
 /// scope's length (2 bytes, big-endian), the scope, the client's key. For tools and tests
-/// that look at the store directly ([`Store::get`]); a scope must be at most 2048 bytes.
+/// that look at the store directly ([`Store::get`]); the layer takes scopes of at most 2046
+/// bytes (a longer one is answered 500).
 pub fn store_key(scope: &str, key: &str) -> Vec<u8> {
     let len = u16::try_from(scope.len()).unwrap_or(u16::MAX);
     let mut out = Vec::with_capacity(2 + scope.len() + key.len());
@@ -118,6 +133,7 @@ struct Config {
     lease: Duration,
     ttl: Duration,
     wait_in_flight: Duration,
+    retry_after: Duration,
     keep_headers: Vec<HeaderName>,
     max_request_body: usize,
     max_key_len: usize,
@@ -167,9 +183,10 @@ impl fmt::Debug for IdempotencyLayer {
 impl IdempotencyLayer {
     /// A layer over `store` with the defaults: POST and PATCH covered, the key from the
     /// `Idempotency-Key` header (at most 255 bytes), no scope, a 30 s lease extended while
-    /// the handler runs, responses kept for 24 h, 409 at once for a key in flight, status
-    /// codes below 500 final, `Content-Type` and `Location` kept, request bodies up to
-    /// 1 MiB.
+    /// the handler runs, responses kept for 24 h, 409 at once for a key in flight (with
+    /// `Retry-After: 1`), status codes below 500 final except 408, 425 and 429,
+    /// `Content-Type`, `Content-Encoding`, `Content-Language` and `Location` kept, request
+    /// bodies up to 1 MiB.
     pub fn new(store: Arc<Store>) -> IdempotencyLayer {
         IdempotencyLayer {
             store,
@@ -184,7 +201,13 @@ impl IdempotencyLayer {
                 lease: Duration::from_secs(30),
                 ttl: Duration::from_secs(24 * 3600),
                 wait_in_flight: Duration::ZERO,
-                keep_headers: vec![header::CONTENT_TYPE, header::LOCATION],
+                retry_after: Duration::from_secs(1),
+                keep_headers: vec![
+                    header::CONTENT_TYPE,
+                    header::CONTENT_ENCODING,
+                    header::CONTENT_LANGUAGE,
+                    header::LOCATION,
+                ],
                 max_request_body: 1 << 20,
                 max_key_len: 255,
             }),
@@ -244,8 +267,10 @@ impl IdempotencyLayer {
         self.with(|c| c.fingerprint = Some(Arc::new(f)))
     }
 
-    /// Which handler statuses are final, stored and replayed (default: below 500). A
-    /// response with another status frees the key, so that a retry runs the handler again.
+    /// Which handler statuses are final, stored and replayed (default: below 500, except
+    /// 408 Request Timeout, 425 Too Early and 429 Too Many Requests, which say "try again
+    /// later"). A response with another status frees the key, so that a retry runs the
+    /// handler again.
     pub fn final_status(
         self,
         f: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
@@ -260,14 +285,17 @@ impl IdempotencyLayer {
 
     /// How long a request holds its key before the handler answers; the layer extends it
     /// every third of this while the handler runs. After a crash, the key answers 409 for
-    /// up to this long. At least 3 ms.
+    /// up to this long. At least 3 ms, at most 100 years (longer values are taken as
+    /// those).
     pub fn lease(self, lease: Duration) -> IdempotencyLayer {
-        let lease = lease.max(Duration::from_millis(3));
+        let lease = lease.clamp(Duration::from_millis(3), LONGEST);
         self.with(|c| c.lease = lease)
     }
 
-    /// How long a final response is kept and replayed.
+    /// How long a final response is kept and replayed. At least 1 ms, at most 100 years
+    /// (longer values are taken as those).
     pub fn ttl(self, ttl: Duration) -> IdempotencyLayer {
+        let ttl = ttl.clamp(Duration::from_millis(1), LONGEST);
         self.with(|c| c.ttl = ttl)
     }
 
@@ -278,8 +306,15 @@ impl IdempotencyLayer {
         self.with(|c| c.wait_in_flight = bound)
     }
 
+    /// The `Retry-After` a 409 for a key in flight suggests (default 1 s; never more than
+    /// the time left on the first request's lease, never less than 1 s: the header counts
+    /// whole seconds).
+    pub fn retry_after(self, after: Duration) -> IdempotencyLayer {
+        self.with(|c| c.retry_after = after)
+    }
+
     /// The response headers kept and replayed with status and body (default
-    /// `Content-Type` and `Location`).
+    /// `Content-Type`, `Content-Encoding`, `Content-Language` and `Location`).
     pub fn keep_headers(self, names: impl IntoIterator<Item = HeaderName>) -> IdempotencyLayer {
         let names = names.into_iter().collect();
         self.with(|c| c.keep_headers = names)
@@ -311,6 +346,7 @@ impl Config {
             lease: c.lease,
             ttl: c.ttl,
             wait_in_flight: c.wait_in_flight,
+            retry_after: c.retry_after,
             keep_headers: c.keep_headers.clone(),
             max_request_body: c.max_request_body,
             max_key_len: c.max_key_len,
@@ -320,7 +356,7 @@ impl Config {
     fn is_final(&self, status: StatusCode) -> bool {
         match &self.is_final {
             Some(f) => f(status),
-            None => !status.is_server_error(),
+            None => !status.is_server_error() && !matches!(status.as_u16(), 408 | 425 | 429),
         }
     }
 
@@ -338,50 +374,87 @@ impl Config {
         fingerprint(&input).to_vec()
     }
 
-    /// The client's key: `Ok(None)` if the request has none.
-    fn key(&self, parts: &request::Parts, body: &Bytes) -> Result<Option<String>, &'static str> {
-        let key = match &self.key_from {
-            Some(f) => match f(parts, body) {
-                Some(key) => key,
-                None => return Ok(None),
-            },
-            None => {
-                let mut values = parts.headers.get_all(&self.header).iter();
-                let Some(value) = values.next() else {
-                    return Ok(None);
-                };
-                if values.next().is_some() {
-                    return Err("more than one idempotency key header");
-                }
-                let value = value.to_str().map_err(|_| "the key is not visible ASCII")?;
-                // The draft's syntax is a structured-field string ("..."); bare keys, as
-                // most clients send them, are accepted too.
-                let value = match value.strip_prefix('"') {
-                    Some(rest) => rest.strip_suffix('"').ok_or("unterminated quoted key")?,
-                    None => value,
-                };
-                value.to_owned()
-            }
+    /// The key the request's header holds: `Ok(None)` if it has none. Used when the key is
+    /// not taken from the body (`key_from`), before the body is read.
+    fn header_key(&self, parts: &request::Parts) -> Result<Option<String>, &'static str> {
+        let mut values = parts.headers.get_all(&self.header).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
         };
+        if values.next().is_some() {
+            return Err("more than one idempotency key header");
+        }
+        let value = value.to_str().map_err(|_| "the key is not visible ASCII")?;
+        // The draft's syntax is a structured-field string ("...", RFC 8941); bare keys,
+        // as most clients send them, are accepted too.
+        let key = if value.starts_with('"') {
+            sf_string(value)?
+        } else if value
+            .bytes()
+            .any(|b| matches!(b, b' ' | b'"' | b'\\' | b',' | b';'))
+        {
+            return Err("an unquoted key has a space, quote, backslash, comma or semicolon");
+        } else {
+            value.to_owned()
+        };
+        self.check_key(key).map(Some)
+    }
+
+    /// The key `key_from` found in the request: `Ok(None)` if it has none.
+    fn body_key(
+        &self,
+        f: &KeyFn,
+        parts: &request::Parts,
+        body: &Bytes,
+    ) -> Result<Option<String>, &'static str> {
+        match f(parts, body) {
+            Some(key) => self.check_key(key).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn check_key(&self, key: String) -> Result<String, &'static str> {
         if key.is_empty() {
             return Err("the key is empty");
         }
         if key.len() > self.max_key_len {
             return Err("the key is too long");
         }
-        if !key
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        {
-            return Err("the key is not visible ASCII (quotes and backslashes excluded)");
+        if !key.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+            return Err("the key is not visible ASCII");
         }
-        Ok(Some(key))
+        Ok(key)
     }
 
-    /// The store key, or `None` if the scope is over 2048 bytes.
+    /// The store key, or `None` if the scope is over `MAX_SCOPE_LEN` bytes.
     fn store_key(&self, parts: &request::Parts, key: &str) -> Option<Vec<u8>> {
         let scope = self.scope.as_ref().map(|f| f(parts)).unwrap_or_default();
-        (scope.len() <= 2048).then(|| store_key(&scope, key))
+        (scope.len() <= MAX_SCOPE_LEN).then(|| store_key(&scope, key))
+    }
+}
+
+/// A structured-field string (RFC 8941 §3.3.3) at the start of `value`, unescaped; the
+/// parameters that may follow it (`;name=value`) are ignored.
+fn sf_string(value: &str) -> Result<String, &'static str> {
+    let mut chars = value.strip_prefix('"').unwrap_or(value).chars();
+    let mut out = String::new();
+    loop {
+        match chars.next() {
+            None => return Err("unterminated quoted key"),
+            Some('"') => break,
+            Some('\\') => match chars.next() {
+                Some(c @ ('"' | '\\')) => out.push(c),
+                _ => return Err("a backslash in a quoted key escapes only a quote or a backslash"),
+            },
+            Some(c) if c == ' ' || c.is_ascii_graphic() => out.push(c),
+            Some(_) => return Err("the key is not visible ASCII"),
+        }
+    }
+    let rest = chars.as_str();
+    if rest.is_empty() || rest.starts_with(';') {
+        Ok(out)
+    } else {
+        Err("text after the quoted key")
     }
 }
 
@@ -466,7 +539,27 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let left = |r: Response<Full<Bytes>>| Ok(r.map(Either::Left));
+    let no_key = || {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "this request has no idempotency key",
+        )
+    };
     let (parts, body) = req.into_parts();
+    // A key in a header is checked before the body is read: a request without a good one
+    // is answered, or passed through untouched, without buffering its body.
+    let header_key = match &config.key_from {
+        Some(_) => None,
+        None => match config.header_key(&parts) {
+            Ok(Some(key)) => Some(key),
+            Ok(None) if config.pass_through_without_key => {
+                let req = Request::from_parts(parts, body);
+                return Ok(inner.call(req).await?.map(Either::Right));
+            }
+            Ok(None) => return left(no_key()),
+            Err(why) => return left(problem(StatusCode::BAD_REQUEST, why)),
+        },
+    };
     let body = match Limited::new(body, config.max_request_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => {
@@ -475,17 +568,18 @@ where
         }
         Err(_) => return left(problem(StatusCode::BAD_REQUEST, "the request body failed")),
     };
-    let key = match config.key(&parts, &body) {
-        Ok(Some(key)) => key,
-        Ok(None) if config.pass_through_without_key => {
-            let req = Request::from_parts(parts, ReqBody::from(body));
-            return Ok(inner.call(req).await?.map(Either::Right));
-        }
-        Ok(None) => {
-            let why = "this request has no idempotency key";
-            return left(problem(StatusCode::BAD_REQUEST, why));
-        }
-        Err(why) => return left(problem(StatusCode::BAD_REQUEST, why)),
+    let key = match (header_key, &config.key_from) {
+        (Some(key), _) => key,
+        (None, Some(f)) => match config.body_key(f.as_ref(), &parts, &body) {
+            Ok(Some(key)) => key,
+            Ok(None) if config.pass_through_without_key => {
+                let req = Request::from_parts(parts, ReqBody::from(body));
+                return Ok(inner.call(req).await?.map(Either::Right));
+            }
+            Ok(None) => return left(no_key()),
+            Err(why) => return left(problem(StatusCode::BAD_REQUEST, why)),
+        },
+        (None, None) => return left(no_key()),
     };
     let Some(store_key) = config.store_key(&parts, &key) else {
         return left(problem(
@@ -594,7 +688,7 @@ where
                     tokio::time::sleep(WAIT_POLL.min(waited_until - now)).await;
                     continue;
                 }
-                return Ok(in_flight(until));
+                return Ok(in_flight(until, config.retry_after));
             }
             Ok(Begin::Done(seen)) => return Ok(replay(&seen)),
             Ok(Begin::Mismatch(_)) => {
@@ -625,9 +719,9 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let answer = inner.call(req);
+    // `call` runs inside the supervised future, so that a panic in it frees the key too.
     let handler = async move {
-        let (parts, body) = answer.await?.into_parts();
+        let (parts, body) = inner.call(req).await?.into_parts();
         let body = body
             .collect()
             .await
@@ -646,6 +740,11 @@ async fn supervise<E>(
     config: Arc<Config>,
     ticket: Ticket,
 ) -> Result<Response<Full<Bytes>>, E> {
+    // Frees the key if this work unwinds or is dropped before it completed or freed it.
+    let mut release = Release {
+        store: Arc::clone(&store),
+        ticket: Some(ticket.clone()),
+    };
     let every = config.lease / 3;
     let mut handler = pin!(handler);
     let mut tick = pin!(tokio::time::sleep(every));
@@ -678,6 +777,8 @@ async fn supervise<E>(
     })
     .await;
     drop(heartbeat);
+    // From here on each way out frees or completes the key itself.
+    release.ticket = None;
     let failed = |why: &str| problem(StatusCode::INTERNAL_SERVER_ERROR, why);
     let (parts, body) = match joined {
         Ok(Ok((parts, Ok(body)))) => (parts, body),
@@ -719,6 +820,29 @@ async fn supervise<E>(
     Ok(Response::from_parts(parts, Full::new(body)))
 }
 
+/// Frees a leased key when dropped while it still holds the ticket: the work that held it
+/// unwound (a panic outside the handler's own future) or was dropped unfinished.
+struct Release {
+    store: Arc<Store>,
+    ticket: Option<Ticket>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { drop(store.abandon_async(&ticket).await) });
+            }
+            // No runtime to wait on: free it here (if that fails, the lease runs out).
+            Err(_) => drop(store.abandon(&ticket)),
+        }
+    }
+}
+
 fn replay(seen: &Seen) -> Response<Full<Bytes>> {
     let mut response = match seen.outcome.as_ref().and_then(outcome::decode) {
         Some(Stored::Full {
@@ -750,8 +874,9 @@ fn replay(seen: &Seen) -> Response<Full<Bytes>> {
     response
 }
 
-fn in_flight(until: SystemTime) -> Response<Full<Bytes>> {
-    let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
+fn in_flight(until: SystemTime, retry_after: Duration) -> Response<Full<Bytes>> {
+    let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+    let wait = retry_after.min(left);
     let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
     let mut response = problem(
         StatusCode::CONFLICT,
@@ -811,8 +936,7 @@ mod tests {
             Store::open(tempfile::tempdir().unwrap().path()).unwrap(),
         ));
         let c = &layer.config;
-        let body = Bytes::new();
-        let key = |h: &[(&str, &str)]| c.key(&parts(h), &body);
+        let key = |h: &[(&str, &str)]| c.header_key(&parts(h));
         assert_eq!(key(&[]), Ok(None));
         assert_eq!(
             key(&[("idempotency-key", "abc-1")]),
@@ -826,6 +950,17 @@ mod tests {
         assert!(key(&[("idempotency-key", "\"\"")]).is_err());
         assert!(key(&[("idempotency-key", "a b")]).is_err());
         assert!(key(&[("idempotency-key", "\"ab")]).is_err());
+        // Structured-field strings: spaces and escapes inside, parameters after.
+        let quoted = |v: &str| key(&[("idempotency-key", v)]);
+        assert_eq!(quoted(r#""a b""#), Ok(Some("a b".into())));
+        assert_eq!(quoted(r#""a\"b\\c""#), Ok(Some(r#"a"b\c"#.into())));
+        assert_eq!(quoted(r#""k-1";exp=1"#), Ok(Some("k-1".into())));
+        assert!(quoted(r#""a\b""#).is_err());
+        assert!(quoted(r#""ab"x"#).is_err());
+        assert!(quoted(r#""ab\""#).is_err());
+        // A bare key holds no structure: two keys joined by a proxy are refused.
+        assert!(quoted("a,b").is_err());
+        assert!(quoted("a;b").is_err());
         assert!(key(&[("idempotency-key", &"k".repeat(255))]).is_ok());
         assert!(key(&[("idempotency-key", &"k".repeat(256))]).is_err());
         assert!(key(&[("idempotency-key", "a"), ("idempotency-key", "b")]).is_err());
@@ -841,6 +976,151 @@ mod tests {
         let a = c.store_key(&parts(&[("x-tenant", "ab")]), "c").unwrap();
         let b = c.store_key(&parts(&[("x-tenant", "a")]), "bc").unwrap();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_scope_and_key_at_their_limits_fit_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let layer = IdempotencyLayer::new(Arc::clone(&store))
+            .max_key_len(usize::MAX)
+            .scope(|p| p.headers["x-tenant"].to_str().unwrap().to_owned());
+        let c = &layer.config;
+        let key = "k".repeat(c.max_key_len);
+        let longest = "s".repeat(MAX_SCOPE_LEN);
+        let at_limit = c
+            .store_key(&parts(&[("x-tenant", &longest)]), &key)
+            .unwrap();
+        assert_eq!(at_limit.len(), crate::MAX_KEY_LEN);
+        assert!(store.begin(&at_limit, Duration::from_secs(1)).is_ok());
+        let over = format!("{longest}s");
+        assert!(c.store_key(&parts(&[("x-tenant", &over)]), &key).is_none());
+    }
+
+    /// A service whose `call` panics before it returns a future.
+    #[derive(Clone)]
+    struct PanicsInCall;
+
+    impl Service<Request<Full<Bytes>>> for PanicsInCall {
+        type Response = Response<Full<Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+            panic!("call fails (on purpose)")
+        }
+    }
+
+    #[test]
+    fn a_panic_in_the_services_call_frees_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut service = IdempotencyLayer::new(Arc::clone(&store)).layer(PanicsInCall);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let request = Request::post("/orders")
+            .header(IDEMPOTENCY_KEY, "k")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = runtime.block_on(service.call(request)).unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        // Freed, not left leased: the next attempt takes the key at once.
+        match store
+            .begin(store_key("", "k"), Duration::from_secs(1))
+            .unwrap()
+        {
+            Begin::Acquired(ticket) => assert_eq!(ticket.attempt(), 2),
+            other => panic!("the key is still held: {other:?}"),
+        }
+    }
+
+    /// A service that answers 201 at once.
+    #[derive(Clone)]
+    struct Created;
+
+    impl Service<Request<Full<Bytes>>> for Created {
+        type Response = Response<Full<Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"made")));
+            *response.status_mut() = StatusCode::CREATED;
+            std::future::ready(Ok(response))
+        }
+    }
+
+    #[test]
+    fn a_panic_around_the_handler_frees_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut service = IdempotencyLayer::new(Arc::clone(&store)).layer(Created);
+        // Without timers the heartbeat's timer panics, after the key was taken and
+        // outside the handler's future.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let request = Request::post("/orders")
+            .header(IDEMPOTENCY_KEY, "k")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = runtime.block_on(service.call(request)).unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        // The key is freed by a task of the runtime's: let it run.
+        let key = store_key("", "k");
+        let freed = runtime.block_on(async {
+            for _ in 0..1000 {
+                match store.get(&key).unwrap() {
+                    Some(seen) if seen.state == crate::KeyState::InFlight => {
+                        tokio::task::yield_now().await;
+                    }
+                    other => return other,
+                }
+            }
+            store.get(&key).unwrap()
+        });
+        assert!(
+            freed
+                .as_ref()
+                .is_none_or(|s| s.state != crate::KeyState::InFlight),
+            "the key is still leased: {freed:?}"
+        );
+        match store.begin(&key, Duration::from_secs(1)).unwrap() {
+            Begin::Acquired(ticket) => assert_eq!(ticket.attempt(), 2),
+            other => panic!("the key is still held: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lease_and_ttl_stay_within_what_the_store_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let layer = IdempotencyLayer::new(Arc::clone(&store))
+            .lease(Duration::MAX)
+            .ttl(Duration::ZERO);
+        let c = &layer.config;
+        assert_eq!((c.lease, c.ttl), (LONGEST, Duration::from_millis(1)));
+        let begin = store.begin("k", c.lease).unwrap();
+        let Begin::Acquired(ticket) = begin else {
+            panic!("{begin:?}")
+        };
+        store.complete(&ticket, b"x", c.ttl).unwrap();
+        let layer = layer.ttl(Duration::MAX);
+        assert_eq!(layer.config.ttl, LONGEST);
+        let Begin::Acquired(ticket) = store.begin("k2", Duration::from_secs(1)).unwrap() else {
+            panic!("k2 is new")
+        };
+        store.complete(&ticket, b"x", layer.config.ttl).unwrap();
     }
 
     #[test]
