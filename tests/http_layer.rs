@@ -57,6 +57,27 @@ async fn orders(State(h): State<Arc<Handler>>, req: Request) -> Response {
     if header("x-panic").is_some() {
         panic!("the handler fails (on purpose)");
     }
+    if header("x-stream").is_some() {
+        // 64 KiB at once, then the rest once the gate opens.
+        let gate = Arc::clone(&h);
+        let parts = futures::stream::unfold(0, move |i| {
+            let gate = Arc::clone(&gate);
+            async move {
+                let chunk = match i {
+                    0..4 => vec![b'x'; 16 << 10],
+                    4 => {
+                        while !gate.gate_open.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        b"end".to_vec()
+                    }
+                    _ => return None,
+                };
+                Some((Ok::<_, io::Error>(axum::body::Bytes::from(chunk)), i + 1))
+            }
+        });
+        return Response::new(Body::from_stream(parts));
+    }
     if let Some(ms) = header("x-work-ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -542,6 +563,48 @@ fn responses_too_large_to_keep_are_never_replayed_truncated() {
     let again = s.post(&key, "{}");
     assert!(again.replayed());
     assert_eq!(again.answer(), first.answer());
+}
+
+#[test]
+fn responses_too_large_to_keep_stream_to_the_client() {
+    use std::io::{Read, Write};
+    let s = serve(|l| l);
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(
+        b"POST /orders HTTP/1.1\r\nHost: t\r\nIdempotency-Key: st\r\nX-Stream: 1\r\n\
+          Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .unwrap();
+    // The first 64 KiB arrive while the rest of the body waits for the gate: a body
+    // over the outcome limit is passed on as it comes, not buffered whole.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    while got.iter().filter(|&&b| b == b'x').count() < 64 << 10 {
+        let n = c
+            .read(&mut buf)
+            .expect("the start of the body, before the gate opens");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got[..64])
+    );
+    s.handler.gate_open.store(true, Ordering::SeqCst);
+    c.read_to_end(&mut got).unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("end\r\n"),
+        "the whole body: {}",
+        &text[text.len() - 40..]
+    );
+    // Not kept, so never replayed truncated: a retry is told so.
+    let again = s.post(&[("idempotency-key", "st"), ("x-stream", "1")], "{}");
+    assert_problem(&again, 500);
+    assert!(again.replayed());
+    assert_eq!(s.handler.runs(), 1);
 }
 
 #[test]

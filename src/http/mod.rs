@@ -18,7 +18,7 @@
 //! | same key, first still running | 409 with `Retry-After` ([`IdempotencyLayer::retry_after`], at most the lease's time left), or the stored answer if it finishes within [`IdempotencyLayer::wait_in_flight`] |
 //! | same key, different fingerprint (method, path, query, body) | 422 |
 //! | handler answered a non-final status (default: 5xx, 408, 425 and 429) or `Cache-Control: no-store` | the handler's answer; nothing stored, a retry runs the handler again |
-//! | stored answer was too large to keep | 500, never a truncated replay |
+//! | stored answer was too large to keep | 500, never a truncated replay (the first client got it as the handler streamed it: the layer buffers at most [`MAX_OUTCOME_LEN`] bytes of a response body) |
 //! | the store fails | 503; the handler does not run |
 //!
 //! The layer's own errors are `application/problem+json` (RFC 9457) bodies.
@@ -484,11 +484,76 @@ impl<S> fmt::Debug for IdempotencyService<S> {
     }
 }
 
-/// The body of the layer's responses: its own (buffered) or, for requests it does not
-/// cover, the handler's.
-pub type LayerBody<B> = Either<Full<Bytes>, B>;
+/// The body of the layer's responses: its own or a buffered one (the handler's, when it fit
+/// the outcome limit), or the handler's body as it streams (a request the layer does not
+/// cover, or a response too large to keep).
+pub type LayerBody<B> = Either<Full<Bytes>, Streamed<B>>;
+
+/// A handler's response body as the layer passes it on: the part the layer read before it
+/// saw the body was too large to keep (if any), then the rest as the handler produces it.
+#[derive(Debug)]
+pub struct Streamed<B> {
+    read: std::collections::VecDeque<Bytes>,
+    rest: Pin<Box<B>>,
+}
+
+impl<B> Streamed<B> {
+    fn whole(body: B) -> Streamed<B> {
+        Streamed {
+            read: std::collections::VecDeque::new(),
+            rest: Box::pin(body),
+        }
+    }
+}
+
+impl<B> Body for Streamed<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if let Some(data) = self.read.pop_front() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        self.rest
+            .as_mut()
+            .poll_frame(cx)
+            .map(|frame| frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let read: u64 = self.read.iter().map(|b| b.len() as u64).sum();
+        let rest = self.rest.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + read);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + read);
+        }
+        hint
+    }
+}
 
 type Answer<B, E> = Result<Response<LayerBody<B>>, E>;
+
+/// A handler's body, passed on as it is.
+fn passed<B>(body: B) -> LayerBody<B> {
+    Either::Right(Streamed::whole(body))
+}
+
+/// A response of the layer's own, or a buffered one.
+fn full<B>(response: Response<Full<Bytes>>) -> Response<LayerBody<B>> {
+    response.map(Either::Left)
+}
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S>
 where
@@ -515,7 +580,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         if !self.config.methods.contains(req.method()) {
             let answer = inner.call(req);
-            return Box::pin(async move { Ok(answer.await?.map(Either::Right)) });
+            return Box::pin(async move { Ok(answer.await?.map(passed)) });
         }
         let (store, config) = (Arc::clone(&self.store), Arc::clone(&self.config));
         Box::pin(handle(inner, store, config, req))
@@ -539,6 +604,7 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let left = |r: Response<Full<Bytes>>| Ok(r.map(Either::Left));
+    let pass = |r: Response<ResBody>| r.map(passed);
     let no_key = || {
         problem(
             StatusCode::BAD_REQUEST,
@@ -554,7 +620,7 @@ where
             Ok(Some(key)) => Some(key),
             Ok(None) if config.pass_through_without_key => {
                 let req = Request::from_parts(parts, body);
-                return Ok(inner.call(req).await?.map(Either::Right));
+                return Ok(pass(inner.call(req).await?));
             }
             Ok(None) => return left(no_key()),
             Err(why) => return left(problem(StatusCode::BAD_REQUEST, why)),
@@ -574,7 +640,7 @@ where
             Ok(Some(key)) => key,
             Ok(None) if config.pass_through_without_key => {
                 let req = Request::from_parts(parts, ReqBody::from(body));
-                return Ok(inner.call(req).await?.map(Either::Right));
+                return Ok(pass(inner.call(req).await?));
             }
             Ok(None) => return left(no_key()),
             Err(why) => return left(problem(StatusCode::BAD_REQUEST, why)),
@@ -593,7 +659,7 @@ where
     // if the future is dropped first, what is left of the work moves to a task of its own.
     let work = Box::pin(settle(inner, store, config, parts, body, key, store_key));
     match (FinishOnDrop { work: Some(work) }).await {
-        Some(answer) => answer.map(|r| r.map(Either::Left)),
+        Some(answer) => answer,
         None => left(problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the request's task failed",
@@ -653,7 +719,7 @@ async fn settle<S, ReqBody, ResBody>(
     body: Bytes,
     key: String,
     store_key: Vec<u8>,
-) -> Result<Response<Full<Bytes>>, S::Error>
+) -> Answer<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -671,7 +737,7 @@ where
         match begin {
             Err(_) => {
                 let why = "the idempotency store is unavailable; the request was not run";
-                return Ok(problem(StatusCode::SERVICE_UNAVAILABLE, why));
+                return Ok(full(problem(StatusCode::SERVICE_UNAVAILABLE, why)));
             }
             Ok(Begin::Acquired(ticket)) => {
                 let mut parts = parts;
@@ -688,18 +754,60 @@ where
                     tokio::time::sleep(WAIT_POLL.min(waited_until - now)).await;
                     continue;
                 }
-                return Ok(in_flight(until, config.retry_after));
+                return Ok(full(in_flight(until, config.retry_after)));
             }
-            Ok(Begin::Done(seen)) => return Ok(replay(&seen)),
+            Ok(Begin::Done(seen)) => return Ok(full(replay(&seen))),
             Ok(Begin::Mismatch(_)) => {
                 let why = "this idempotency key was used for a different request";
-                return Ok(problem(StatusCode::UNPROCESSABLE_ENTITY, why));
+                return Ok(full(problem(StatusCode::UNPROCESSABLE_ENTITY, why)));
             }
         }
     }
 }
 
-type HandlerResult<E> = Result<(::http::response::Parts, Result<Bytes, BoxError>), E>;
+/// A handler's response body as far as the layer read it.
+enum Read<B> {
+    /// All of it: small enough to be kept, unless its headers push it over.
+    Whole(Bytes),
+    /// Its start, already over the outcome limit, and the rest, still to be read (by the
+    /// client, as it streams).
+    TooLarge(std::collections::VecDeque<Bytes>, Pin<Box<B>>),
+    /// Reading it failed.
+    Failed,
+}
+
+/// Reads `body` until it ends or is over what a stored outcome can hold.
+async fn read_body<B>(body: B) -> Read<B>
+where
+    B: Body<Data = Bytes> + Send,
+{
+    let mut body = Box::pin(body);
+    let mut read = std::collections::VecDeque::new();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Read::Failed;
+        };
+        // Trailers are not kept.
+        if let Ok(data) = frame.into_data() {
+            len += data.len();
+            read.push_back(data);
+            if len > MAX_OUTCOME_LEN {
+                return Read::TooLarge(read, body);
+            }
+        }
+    }
+    if read.len() == 1 {
+        return Read::Whole(read.pop_front().unwrap_or_default());
+    }
+    let mut whole = Vec::with_capacity(len);
+    for data in read {
+        whole.extend_from_slice(&data);
+    }
+    Read::Whole(Bytes::from(whole))
+}
+
+type HandlerResult<B, E> = Result<(::http::response::Parts, Read<B>), E>;
 
 /// Runs the handler and supervises it: the lease is extended while the handler runs, then
 /// the key is completed or freed. Called from work that a client going away does not
@@ -710,7 +818,7 @@ async fn run<S, ReqBody, ResBody>(
     config: Arc<Config>,
     req: Request<ReqBody>,
     ticket: Ticket,
-) -> Result<Response<Full<Bytes>>, S::Error>
+) -> Answer<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -722,24 +830,19 @@ where
     // `call` runs inside the supervised future, so that a panic in it frees the key too.
     let handler = async move {
         let (parts, body) = inner.call(req).await?.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .map_err(Into::into);
-        Ok::<_, S::Error>((parts, body))
+        Ok::<_, S::Error>((parts, read_body(body).await))
     };
     supervise(handler, store, config, ticket).await
 }
 
 type Heartbeat<'a> = Pin<Box<dyn Future<Output = crate::Result<()>> + Send + 'a>>;
 
-async fn supervise<E>(
-    handler: impl Future<Output = HandlerResult<E>> + Send,
+async fn supervise<B, E>(
+    handler: impl Future<Output = HandlerResult<B, E>> + Send,
     store: Arc<Store>,
     config: Arc<Config>,
     ticket: Ticket,
-) -> Result<Response<Full<Bytes>>, E> {
+) -> Result<Response<LayerBody<B>>, E> {
     // Frees the key if this work unwinds or is dropped before it completed or freed it.
     let mut release = Release {
         store: Arc::clone(&store),
@@ -779,10 +882,9 @@ async fn supervise<E>(
     drop(heartbeat);
     // From here on each way out frees or completes the key itself.
     release.ticket = None;
-    let failed = |why: &str| problem(StatusCode::INTERNAL_SERVER_ERROR, why);
+    let failed = |why: &str| full(problem(StatusCode::INTERNAL_SERVER_ERROR, why));
     let (parts, body) = match joined {
-        Ok(Ok((parts, Ok(body)))) => (parts, body),
-        Ok(Ok((_, Err(_)))) => {
+        Ok(Ok((_, Read::Failed))) => {
             drop(store.abandon_async(&ticket).await);
             return Ok(failed("the handler's response body failed"));
         }
@@ -794,6 +896,7 @@ async fn supervise<E>(
             drop(store.abandon_async(&ticket).await);
             return Ok(failed("the handler panicked"));
         }
+        Ok(Ok((parts, body))) => (parts, body),
     };
     let no_store = parts
         .headers
@@ -809,15 +912,27 @@ async fn supervise<E>(
         // If freeing the key fails, the lease runs out instead.
         drop(store.abandon_async(&ticket).await);
     } else {
-        let stored = outcome::encode(parts.status, &parts.headers, &config.keep_headers, &body)
-            .filter(|o| o.len() <= MAX_OUTCOME_LEN)
-            .unwrap_or_else(|| outcome::encode_too_large(parts.status));
+        let stored = match &body {
+            Read::Whole(body) => {
+                outcome::encode(parts.status, &parts.headers, &config.keep_headers, body)
+                    .filter(|o| o.len() <= MAX_OUTCOME_LEN)
+            }
+            _ => None,
+        }
+        .unwrap_or_else(|| outcome::encode_too_large(parts.status));
         // If storing fails, the handler's work is done all the same: its answer goes to
         // the client, and the key stays leased until the lease runs out; a retry after
         // that runs the handler as attempt 2.
         drop(store.complete_async(&ticket, &stored, config.ttl).await);
     }
-    Ok(Response::from_parts(parts, Full::new(body)))
+    let body = match body {
+        Read::Whole(body) => Either::Left(Full::new(body)),
+        // Too large to keep: the client gets it as the handler produces it, never
+        // buffered whole.
+        Read::TooLarge(read, rest) => Either::Right(Streamed { read, rest }),
+        Read::Failed => Either::Left(Full::default()),
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Frees a leased key when dropped while it still holds the ticket: the work that held it
