@@ -481,6 +481,40 @@ fn handler_finishes_and_is_stored_after_the_client_disconnects() {
 }
 
 #[test]
+fn a_waiting_request_whose_client_leaves_leaves_nothing_behind() {
+    let s = serve(|l| l.wait_in_flight(Duration::from_secs(10)));
+    // The first request holds the key until the gate opens, then gives it up (a 503).
+    let gated = [
+        ("idempotency-key", "w"),
+        ("x-gate", "1"),
+        ("x-status", "503"),
+    ];
+    let first = open(&s.addr, "POST", "/orders", &gated, "{}");
+    eventually("the first request runs", || s.handler.runs() == 1);
+    // A second one waits for it; its client goes away while it waits.
+    let waiting = open(
+        &s.addr,
+        "POST",
+        "/orders",
+        &[("idempotency-key", "w")],
+        "{}",
+    );
+    thread::sleep(Duration::from_millis(100));
+    drop(waiting);
+    thread::sleep(Duration::from_millis(50));
+    s.handler.gate_open.store(true, Ordering::SeqCst);
+    assert_eq!(read(first).status, 503);
+    // Had the wait gone on without its client, it would take the freed key within its
+    // 20 ms poll and run the handler for nobody. The next request runs it instead.
+    thread::sleep(Duration::from_millis(100));
+    let next = s.post(&[("idempotency-key", "w")], "{}");
+    assert_eq!(next.status, 201, "{next:?}");
+    assert!(!next.replayed());
+    assert_eq!(next.body, r#"{"run":2,"attempt":2,"key":"w"}"#);
+    assert_eq!(s.handler.runs(), 2);
+}
+
+#[test]
 fn heartbeat_keeps_a_slow_handler_from_running_twice() {
     // The lease is 300 ms, the handler takes 1.2 s: without the heartbeat a retry after
     // 300 ms would take the key over and run the handler again.

@@ -653,18 +653,58 @@ where
             "the scope is too long",
         ));
     };
-    // From here on the request's fate is decided by work that a client going away does not
-    // cancel: a lease once taken is always completed or freed. The work runs inside this
-    // request's future while the server polls it (no task to spawn and wake per request);
-    // if the future is dropped first, what is left of the work moves to a task of its own.
-    let work = Box::pin(settle(inner, store, config, parts, body, key, store_key));
-    match (FinishOnDrop { work: Some(work) }).await {
-        Some(answer) => answer,
-        None => left(problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the request's task failed",
-        )),
+    let fp = config.fingerprint(&parts, &body);
+    let waited_until = Instant::now() + config.wait_in_flight;
+    let mut request = Unrun { inner, parts, body };
+    loop {
+        // Each try to take the key, and the handler's run if it took it, is work that a
+        // client going away does not cancel: a lease once taken is always completed or
+        // freed. The work runs inside this request's future while the server polls it (no
+        // task to spawn and wake per request); if the future is dropped first, what is
+        // left of the work moves to a task of its own. Waiting between tries is not part
+        // of it: a client that gives up while waiting leaves nothing behind.
+        let work = Box::pin(attempt(
+            Arc::clone(&store),
+            Arc::clone(&config),
+            store_key.clone(),
+            fp.clone(),
+            key.clone(),
+            request,
+        ));
+        match (FinishOnDrop { work: Some(work) }).await {
+            Some(Attempt::Answered(answer)) => return answer,
+            Some(Attempt::InFlight(until, unrun)) => {
+                let now = Instant::now();
+                if now >= waited_until {
+                    return left(in_flight(until, config.retry_after));
+                }
+                tokio::time::sleep(WAIT_POLL.min(waited_until - now)).await;
+                request = unrun;
+            }
+            None => {
+                return left(problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the request's task failed",
+                ))
+            }
+        }
     }
+}
+
+/// A request the handler has not run yet.
+struct Unrun<S> {
+    inner: S,
+    parts: request::Parts,
+    body: Bytes,
+}
+
+/// What one try to take the key came to.
+enum Attempt<S, B, E> {
+    /// The answer: the handler's, a replay, or the layer's own.
+    Answered(Answer<B, E>),
+    /// Another request holds the key until the time given; the request comes back, to
+    /// try again or to answer 409.
+    InFlight(SystemTime, Unrun<S>),
 }
 
 /// Runs `work` as part of the future that polls it; if that future is dropped before the
@@ -710,16 +750,16 @@ impl<F: Future + Send + 'static> Drop for FinishOnDrop<F> {
     }
 }
 
-/// Takes the key (or finds it in flight, done or reused) and answers.
-async fn settle<S, ReqBody, ResBody>(
-    inner: S,
+/// Tries to take the key once: runs the handler if it did, or answers from what it found
+/// (done, reused, the store failing), or hands the request back if the key is in flight.
+async fn attempt<S, ReqBody, ResBody>(
     store: Arc<Store>,
     config: Arc<Config>,
-    parts: request::Parts,
-    body: Bytes,
-    key: String,
     store_key: Vec<u8>,
-) -> Answer<ResBody, S::Error>
+    fp: Vec<u8>,
+    key: String,
+    request: Unrun<S>,
+) -> Attempt<S, ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -728,41 +768,35 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let fp = config.fingerprint(&parts, &body);
-    let waited_until = Instant::now() + config.wait_in_flight;
-    loop {
-        let begin = store
-            .begin_with_fingerprint_async(&store_key, config.lease, &fp)
-            .await;
-        match begin {
-            Err(_) => {
-                let why = "the idempotency store is unavailable; the request was not run";
-                return Ok(full(problem(StatusCode::SERVICE_UNAVAILABLE, why)));
-            }
-            Ok(Begin::Acquired(ticket)) => {
-                let mut parts = parts;
-                parts.extensions.insert(Idempotency {
-                    key,
-                    attempt: ticket.attempt(),
-                });
-                let req = Request::from_parts(parts, ReqBody::from(body));
-                return run(inner, store, config, req, ticket).await;
-            }
-            Ok(Begin::InFlight { until }) => {
-                let now = Instant::now();
-                if now < waited_until {
-                    tokio::time::sleep(WAIT_POLL.min(waited_until - now)).await;
-                    continue;
-                }
-                return Ok(full(in_flight(until, config.retry_after)));
-            }
-            Ok(Begin::Done(seen)) => return Ok(full(replay(&seen))),
-            Ok(Begin::Mismatch(_)) => {
-                let why = "this idempotency key was used for a different request";
-                return Ok(full(problem(StatusCode::UNPROCESSABLE_ENTITY, why)));
-            }
+    let begin = store
+        .begin_with_fingerprint_async(&store_key, config.lease, &fp)
+        .await;
+    let answer = match begin {
+        Err(_) => {
+            let why = "the idempotency store is unavailable; the request was not run";
+            full(problem(StatusCode::SERVICE_UNAVAILABLE, why))
         }
-    }
+        Ok(Begin::Acquired(ticket)) => {
+            let Unrun {
+                inner,
+                mut parts,
+                body,
+            } = request;
+            parts.extensions.insert(Idempotency {
+                key,
+                attempt: ticket.attempt(),
+            });
+            let req = Request::from_parts(parts, ReqBody::from(body));
+            return Attempt::Answered(run(inner, store, config, req, ticket).await);
+        }
+        Ok(Begin::InFlight { until }) => return Attempt::InFlight(until, request),
+        Ok(Begin::Done(seen)) => full(replay(&seen)),
+        Ok(Begin::Mismatch(_)) => {
+            let why = "this idempotency key was used for a different request";
+            full(problem(StatusCode::UNPROCESSABLE_ENTITY, why))
+        }
+    };
+    Attempt::Answered(Ok(answer))
 }
 
 /// A handler's response body as far as the layer read it.
