@@ -688,6 +688,37 @@ fn store_failures_are_503_and_the_handler_does_not_run() {
 }
 
 #[test]
+fn a_response_the_store_refuses_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&heard);
+    let s = serve_with(Arc::clone(&store), move |l| {
+        l.on_store_error(move |f| {
+            let stale = matches!(f.error, oncelog::Error::StaleTicket { .. });
+            log.lock()
+                .unwrap()
+                .push((f.key.to_owned(), f.action, stale));
+        })
+    });
+    let key = [("idempotency-key", "lost"), ("x-gate", "1")];
+    let first = open(&s.addr, "POST", "/orders", &key, "{}");
+    eventually("the handler runs", || s.handler.runs() == 1);
+    // The key is taken from under the running handler (as when its lease ran out and
+    // another request took it): storing its response is refused, and reported.
+    assert!(store.remove(oncelog::http::store_key("", "lost")).unwrap());
+    s.handler.gate_open.store(true, Ordering::SeqCst);
+    assert_eq!(read(first).status, 201, "the client still gets the answer");
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [("lost".to_owned(), "complete", true)]
+    );
+    // Nothing is reported when all goes well.
+    assert_eq!(s.post(&[("idempotency-key", "fine")], "{}").status, 201);
+    assert_eq!(heard.lock().unwrap().len(), 1);
+}
+
+#[test]
 fn a_handler_that_panics_frees_the_key() {
     let s = serve(|l| l);
     let r = s.post(&[("idempotency-key", "boom"), ("x-panic", "1")], "{}");

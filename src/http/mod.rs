@@ -68,6 +68,26 @@ type KeyFn = dyn Fn(&request::Parts, &Bytes) -> Option<String> + Send + Sync;
 type ScopeFn = dyn Fn(&request::Parts) -> String + Send + Sync;
 type FingerprintFn = dyn Fn(&request::Parts, &Bytes) -> Vec<u8> + Send + Sync;
 type FinalFn = dyn Fn(StatusCode) -> bool + Send + Sync;
+type FailureFn = dyn Fn(&StoreFailure<'_>) + Send + Sync;
+
+/// A store call the layer made for a request whose handler it ran, and which failed: what
+/// [`IdempotencyLayer::on_store_error`] is told. The client still gets the handler's
+/// answer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct StoreFailure<'a> {
+    /// The client's key (without the scope).
+    pub key: &'a str,
+    /// What the layer was doing: `"extend"` (the heartbeat), `"complete"` (storing the
+    /// response) or `"abandon"` (freeing the key after a non-final answer).
+    pub action: &'static str,
+    /// The store's error. [`Error::StaleTicket`](crate::Error::StaleTicket) from
+    /// `"complete"` means another request took the key after this one's lease ran out
+    /// (the handler ran twice, and the other request's answer is the one kept);
+    /// anything else means the response was not stored and the key stays leased until
+    /// the lease runs out.
+    pub error: &'a crate::Error,
+}
 
 /// The header the layer adds to a replayed response.
 pub const REPLAYED: &str = "idempotent-replayed";
@@ -129,6 +149,7 @@ struct Config {
     scope: Option<Arc<ScopeFn>>,
     fingerprint: Option<Arc<FingerprintFn>>,
     is_final: Option<Arc<FinalFn>>,
+    on_store_error: Option<Arc<FailureFn>>,
     pass_through_without_key: bool,
     lease: Duration,
     ttl: Duration,
@@ -197,6 +218,7 @@ impl IdempotencyLayer {
                 scope: None,
                 fingerprint: None,
                 is_final: None,
+                on_store_error: None,
                 pass_through_without_key: false,
                 lease: Duration::from_secs(30),
                 ttl: Duration::from_secs(24 * 3600),
@@ -278,6 +300,29 @@ impl IdempotencyLayer {
         self.with(|c| c.is_final = Some(Arc::new(f)))
     }
 
+    /// Calls `f` when a store call for a request whose handler ran fails: a heartbeat,
+    /// storing the response, or freeing the key. The layer answers as before (the
+    /// handler's answer goes to the client); `f` is for logs and metrics, and should return
+    /// quickly.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use oncelog::http::IdempotencyLayer;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Arc::new(oncelog::Store::open(dir.path())?);
+    /// let layer = IdempotencyLayer::new(store).on_store_error(|failure| {
+    ///     eprintln!("idempotency key {}: {} failed: {}", failure.key, failure.action, failure.error);
+    /// });
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_store_error(
+        self,
+        f: impl Fn(&StoreFailure<'_>) + Send + Sync + 'static,
+    ) -> IdempotencyLayer {
+        self.with(|c| c.on_store_error = Some(Arc::new(f)))
+    }
+
     /// Lets a covered request without a key through to the handler (default: 400).
     pub fn pass_through_without_key(self, yes: bool) -> IdempotencyLayer {
         self.with(|c| c.pass_through_without_key = yes)
@@ -342,6 +387,7 @@ impl Config {
             scope: c.scope.clone(),
             fingerprint: c.fingerprint.clone(),
             is_final: c.is_final.clone(),
+            on_store_error: c.on_store_error.clone(),
             pass_through_without_key: c.pass_through_without_key,
             lease: c.lease,
             ttl: c.ttl,
@@ -861,12 +907,17 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    let key = req
+        .extensions()
+        .get::<Idempotency>()
+        .map(|i| i.key.clone())
+        .unwrap_or_default();
     // `call` runs inside the supervised future, so that a panic in it frees the key too.
     let handler = async move {
         let (parts, body) = inner.call(req).await?.into_parts();
         Ok::<_, S::Error>((parts, read_body(body).await))
     };
-    supervise(handler, store, config, ticket).await
+    supervise(handler, store, config, ticket, &key).await
 }
 
 type Heartbeat<'a> = Pin<Box<dyn Future<Output = crate::Result<()>> + Send + 'a>>;
@@ -876,7 +927,17 @@ async fn supervise<B, E>(
     store: Arc<Store>,
     config: Arc<Config>,
     ticket: Ticket,
+    key: &str,
 ) -> Result<Response<LayerBody<B>>, E> {
+    let report = |action: &'static str, result: crate::Result<()>| {
+        if let (Err(error), Some(f)) = (result, &config.on_store_error) {
+            f(&StoreFailure {
+                key,
+                action,
+                error: &error,
+            });
+        }
+    };
     // Frees the key if this work unwinds or is dropped before it completed or freed it.
     let mut release = Release {
         store: Arc::clone(&store),
@@ -897,14 +958,16 @@ async fn supervise<B, E>(
             Err(_) => return Poll::Ready(Err(())),
         }
         if let Some(beat) = heartbeat.as_mut() {
-            if beat.as_mut().poll(cx).is_ready() {
+            if let Poll::Ready(result) = beat.as_mut().poll(cx) {
+                report("extend", result);
                 heartbeat = None;
             }
         }
         if heartbeat.is_none() && tick.as_mut().poll(cx).is_ready() {
             let mut beat: Heartbeat<'_> = Box::pin(store.extend_async(&ticket, config.lease));
-            if beat.as_mut().poll(cx).is_pending() {
-                heartbeat = Some(beat);
+            match beat.as_mut().poll(cx) {
+                Poll::Ready(result) => report("extend", result),
+                Poll::Pending => heartbeat = Some(beat),
             }
             tick.as_mut().reset(tokio::time::Instant::now() + every);
             // Registers the timer again (it cannot be due yet).
@@ -919,15 +982,15 @@ async fn supervise<B, E>(
     let failed = |why: &str| full(problem(StatusCode::INTERNAL_SERVER_ERROR, why));
     let (parts, body) = match joined {
         Ok(Ok((_, Read::Failed))) => {
-            drop(store.abandon_async(&ticket).await);
+            report("abandon", store.abandon_async(&ticket).await);
             return Ok(failed("the handler's response body failed"));
         }
         Ok(Err(e)) => {
-            drop(store.abandon_async(&ticket).await);
+            report("abandon", store.abandon_async(&ticket).await);
             return Err(e);
         }
         Err(()) => {
-            drop(store.abandon_async(&ticket).await);
+            report("abandon", store.abandon_async(&ticket).await);
             return Ok(failed("the handler panicked"));
         }
         Ok(Ok((parts, body))) => (parts, body),
@@ -944,7 +1007,7 @@ async fn supervise<B, E>(
         });
     if no_store || !config.is_final(parts.status) {
         // If freeing the key fails, the lease runs out instead.
-        drop(store.abandon_async(&ticket).await);
+        report("abandon", store.abandon_async(&ticket).await);
     } else {
         let stored = match &body {
             Read::Whole(body) => {
@@ -957,7 +1020,10 @@ async fn supervise<B, E>(
         // If storing fails, the handler's work is done all the same: its answer goes to
         // the client, and the key stays leased until the lease runs out; a retry after
         // that runs the handler as attempt 2.
-        drop(store.complete_async(&ticket, &stored, config.ttl).await);
+        report(
+            "complete",
+            store.complete_async(&ticket, &stored, config.ttl).await,
+        );
     }
     let body = match body {
         Read::Whole(body) => Either::Left(Full::new(body)),
