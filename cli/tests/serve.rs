@@ -594,6 +594,37 @@ fn options_numbers_and_keys_are_checked_as_redis_checks_them() {
 }
 
 #[test]
+fn edge_cases_get_redis_s_exact_replies_and_quit_ends_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut s = server.raw();
+    s.write_all(
+        b"PING a b\r\nECHO\r\nSELECT abc\r\nHELLO 4\r\nHELLO abc\r\n\
+          SET a 1 NX EX 100\r\nDEL a a\r\nEXISTS a a\r\nAUTH x\r\nQUIT\r\nPING\r\n",
+    )
+    .unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got)
+        .expect("QUIT closes the connection");
+    let want = [
+        "-ERR wrong number of arguments for 'ping' command",
+        "-ERR wrong number of arguments for 'echo' command",
+        "-ERR value is not an integer or out of range",
+        "-NOPROTO unsupported protocol version",
+        "-ERR Protocol version is not an integer or out of range",
+        "+OK",
+        ":1",
+        ":0",
+        "-ERR AUTH <password> called without any password configured for the default \
+         user. Are you sure your configuration is correct?",
+        // QUIT's answer, and nothing after it: the last PING is not run.
+        "+OK",
+        "",
+    ];
+    assert_eq!(got, want.join("\r\n"));
+}
+
+#[test]
 fn a_client_that_sends_a_long_pipeline_before_reading_gets_every_reply() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
