@@ -668,6 +668,49 @@ fn a_client_that_sends_a_long_pipeline_before_reading_gets_every_reply() {
 }
 
 #[test]
+fn a_pipeline_larger_than_the_input_limit_is_served_while_its_replies_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.connect();
+    let value = "v".repeat(oncelog::MAX_OUTCOME_LEN);
+    assert_eq!(
+        ok(&mut c, &["SET", "big", &value, "NX", "EX", "100"]),
+        Value::Okay
+    );
+    // 5 MB of replies that wait for the client to read, then 60 MB of requests with small
+    // replies: more than the input limit (16 MiB) and the socket buffers together, so the
+    // server must run requests while earlier replies wait, as Redis does.
+    let absent = "k".repeat(4000);
+    let exists = format!("*2\r\n$6\r\nEXISTS\r\n${}\r\n{absent}\r\n", absent.len());
+    let (mut sent, mut expected) = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        sent.extend_from_slice(b"GET big\r\n");
+        expected.extend_from_slice(format!("${}\r\n{value}\r\n", value.len()).as_bytes());
+    }
+    for _ in 0..15_000 {
+        sent.extend_from_slice(exists.as_bytes());
+        expected.extend_from_slice(b":0\r\n");
+    }
+    let mut s = server.raw();
+    let mut writer = s.try_clone().unwrap();
+    let (done, wrote) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(writer.write_all(&sent).is_ok());
+    });
+    match wrote.recv_timeout(Duration::from_secs(30)) {
+        Ok(true) => {}
+        Ok(false) => panic!("the server closed the connection"),
+        Err(_) => panic!(
+            "60 MB of pipeline not sent in 30 s: the server stopped running requests \
+             while replies waited for the client to read"
+        ),
+    }
+    let mut got = vec![0u8; expected.len()];
+    s.read_exact(&mut got).expect("every reply");
+    assert!(got == expected, "the replies differ from what was sent");
+}
+
+#[test]
 fn malformed_frames_and_limits_close_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--max-clients", "3"]);

@@ -16,8 +16,13 @@
 //!   loss);
 //! - requests of one connection take effect in the order they were sent;
 //! - a client cannot make the server hold more than [`Config::max_query_buffer`] bytes of
-//!   its input, [`Config::max_pipeline`] requests and about [`Config::max_batch_reply`]
-//!   bytes of replies, and holds no buffers while it is idle;
+//!   its input, [`Config::max_pipeline`] requests in a batch, and about
+//!   [`Config::max_output_buffer`] bytes of replies it has not read, and holds no buffers
+//!   while it is idle;
+//! - a client that sends without reading its replies (a pipeline sent whole before any
+//!   reply is read, as redis-py's and Jedis's are) is served while its unread replies and
+//!   unrun requests fit those two limits: the server reads and runs on while replies wait
+//!   to be written;
 //! - no input crashes the server: a malformed frame gets `-ERR Protocol error: ...` and the
 //!   connection is closed.
 //!
@@ -66,15 +71,17 @@ pub struct Config {
     /// replies) before it closes them and the store.
     pub drain_timeout: Duration,
     /// Bytes of replies one batch of a connection may produce, at most (estimated from
-    /// each command's largest reply): a batch ends early rather than exceed it, so that a
-    /// client that sends without reading holds at most about this much.
+    /// each command's largest reply): a batch ends early rather than exceed it.
     pub max_batch_reply: usize,
+    /// Bytes of replies a client has not read yet that the server holds before it stops
+    /// running the client's requests (it runs them again as the client reads).
+    pub max_output_buffer: usize,
 }
 
 impl Config {
     /// The defaults for `dir`: loopback port 6390, `sync`, no password, 10,000 clients,
-    /// batches of up to 1024 requests and 1 MiB of replies, 16 MiB of input per client,
-    /// 5 s to drain at shutdown.
+    /// batches of up to 1024 requests and 1 MiB of replies, 16 MiB of input and 64 MiB of
+    /// unread replies per client, 5 s to drain at shutdown.
     pub fn new(dir: impl Into<PathBuf>) -> Config {
         Config {
             dir: dir.into(),
@@ -87,6 +94,7 @@ impl Config {
             max_query_buffer: 16 << 20,
             drain_timeout: Duration::from_secs(5),
             max_batch_reply: 1 << 20,
+            max_output_buffer: 64 << 20,
         }
     }
 }
@@ -283,6 +291,11 @@ const UNAUTHENTICATED: Limits = Limits {
 
 /// Serves one connection until the client leaves, sends `QUIT` or a malformed frame, or the
 /// server stops.
+///
+/// One loop reads, runs and writes: it runs the requests the input holds while the replies
+/// not yet written stay under `max_output_buffer`, and otherwise waits until it can write
+/// some of those replies or read more input (while the input stays under
+/// `max_query_buffer`), whichever comes first.
 async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::Receiver<bool>) {
     let _ = socket.set_nodelay(true);
     let (mut reader, mut writer) = socket.split();
@@ -294,158 +307,164 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
         in_multi: false,
     };
     // Both buffers start empty and are given back when they grew past what an idle client
-    // should pin.
+    // should pin. `out[written..]` is what the client has not been sent yet.
     let mut input: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
-    let max_input = shared.config.max_query_buffer;
+    let mut written = 0;
+    let (max_input, max_output) = (
+        shared.config.max_query_buffer,
+        shared.config.max_output_buffer,
+    );
     // The client closed its side: what it sent is still run and answered.
     let mut sent_all = false;
+    // The connection ends once `out` is written: QUIT, a malformed frame, shutdown.
+    let mut closing = false;
     loop {
-        // Before `AUTH`, Redis's limits for unauthenticated clients. A request sent after
-        // a pipelined `AUTH` that only the full limits allow ends the batch there, and is
-        // read again once `AUTH` has run.
-        let limits = if client.authenticated {
-            shared.config.limits
-        } else {
-            UNAUTHENTICATED
-        };
-        // The batch: every request's arguments in one list, and how many each has.
-        let mut args: Vec<std::ops::Range<usize>> = Vec::new();
-        let mut requests: Vec<usize> = Vec::new();
-        let mut used = 0;
-        let mut malformed = None;
-        let mut reply_bytes = 0;
-        while requests.len() < shared.config.max_pipeline
-            && reply_bytes < shared.config.max_batch_reply
-        {
-            match resp::parse(&input[used..], &limits) {
-                Ok(Some(request)) => {
-                    let first = args.len();
-                    args.extend(request.args.iter().map(|a| a.start + used..a.end + used));
-                    used += request.len;
-                    if args.len() > first {
-                        reply_bytes += commands::reply_bound(&input, &args[first..], &limits);
-                        requests.push(args.len() - first);
-                    }
+        // Shutting down: the batch that ran is answered; no other starts.
+        closing |= *stopped.borrow();
+        if !closing && out.len() - written < max_output {
+            match next_batch(shared, &mut client, &mut input, &mut out).await {
+                Batch::Ran { quit } => {
+                    closing |= quit;
+                    continue;
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    malformed = Some(e);
-                    break;
+                Batch::Malformed => closing = true,
+                Batch::None if input.len() >= max_input => {
+                    Reply::err("Protocol error: client query buffer limit reached")
+                        .write(&mut out, false);
+                    closing = true;
                 }
+                Batch::None => closing |= sent_all,
             }
         }
-        if !requests.is_empty() {
-            let quit = run_batch(shared, &mut client, &input, &args, &requests, &mut out).await;
-            input.drain(..used);
-            // Shutting down: this batch is answered; what else the client sent is not run.
-            if quit || *stopped.borrow() {
-                let _ = writer.write_all(&out).await;
-                return;
-            }
-            // A client may send a long pipeline before it reads any reply (redis-py's and
-            // Jedis's pipelines do): reading on while the replies wait for it to read keeps
-            // both sides moving, up to the input limit.
-            let read_meanwhile = !sent_all;
-            match send(
-                &mut reader,
-                &mut writer,
-                &out,
-                &mut input,
-                max_input,
-                read_meanwhile,
-            )
-            .await
-            {
-                Ok(closed) => sent_all |= closed,
-                Err(()) => return,
-            }
+        if written == out.len() {
+            written = 0;
             out.clear();
             if out.capacity() > 64 << 10 {
                 out = Vec::new();
             }
-            continue;
+            if closing {
+                return;
+            }
+            // Give back what a large request grew the input to, once it is gone.
+            if input.is_empty() && input.capacity() > 16 << 10 {
+                input = Vec::new();
+            } else if input.capacity() > 64 << 10 && input.len() < 16 << 10 {
+                input.shrink_to(16 << 10);
+            }
         }
-        input.drain(..used);
-        if let Some(e) = malformed {
-            // Refused only for want of a password: say so, as Redis does.
-            let by_limits = || resp::parse(&input, &shared.config.limits) != Err(e);
-            let e = match e {
-                resp::ProtocolError::ArrayLength if !client.authenticated && by_limits() => {
-                    "Protocol error: unauthenticated multibulk length".to_string()
+        let pending = written < out.len();
+        if pending {
+            // Most replies go out at once: only wait (and read meanwhile) if they do not.
+            match writer.try_write(&out[written..]) {
+                Ok(0) => return,
+                Ok(n) => {
+                    written += n;
+                    continue;
                 }
-                resp::ProtocolError::BulkLength if !client.authenticated && by_limits() => {
-                    "Protocol error: unauthenticated bulk length".to_string()
-                }
-                e => e.to_string(),
-            };
-            Reply::err(e).write(&mut out, client.resp3);
-            let _ = writer.write_all(&out).await;
-            return;
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
         }
-        if input.len() >= max_input {
-            Reply::err("Protocol error: client query buffer limit reached").write(&mut out, false);
-            let _ = writer.write_all(&out).await;
-            return;
-        }
-        if sent_all {
-            return;
-        }
-        // Give back what a large request grew the buffer to, once it is gone.
-        if input.is_empty() && input.capacity() > 16 << 10 {
-            input = Vec::new();
-        } else if input.capacity() > 64 << 10 && input.len() < 16 << 10 {
-            input.shrink_to(16 << 10);
-        }
-        input.reserve((16 << 10).min(max_input - input.len()));
-        tokio::select! {
-            read = reader.read_buf(&mut input) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            },
-            _ = stopped.changed() => return,
-        }
-    }
-}
-
-/// Writes `out` to the client. Meanwhile, if `read` is set, reads what the client sends
-/// into `input` (up to `max_input` bytes): a client that sends on without reading its
-/// replies would otherwise wait for the server to read while the server waits for it to
-/// read. `Ok(true)` if the client closed its side meanwhile; `Err` if the connection
-/// failed.
-async fn send(
-    reader: &mut tokio::net::tcp::ReadHalf<'_>,
-    writer: &mut tokio::net::tcp::WriteHalf<'_>,
-    out: &[u8],
-    input: &mut Vec<u8>,
-    max_input: usize,
-    mut read: bool,
-) -> Result<bool, ()> {
-    let mut closed = false;
-    let mut at = 0;
-    while at < out.len() {
         let room = max_input.saturating_sub(input.len());
-        if read && room > 0 {
+        let read = !closing && !sent_all && room > 0;
+        if read {
             input.reserve((16 << 10).min(room));
         }
         // Both are cancel safe: a write that loses the race wrote nothing, and a read that
         // loses it read nothing.
         tokio::select! {
-            written = writer.write(&out[at..]) => match written {
-                Ok(0) | Err(_) => return Err(()),
-                Ok(n) => at += n,
+            sent = writer.write(&out[written..]), if pending => match sent {
+                Ok(0) | Err(_) => return,
+                Ok(n) => written += n,
             },
-            got = reader.read_buf(input), if read && room > 0 => match got {
-                Ok(0) => {
-                    closed = true;
-                    read = false;
-                }
+            got = reader.read_buf(&mut input), if read => match got {
+                Ok(0) => sent_all = true,
                 Ok(_) => {}
-                Err(_) => return Err(()),
+                Err(_) => return,
             },
+            _ = stopped.changed(), if !pending => return,
+            // Nothing to write and no room to read: cannot happen (a full input either
+            // holds a request to run or is refused above); end rather than spin.
+            else => return,
         }
     }
-    Ok(closed)
+}
+
+/// What the input held.
+enum Batch {
+    /// A batch of requests, run and answered into `out`; `quit` if it ended with `QUIT`.
+    Ran { quit: bool },
+    /// A malformed request, answered with a protocol error: the connection is to close.
+    Malformed,
+    /// No complete request.
+    None,
+}
+
+/// Runs the requests at the front of `input` as one batch (up to `max_pipeline` of them, or
+/// as many as may produce `max_batch_reply` bytes of replies), appends their replies to
+/// `out` and takes them off `input`.
+async fn next_batch(
+    shared: &Shared,
+    client: &mut Client,
+    input: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Batch {
+    // Before `AUTH`, Redis's limits for unauthenticated clients. A request sent after a
+    // pipelined `AUTH` that only the full limits allow ends the batch there, and is read
+    // again once `AUTH` has run.
+    let limits = if client.authenticated {
+        shared.config.limits
+    } else {
+        UNAUTHENTICATED
+    };
+    // The batch: every request's arguments in one list, and how many each has.
+    let mut args: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut requests: Vec<usize> = Vec::new();
+    let mut used = 0;
+    let mut malformed = None;
+    let mut reply_bytes = 0;
+    while requests.len() < shared.config.max_pipeline && reply_bytes < shared.config.max_batch_reply
+    {
+        match resp::parse(&input[used..], &limits) {
+            Ok(Some(request)) => {
+                let first = args.len();
+                args.extend(request.args.iter().map(|a| a.start + used..a.end + used));
+                used += request.len;
+                if args.len() > first {
+                    reply_bytes += commands::reply_bound(input, &args[first..], &limits);
+                    requests.push(args.len() - first);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                malformed = Some(e);
+                break;
+            }
+        }
+    }
+    if !requests.is_empty() {
+        let quit = run_batch(shared, client, input, &args, &requests, out).await;
+        input.drain(..used);
+        return Batch::Ran { quit };
+    }
+    input.drain(..used);
+    let Some(e) = malformed else {
+        return Batch::None;
+    };
+    // Refused only for want of a password: say so, as Redis does.
+    let by_limits = || resp::parse(input, &shared.config.limits) != Err(e);
+    let e = match e {
+        resp::ProtocolError::ArrayLength if !client.authenticated && by_limits() => {
+            "Protocol error: unauthenticated multibulk length".to_string()
+        }
+        resp::ProtocolError::BulkLength if !client.authenticated && by_limits() => {
+            "Protocol error: unauthenticated bulk length".to_string()
+        }
+        e => e.to_string(),
+    };
+    Reply::err(e).write(out, client.resp3);
+    Batch::Malformed
 }
 
 /// A boxed future of a connection's batch.
