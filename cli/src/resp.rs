@@ -32,11 +32,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 1024 arguments (a `DEL` of a thousand keys), 1 MiB per argument (more than any key
-    /// or outcome the store takes, so that those get a clear error instead), 64 KiB lines.
+    /// 65,536 arguments (a `DEL` of tens of thousands of keys), 1 MiB per argument (more
+    /// than any key or outcome the store takes, so that those get a clear error instead),
+    /// 64 KiB lines.
     fn default() -> Limits {
         Limits {
-            max_args: 1024,
+            max_args: 1 << 16,
             max_bulk: 1 << 20,
             max_inline: 64 << 10,
         }
@@ -386,7 +387,7 @@ mod tests {
             (b"*1\rx", ProtocolError::ArrayLength),
             (b"*99999999999999999999\r\n", ProtocolError::ArrayLength),
             (b"*9999999999999999999\r\n", ProtocolError::ArrayLength),
-            (b"*1025\r\n", ProtocolError::ArrayLength),
+            (b"*65537\r\n", ProtocolError::ArrayLength),
             (b"*1\r\n:1\r\n", ProtocolError::ExpectedBulk(b':')),
             (b"*1\r\n$-1\r\n", ProtocolError::BulkLength),
             (b"*1\r\n$-5\r\n", ProtocolError::BulkLength),

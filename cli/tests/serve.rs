@@ -587,6 +587,15 @@ fn options_numbers_and_keys_are_checked_as_redis_checks_them() {
     assert_eq!(int(&ok(&mut c, &["EXISTS", "good", "", &long, "good"])), 2);
     assert_eq!(int(&ok(&mut c, &["DEL", "", "good", &long])), 1);
     assert_eq!(ok(&mut c, &["GET", "good"]), Value::Nil);
+    // Thousands of keys in one command.
+    let many: Vec<String> = (0..5000).map(|i| format!("many-{i}")).collect();
+    for k in &many[..3] {
+        assert_eq!(ok(&mut c, &["SET", k, "v", "NX", "EX", "100"]), Value::Okay);
+    }
+    let mut del = vec!["DEL"];
+    del.extend(many.iter().map(String::as_str));
+    assert_eq!(int(&ok(&mut c, &del)), 3);
+    assert_eq!(int(&ok(&mut c, &["DBSIZE"])), 0);
     // An array of a negative count is a request to ignore, as in Redis.
     let mut s = server.raw();
     s.write_all(b"AUTH s3cret\r\n*-10\r\nPING\r\n").unwrap();
@@ -599,7 +608,8 @@ fn edge_cases_get_redis_s_exact_replies_and_quit_ends_the_pipeline() {
     let server = Server::start(dir.path(), &[]);
     let mut s = server.raw();
     s.write_all(
-        b"PING a b\r\nECHO\r\nSELECT abc\r\nHELLO 4\r\nHELLO abc\r\n\
+        b"INFO keyspace\r\nPING a b\r\nECHO\r\nSELECT abc\r\nHELLO 4\r\nHELLO abc\r\n\
+          CONFIG GET\r\nCLIENT SETINFO lib-name x\r\nCLIENT SETINFO bogus x\r\n\
           SET a 1 NX EX 100\r\nDEL a a\r\nEXISTS a a\r\nAUTH x\r\nQUIT\r\nPING\r\n",
     )
     .unwrap();
@@ -607,11 +617,18 @@ fn edge_cases_get_redis_s_exact_replies_and_quit_ends_the_pipeline() {
     s.read_to_string(&mut got)
         .expect("QUIT closes the connection");
     let want = [
+        // An empty store has no keyspace line.
+        "$12",
+        "# Keyspace",
+        "",
         "-ERR wrong number of arguments for 'ping' command",
         "-ERR wrong number of arguments for 'echo' command",
         "-ERR value is not an integer or out of range",
         "-NOPROTO unsupported protocol version",
         "-ERR Protocol version is not an integer or out of range",
+        "-ERR wrong number of arguments for 'config|get' command",
+        "+OK",
+        "-ERR Unrecognized option 'bogus'",
         "+OK",
         ":1",
         ":0",

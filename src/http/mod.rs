@@ -479,7 +479,7 @@ impl Config {
     }
 }
 
-/// A structured-field string (RFC 8941 §3.3.3) at the start of `value`, unescaped; the
+/// A structured-field string (an sf-string of RFC 8941) at the start of `value`, unescaped; the
 /// parameters that may follow it (`;name=value`) are ignored.
 fn sf_string(value: &str) -> Result<String, &'static str> {
     let mut chars = value.strip_prefix('"').unwrap_or(value).chars();

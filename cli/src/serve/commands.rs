@@ -676,7 +676,15 @@ fn client_command(client: &mut Client, args: &[&[u8]]) -> Reply {
             client.name = (!name.is_empty()).then(|| name.to_vec());
             Reply::OK
         }
-        (b"SETINFO", [_, _]) => Reply::OK,
+        (b"SETINFO", [attr, _])
+            if attr.eq_ignore_ascii_case(b"LIB-NAME") || attr.eq_ignore_ascii_case(b"LIB-VER") =>
+        {
+            Reply::OK
+        }
+        (b"SETINFO", [attr, _]) => Reply::err(format!(
+            "Unrecognized option '{}'",
+            String::from_utf8_lossy(attr)
+        )),
         (b"ID" | b"GETNAME" | b"SETNAME" | b"SETINFO", _) => Reply::err(format!(
             "wrong number of arguments for 'client|{}' command",
             String::from_utf8_lossy(&sub).to_ascii_lowercase()
@@ -740,6 +748,9 @@ fn command_command(args: &[&[u8]]) -> Reply {
 /// other subcommands are errors.
 fn config_command(shared: &Shared, args: &[&[u8]]) -> Reply {
     match args[0].to_ascii_uppercase().as_slice() {
+        b"GET" if args.len() < 2 => {
+            Reply::err("wrong number of arguments for 'config|get' command")
+        }
         b"GET" => {
             // The few parameters tools read to describe a server (redis-benchmark prints
             // `save` and `appendonly`), with what they mean here; nothing else is known.
@@ -857,10 +868,16 @@ fn info(shared: &Shared, args: &[&[u8]]) -> Reply {
         ),
         (
             "keyspace",
-            vec![(
-                "db0",
-                format!("keys={},expires={},avg_ttl=0", s.keys, s.keys),
-            )],
+            // As Redis: a database with no keys has no line.
+            (s.keys > 0)
+                .then(|| {
+                    (
+                        "db0",
+                        format!("keys={},expires={},avg_ttl=0", s.keys, s.keys),
+                    )
+                })
+                .into_iter()
+                .collect(),
         ),
     ];
     let wanted: Vec<String> = args

@@ -424,7 +424,11 @@ async fn next_batch(
     let mut used = 0;
     let mut malformed = None;
     let mut reply_bytes = 0;
-    while requests.len() < shared.config.max_pipeline && reply_bytes < shared.config.max_batch_reply
+    // A batch also ends once it holds as many arguments as one request may: its argument
+    // lists stay within what one large request needs.
+    while requests.len() < shared.config.max_pipeline
+        && reply_bytes < shared.config.max_batch_reply
+        && args.len() < limits.max_args
     {
         match resp::parse(&input[used..], &limits) {
             Ok(Some(request)) => {
