@@ -641,30 +641,27 @@ fn edge_cases_get_redis_s_exact_replies_and_quit_ends_the_pipeline() {
     assert_eq!(got, want.join("\r\n"));
 }
 
-#[test]
-fn a_client_that_sends_a_long_pipeline_before_reading_gets_every_reply() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+/// Stores the largest value under `big` and returns 300 `GET big` with their replies:
+/// about 5 MB that fill the socket buffers while a client does not read.
+fn big_replies(server: &Server) -> (Vec<u8>, Vec<u8>) {
     let mut c = server.connect();
     let value = "v".repeat(oncelog::MAX_OUTCOME_LEN);
     assert_eq!(
         ok(&mut c, &["SET", "big", &value, "NX", "EX", "100"]),
         Value::Okay
     );
-    // About 5 MB of replies to a few KB of requests, which fill the socket buffers while
-    // the client does not read; then 10 MB more of requests, as a client library sends a
-    // whole pipeline before it reads (redis-py's and Jedis's do).
-    let payload = "e".repeat(64 << 10);
     let (mut sent, mut expected) = (Vec::new(), Vec::new());
     for _ in 0..300 {
         sent.extend_from_slice(b"GET big\r\n");
         expected.extend_from_slice(format!("${}\r\n{value}\r\n", value.len()).as_bytes());
     }
-    for _ in 0..160 {
-        let echo = format!("*2\r\n$4\r\nECHO\r\n${}\r\n{payload}\r\n", payload.len());
-        sent.extend_from_slice(echo.as_bytes());
-        expected.extend_from_slice(format!("${}\r\n{payload}\r\n", payload.len()).as_bytes());
-    }
+    (sent, expected)
+}
+
+/// Sends `sent` whole before reading any reply, as a client library sends a pipeline, then
+/// reads the replies and checks them against `expected`. `stuck` says what a send that
+/// does not finish in 30 s means.
+fn send_before_reading(server: &Server, sent: Vec<u8>, expected: &[u8], stuck: &str) {
     let mut s = server.raw();
     let mut writer = s.try_clone().unwrap();
     let (done, wrote) = std::sync::mpsc::channel();
@@ -674,10 +671,7 @@ fn a_client_that_sends_a_long_pipeline_before_reading_gets_every_reply() {
     match wrote.recv_timeout(Duration::from_secs(30)) {
         Ok(true) => {}
         Ok(false) => panic!("the server closed the connection"),
-        Err(_) => panic!(
-            "the pipeline was not sent in 30 s: the server stopped reading while its \
-             replies waited for the client to read"
-        ),
+        Err(_) => panic!("the pipeline was not sent in 30 s: {stuck}"),
     }
     let mut got = vec![0u8; expected.len()];
     s.read_exact(&mut got).expect("every reply");
@@ -685,46 +679,38 @@ fn a_client_that_sends_a_long_pipeline_before_reading_gets_every_reply() {
 }
 
 #[test]
+fn a_client_that_sends_a_long_pipeline_before_reading_gets_every_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    // Replies that fill the socket buffers, then 10 MB more of requests, as a client
+    // library sends a whole pipeline before it reads (redis-py's and Jedis's do).
+    let (mut sent, mut expected) = big_replies(&server);
+    let payload = "e".repeat(64 << 10);
+    for _ in 0..160 {
+        let echo = format!("*2\r\n$4\r\nECHO\r\n${}\r\n{payload}\r\n", payload.len());
+        sent.extend_from_slice(echo.as_bytes());
+        expected.extend_from_slice(format!("${}\r\n{payload}\r\n", payload.len()).as_bytes());
+    }
+    let stuck = "the server stopped reading while its replies waited for the client to read";
+    send_before_reading(&server, sent, &expected, stuck);
+}
+
+#[test]
 fn a_pipeline_larger_than_the_input_limit_is_served_while_its_replies_wait() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let mut c = server.connect();
-    let value = "v".repeat(oncelog::MAX_OUTCOME_LEN);
-    assert_eq!(
-        ok(&mut c, &["SET", "big", &value, "NX", "EX", "100"]),
-        Value::Okay
-    );
-    // 5 MB of replies that wait for the client to read, then 60 MB of requests with small
-    // replies: more than the input limit (16 MiB) and the socket buffers together, so the
-    // server must run requests while earlier replies wait, as Redis does.
+    // Replies that fill the socket buffers, then 60 MB of requests with small replies:
+    // more than the input limit (16 MiB) and the socket buffers together, so the server
+    // must run requests while earlier replies wait, as Redis does.
+    let (mut sent, mut expected) = big_replies(&server);
     let absent = "k".repeat(4000);
     let exists = format!("*2\r\n$6\r\nEXISTS\r\n${}\r\n{absent}\r\n", absent.len());
-    let (mut sent, mut expected) = (Vec::new(), Vec::new());
-    for _ in 0..300 {
-        sent.extend_from_slice(b"GET big\r\n");
-        expected.extend_from_slice(format!("${}\r\n{value}\r\n", value.len()).as_bytes());
-    }
     for _ in 0..15_000 {
         sent.extend_from_slice(exists.as_bytes());
         expected.extend_from_slice(b":0\r\n");
     }
-    let mut s = server.raw();
-    let mut writer = s.try_clone().unwrap();
-    let (done, wrote) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(writer.write_all(&sent).is_ok());
-    });
-    match wrote.recv_timeout(Duration::from_secs(30)) {
-        Ok(true) => {}
-        Ok(false) => panic!("the server closed the connection"),
-        Err(_) => panic!(
-            "60 MB of pipeline not sent in 30 s: the server stopped running requests \
-             while replies waited for the client to read"
-        ),
-    }
-    let mut got = vec![0u8; expected.len()];
-    s.read_exact(&mut got).expect("every reply");
-    assert!(got == expected, "the replies differ from what was sent");
+    let stuck = "the server stopped running requests while replies waited for the client";
+    send_before_reading(&server, sent, &expected, stuck);
 }
 
 #[test]

@@ -1212,11 +1212,14 @@ mod tests {
         assert!(c.store_key(&parts(&[("x-tenant", &over)]), &key).is_none());
     }
 
-    /// A service whose `call` panics before it returns a future.
+    /// A service that answers 201 at once, or whose `call` panics before it returns a
+    /// future.
     #[derive(Clone)]
-    struct PanicsInCall;
+    struct Answers {
+        panic_in_call: bool,
+    }
 
-    impl Service<Request<Full<Bytes>>> for PanicsInCall {
+    impl Service<Request<Full<Bytes>>> for Answers {
         type Response = Response<Full<Bytes>>;
         type Error = std::convert::Infallible;
         type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
@@ -1226,26 +1229,27 @@ mod tests {
         }
 
         fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
-            panic!("call fails (on purpose)")
+            assert!(!self.panic_in_call, "call fails (on purpose)");
+            let mut response = Response::new(Full::new(Bytes::from_static(b"made")));
+            *response.status_mut() = StatusCode::CREATED;
+            std::future::ready(Ok(response))
         }
     }
 
-    #[test]
-    fn a_panic_in_the_services_call_frees_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let mut service = IdempotencyLayer::new(Arc::clone(&store)).layer(PanicsInCall);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+    /// Sends a covered request with the key `k` through the layer over `service`, on
+    /// `runtime`; the status it got.
+    fn post_k(store: &Arc<Store>, service: Answers, runtime: &tokio::runtime::Runtime) -> u16 {
+        let mut service = IdempotencyLayer::new(Arc::clone(store)).layer(service);
         let request = Request::post("/orders")
             .header(IDEMPOTENCY_KEY, "k")
             .body(Full::new(Bytes::new()))
             .unwrap();
         let response = runtime.block_on(service.call(request)).unwrap();
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        // Freed, not left leased: the next attempt takes the key at once.
+        response.status().as_u16()
+    }
+
+    /// Asserts that the key `k` is free: the next attempt takes it at once, as attempt 2.
+    fn assert_k_freed(store: &Store) {
         match store
             .begin(store_key("", "k"), Duration::from_secs(1))
             .unwrap()
@@ -1255,65 +1259,47 @@ mod tests {
         }
     }
 
-    /// A service that answers 201 at once.
-    #[derive(Clone)]
-    struct Created;
-
-    impl Service<Request<Full<Bytes>>> for Created {
-        type Response = Response<Full<Bytes>>;
-        type Error = std::convert::Infallible;
-        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
-            let mut response = Response::new(Full::new(Bytes::from_static(b"made")));
-            *response.status_mut() = StatusCode::CREATED;
-            std::future::ready(Ok(response))
-        }
+    #[test]
+    fn a_panic_in_the_services_call_frees_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let panics = Answers {
+            panic_in_call: true,
+        };
+        assert_eq!(post_k(&store, panics, &runtime), 500);
+        assert_k_freed(&store);
     }
 
     #[test]
     fn a_panic_around_the_handler_frees_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let mut service = IdempotencyLayer::new(Arc::clone(&store)).layer(Created);
         // Without timers the heartbeat's timer panics, after the key was taken and
         // outside the handler's future.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let request = Request::post("/orders")
-            .header(IDEMPOTENCY_KEY, "k")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = runtime.block_on(service.call(request)).unwrap();
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let answers = Answers {
+            panic_in_call: false,
+        };
+        assert_eq!(post_k(&store, answers, &runtime), 500);
         // The key is freed by a task of the runtime's: let it run.
         let key = store_key("", "k");
-        let freed = runtime.block_on(async {
+        runtime.block_on(async {
             for _ in 0..1000 {
                 match store.get(&key).unwrap() {
                     Some(seen) if seen.state == crate::KeyState::InFlight => {
                         tokio::task::yield_now().await;
                     }
-                    other => return other,
+                    _ => return,
                 }
             }
-            store.get(&key).unwrap()
         });
-        assert!(
-            freed
-                .as_ref()
-                .is_none_or(|s| s.state != crate::KeyState::InFlight),
-            "the key is still leased: {freed:?}"
-        );
-        match store.begin(&key, Duration::from_secs(1)).unwrap() {
-            Begin::Acquired(ticket) => assert_eq!(ticket.attempt(), 2),
-            other => panic!("the key is still held: {other:?}"),
-        }
+        assert_k_freed(&store);
     }
 
     #[test]
