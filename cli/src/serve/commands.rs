@@ -541,6 +541,12 @@ fn store_error(shared: &Shared, command: &str, e: Error) -> Reply {
     }
 }
 
+/// An argument as an error quotes it, as Redis does: at most 128 characters of it (each
+/// up to 4 bytes), so that `reply_bound`'s estimate for errors holds.
+fn shown(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).chars().take(128).collect()
+}
+
 fn unknown_command(argv: &[&[u8]]) -> Reply {
     let name: String = String::from_utf8_lossy(argv.first().copied().unwrap_or_default())
         .chars()
@@ -549,8 +555,7 @@ fn unknown_command(argv: &[&[u8]]) -> Reply {
     let mut text = format!("unknown command '{name}', with args beginning with:");
     for arg in argv.iter().skip(1).take(8) {
         // As Redis does: at most 128 characters of each.
-        let shown: String = String::from_utf8_lossy(arg).chars().take(128).collect();
-        text.push_str(&format!(" '{shown}'"));
+        text.push_str(&format!(" '{}'", shown(arg)));
     }
     Reply::err(text)
 }
@@ -626,8 +631,7 @@ fn hello(shared: &Shared, client: &mut Client, args: &[&[u8]]) -> Reply {
                 rest = more;
             }
             _ => {
-                let shown: String = String::from_utf8_lossy(option).chars().take(128).collect();
-                return Reply::err(format!("Syntax error in HELLO option '{shown}'"));
+                return Reply::err(format!("Syntax error in HELLO option '{}'", shown(option)));
             }
         }
     }
@@ -681,17 +685,14 @@ fn client_command(client: &mut Client, args: &[&[u8]]) -> Reply {
         {
             Reply::OK
         }
-        (b"SETINFO", [attr, _]) => Reply::err(format!(
-            "Unrecognized option '{}'",
-            String::from_utf8_lossy(attr)
-        )),
+        (b"SETINFO", [attr, _]) => Reply::err(format!("Unrecognized option '{}'", shown(attr))),
         (b"ID" | b"GETNAME" | b"SETNAME" | b"SETINFO", _) => Reply::err(format!(
             "wrong number of arguments for 'client|{}' command",
             String::from_utf8_lossy(&sub).to_ascii_lowercase()
         )),
         _ => Reply::err(format!(
             "unknown subcommand '{}'. Try CLIENT ID, GETNAME, SETNAME or SETINFO.",
-            String::from_utf8_lossy(args[0])
+            shown(args[0])
         )),
     }
 }
@@ -739,7 +740,7 @@ fn command_command(args: &[&[u8]]) -> Reply {
         ),
         _ => Reply::err(format!(
             "unknown subcommand '{}'. Try COMMAND COUNT, DOCS or INFO.",
-            String::from_utf8_lossy(sub)
+            shown(sub)
         )),
     }
 }
@@ -780,7 +781,7 @@ fn config_command(shared: &Shared, args: &[&[u8]]) -> Reply {
         }
         _ => Reply::err(format!(
             "unknown subcommand '{}'. oncelog answers only CONFIG GET, with nothing.",
-            String::from_utf8_lossy(args[0])
+            shown(args[0])
         )),
     }
 }

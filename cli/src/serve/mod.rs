@@ -40,6 +40,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use bytes::BufMut as _;
 use oncelog::{Durability, Options, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -307,10 +308,12 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
         in_multi: false,
     };
     // Both buffers start empty and are given back when they grew past what an idle client
-    // should pin. `out[written..]` is what the client has not been sent yet.
+    // should pin. `input[read..]` is what has not been run yet, `out[written..]` what the
+    // client has not been sent yet; the parts before are dropped once they are as large as
+    // the rest, so each byte is moved at most once on average.
     let mut input: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
-    let mut written = 0;
+    let (mut ran, mut written) = (0, 0);
     let (max_input, max_output) = (
         shared.config.max_query_buffer,
         shared.config.max_output_buffer,
@@ -323,23 +326,33 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
         // Shutting down: the batch that ran is answered; no other starts.
         closing |= *stopped.borrow();
         if !closing && out.len() - written < max_output {
-            match next_batch(shared, &mut client, &mut input, &mut out).await {
-                Batch::Ran { quit } => {
+            match next_batch(shared, &mut client, &input[ran..], &mut out).await {
+                Batch::Ran { quit, used } => {
+                    ran += used;
                     closing |= quit;
                     continue;
                 }
                 Batch::Malformed => closing = true,
-                Batch::None if input.len() >= max_input => {
-                    Reply::err("Protocol error: client query buffer limit reached")
-                        .write(&mut out, false);
-                    closing = true;
+                Batch::None { used } => {
+                    ran += used;
+                    if input.len() - ran >= max_input {
+                        Reply::err("Protocol error: client query buffer limit reached")
+                            .write(&mut out, false);
+                        closing = true;
+                    }
+                    closing |= sent_all;
                 }
-                Batch::None => closing |= sent_all,
             }
         }
-        if written == out.len() {
+        if ran > 0 && ran >= input.len() - ran {
+            input.drain(..ran);
+            ran = 0;
+        }
+        if written > 0 && written >= out.len() - written {
+            out.drain(..written);
             written = 0;
-            out.clear();
+        }
+        if out.is_empty() {
             if out.capacity() > 64 << 10 {
                 out = Vec::new();
             }
@@ -366,11 +379,13 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
                 Err(_) => return,
             }
         }
-        let room = max_input.saturating_sub(input.len());
+        let room = max_input.saturating_sub(input.len() - ran).min(16 << 10);
         let read = !closing && !sent_all && room > 0;
         if read {
-            input.reserve((16 << 10).min(room));
+            input.reserve(room);
         }
+        // At most `room` bytes are read, whatever the spare capacity.
+        let mut limited = (&mut input).limit(room);
         // Both are cancel safe: a write that loses the race wrote nothing, and a read that
         // loses it read nothing.
         tokio::select! {
@@ -378,14 +393,13 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
                 Ok(0) | Err(_) => return,
                 Ok(n) => written += n,
             },
-            got = reader.read_buf(&mut input), if read => match got {
+            got = reader.read_buf(&mut limited), if read => match got {
                 Ok(0) => sent_all = true,
                 Ok(_) => {}
                 Err(_) => return,
             },
             _ = stopped.changed(), if !pending => return,
-            // Nothing to write and no room to read: cannot happen (a full input either
-            // holds a request to run or is refused above); end rather than spin.
+            // Unreachable: with nothing to write, the shutdown branch is enabled.
             else => return,
         }
     }
@@ -393,21 +407,23 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
 
 /// What the input held.
 enum Batch {
-    /// A batch of requests, run and answered into `out`; `quit` if it ended with `QUIT`.
-    Ran { quit: bool },
+    /// A batch of requests, run and answered into `out`, from the first `used` bytes of the
+    /// input; `quit` if it ended with `QUIT`.
+    Ran { quit: bool, used: usize },
     /// A malformed request, answered with a protocol error: the connection is to close.
     Malformed,
-    /// No complete request.
-    None,
+    /// No complete request; the first `used` bytes were requests to ignore (blank lines,
+    /// empty arrays).
+    None { used: usize },
 }
 
 /// Runs the requests at the front of `input` as one batch (up to `max_pipeline` of them, or
-/// as many as may produce `max_batch_reply` bytes of replies), appends their replies to
-/// `out` and takes them off `input`.
+/// as many as may produce `max_batch_reply` bytes of replies) and appends their replies to
+/// `out`.
 async fn next_batch(
     shared: &Shared,
     client: &mut Client,
-    input: &mut Vec<u8>,
+    input: &[u8],
     out: &mut Vec<u8>,
 ) -> Batch {
     // Before `AUTH`, Redis's limits for unauthenticated clients. A request sent after a
@@ -449,15 +465,13 @@ async fn next_batch(
     }
     if !requests.is_empty() {
         let quit = run_batch(shared, client, input, &args, &requests, out).await;
-        input.drain(..used);
-        return Batch::Ran { quit };
+        return Batch::Ran { quit, used };
     }
-    input.drain(..used);
     let Some(e) = malformed else {
-        return Batch::None;
+        return Batch::None { used };
     };
     // Refused only for want of a password: say so, as Redis does.
-    let by_limits = || resp::parse(input, &shared.config.limits) != Err(e);
+    let by_limits = || resp::parse(&input[used..], &shared.config.limits) != Err(e);
     let e = match e {
         resp::ProtocolError::ArrayLength if !client.authenticated && by_limits() => {
             "Protocol error: unauthenticated multibulk length".to_string()
