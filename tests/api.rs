@@ -348,9 +348,7 @@ fn stats_count_what_happened() {
     assert_eq!(s.recovery_truncated_bytes, 0);
 }
 
-/// Segments are prepared in the background once the active one is half full. Across many
-/// rotations every claim lands, closing leaves no temporary file behind, and a reopen
-/// finds every key.
+/// A stripe whose last key is removed gives its table back at once.
 #[test]
 fn removing_every_key_of_a_stripe_gives_its_table_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -379,6 +377,9 @@ fn removing_every_key_of_a_stripe_gives_its_table_back() {
     assert_eq!(store.stats().keys, 1);
 }
 
+/// Segments are prepared in the background once the active one is half full. Across many
+/// rotations every claim lands, closing leaves no temporary file behind, and a reopen
+/// finds every key.
 #[test]
 fn rotations_with_prepared_segments_lose_nothing_and_leave_no_temporaries() {
     let dir = tempfile::tempdir().unwrap();

@@ -31,6 +31,31 @@ struct Handler {
     runs: AtomicUsize,
     finished: AtomicUsize,
     gate_open: AtomicBool,
+    /// Requests that reached the server, and those the server dropped unanswered (their
+    /// client went away), counted outside the layer.
+    arrived: AtomicUsize,
+    dropped: AtomicUsize,
+}
+
+/// Counts requests as they reach the server and as the server drops them unanswered.
+async fn count_requests(
+    State(h): State<Arc<Handler>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    struct Unanswered(Option<Arc<Handler>>);
+    impl Drop for Unanswered {
+        fn drop(&mut self) {
+            if let Some(h) = self.0.take() {
+                h.dropped.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    h.arrived.fetch_add(1, Ordering::SeqCst);
+    let mut unanswered = Unanswered(Some(h));
+    let response = next.run(req).await;
+    unanswered.0 = None;
+    response
 }
 
 impl Handler {
@@ -131,6 +156,10 @@ fn serve_with(
         .route("/orders", post(orders).get(orders).put(orders))
         .route("/other", post(orders))
         .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&handler),
+            count_requests,
+        ))
         .with_state(Arc::clone(&handler));
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -491,7 +520,8 @@ fn a_waiting_request_whose_client_leaves_leaves_nothing_behind() {
     ];
     let first = open(&s.addr, "POST", "/orders", &gated, "{}");
     eventually("the first request runs", || s.handler.runs() == 1);
-    // A second one waits for it; its client goes away while it waits.
+    // A second one waits for it (it looks again every 20 ms); its client goes away while
+    // it waits, and the server drops the request.
     let waiting = open(
         &s.addr,
         "POST",
@@ -499,9 +529,17 @@ fn a_waiting_request_whose_client_leaves_leaves_nothing_behind() {
         &[("idempotency-key", "w")],
         "{}",
     );
+    eventually("the second request arrives", || {
+        s.handler.arrived.load(Ordering::SeqCst) == 2
+    });
     thread::sleep(Duration::from_millis(100));
     drop(waiting);
-    thread::sleep(Duration::from_millis(50));
+    eventually("the server drops the waiting request", || {
+        s.handler.dropped.load(Ordering::SeqCst) == 1
+    });
+    // A try to take the key that was under way when the request was dropped finishes on
+    // its own, and finds the key in flight: give it time to end before the key is freed.
+    thread::sleep(Duration::from_millis(100));
     s.handler.gate_open.store(true, Ordering::SeqCst);
     assert_eq!(read(first).status, 503);
     // Had the wait gone on without its client, it would take the freed key within its

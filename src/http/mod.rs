@@ -18,7 +18,7 @@
 //! | same key, first still running | 409 with `Retry-After` ([`IdempotencyLayer::retry_after`], at most the lease's time left), or the stored answer if it finishes within [`IdempotencyLayer::wait_in_flight`] |
 //! | same key, different fingerprint (method, path, query, body) | 422 |
 //! | handler answered a non-final status (default: 5xx, 408, 425 and 429) or `Cache-Control: no-store` | the handler's answer; nothing stored, a retry runs the handler again |
-//! | stored answer was too large to keep | 500, never a truncated replay (the first client got it as the handler streamed it: the layer buffers at most [`MAX_OUTCOME_LEN`] bytes of a response body) |
+//! | stored answer was too large to keep | 500, never a truncated replay (the first client got it as the handler streamed it: the layer buffers at most [`MAX_OUTCOME_LEN`] bytes of a response body, and stores the too-large marker as soon as it has read that much, so a body that fails later in its stream is not run again) |
 //! | the store fails | 503; the handler does not run |
 //!
 //! The layer's own errors are `application/problem+json` (RFC 9457) bodies.
@@ -1048,11 +1048,13 @@ impl Drop for Release {
             return;
         };
         let store = Arc::clone(&self.store);
+        // If freeing fails, or the runtime is shutting down and never runs the task, the
+        // lease runs out instead, as after a crash.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move { drop(store.abandon_async(&ticket).await) });
             }
-            // No runtime to wait on: free it here (if that fails, the lease runs out).
+            // No runtime to wait on: free it here.
             Err(_) => drop(store.abandon(&ticket)),
         }
     }

@@ -445,9 +445,7 @@ impl Stripe {
     /// Gives the table's slots back if its last entry is gone (a `remove` emptied it), as
     /// a sweep pass that ends on an empty table does; a later insert allocates anew.
     pub(crate) fn give_back_if_empty(&mut self) {
-        if self.table.is_empty() {
-            self.table.shrink_if_sparse();
-        }
+        self.table.release_if_empty();
     }
 
     /// Makes room for `n` entries if the stripe is empty.
@@ -831,6 +829,45 @@ mod tests {
         assert!(s.place(5, |_| true).entry().is_some());
         drop(s);
         assert_eq!(total(&index), index.lock(0).allocation_size());
+    }
+
+    #[test]
+    fn a_stripe_emptied_in_the_middle_of_a_growth_gives_both_tables_back() {
+        let index = Index::new(1);
+        let mut s = index.lock(0);
+        // Distinct hashes spread over the table; stop as soon as a growth is under way.
+        let hash = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut n = 0;
+        while !s.table.migrating() {
+            let h = hash(n);
+            let e = Entry::new(h as u32, loc(64 * n as u32), 9_000, 40);
+            s.place(h, |_| false).put(e);
+            n += 1;
+        }
+        assert!(s.allocation_size() > 0);
+        // Removed without the growth step each `place` takes (as sweeps and removes that
+        // meet a long growth leave it unfinished).
+        for i in 0..n {
+            let h = hash(i);
+            let offset = 64 * i as u32;
+            let pos = s.table.find(h as u32, |e| e.offset == offset);
+            assert!(
+                s.table.remove(pos, usize::MAX, |_| {}).is_some(),
+                "entry {i}"
+            );
+            if i + 1 < n {
+                s.give_back_if_empty();
+                assert!(s.allocation_size() > 0, "given back with entries left");
+            }
+        }
+        assert!(s.table.migrating(), "the growth is still under way");
+        s.give_back_if_empty();
+        assert_eq!(s.allocation_size(), 0);
+        // It works as a new stripe does.
+        let e = Entry::new(7, loc(64), 9_000, 40);
+        s.place(7, |_| false).put(e);
+        assert_eq!(s.place(7, |_| true).entry(), Some(&e));
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

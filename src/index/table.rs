@@ -456,6 +456,20 @@ impl Table {
         }
     }
 
+    /// Gives every slot back if the table holds no entry, also in the middle of a growth
+    /// (the old slots left to drain are all empty then); `true` if it did.
+    pub(crate) fn release_if_empty(&mut self) -> bool {
+        if !self.is_empty() || (self.cur.cap == 0 && self.old.is_none()) {
+            return false;
+        }
+        self.freed += self.allocation_size() as u64;
+        self.cur = Slots::none();
+        self.old = None;
+        self.level = 0;
+        self.generation += 1;
+        true
+    }
+
     /// Starts shrinking the table if it is mostly empty (a quarter full or less), to a
     /// load of about 0.6; `false` if it is not worth it or a migration is under way. An
     /// empty table gives its slots back at once, as a new one has none.
