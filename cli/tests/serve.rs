@@ -714,6 +714,35 @@ fn a_pipeline_larger_than_the_input_limit_is_served_while_its_replies_wait() {
 }
 
 #[test]
+fn a_client_still_sending_when_the_server_ends_it_gets_the_last_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    // One request of 20 arguments of 1 MiB: over the 16 MiB input limit before it is whole.
+    let mut request = b"*20\r\n".to_vec();
+    let arg = vec![b'a'; 1 << 20];
+    for _ in 0..20 {
+        request.extend_from_slice(b"$1048576\r\n");
+        request.extend_from_slice(&arg);
+        request.extend_from_slice(b"\r\n");
+    }
+    let mut s = server.raw();
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        // The server may have stopped reading by the end: a failed write is expected.
+        let _ = writer.write_all(&request);
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+    });
+    let mut got = String::new();
+    s.read_to_string(&mut got)
+        .expect("the error, then the end of the connection (not a reset)");
+    assert_eq!(
+        got,
+        "-ERR Protocol error: client query buffer limit reached\r\n"
+    );
+    sender.join().unwrap();
+}
+
+#[test]
 fn malformed_frames_and_limits_close_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--max-clients", "3"]);

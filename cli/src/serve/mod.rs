@@ -357,6 +357,9 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
                 out = Vec::new();
             }
             if closing {
+                if !*stopped.borrow() {
+                    let _ = tokio::time::timeout(LINGER, linger(&mut reader, &mut writer)).await;
+                }
                 return;
             }
             // Give back what a large request grew the input to, once it is gone.
@@ -401,6 +404,28 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
             _ = stopped.changed(), if !pending => return,
             // Unreachable: with nothing to write, the shutdown branch is enabled.
             else => return,
+        }
+    }
+}
+
+/// How long a connection the server ends waits for its client to close too.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Ends the connection gently: says the server is done writing, then reads and drops what
+/// the client still sends until it closes its side. Closing a socket with unread input
+/// resets the connection, and a reset can make the client lose the last replies (a
+/// `QUIT`'s `OK`, a protocol error) before it reads them.
+async fn linger(
+    reader: &mut tokio::net::tcp::ReadHalf<'_>,
+    writer: &mut tokio::net::tcp::WriteHalf<'_>,
+) {
+    if writer.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 16 << 10];
+    while let Ok(n) = reader.read(&mut sink).await {
+        if n == 0 {
+            return;
         }
     }
 }
