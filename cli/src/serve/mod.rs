@@ -308,7 +308,7 @@ async fn connection(shared: &Shared, mut socket: TcpStream, mut stopped: watch::
         in_multi: false,
     };
     // Both buffers start empty and are given back when they grew past what an idle client
-    // should pin. `input[read..]` is what has not been run yet, `out[written..]` what the
+    // should pin. `input[ran..]` is what has not been run yet, `out[written..]` what the
     // client has not been sent yet; the parts before are dropped once they are as large as
     // the rest, so each byte is moved at most once on average.
     let mut input: Vec<u8> = Vec::new();
