@@ -548,13 +548,9 @@ fn shown(arg: &[u8]) -> String {
 }
 
 fn unknown_command(argv: &[&[u8]]) -> Reply {
-    let name: String = String::from_utf8_lossy(argv.first().copied().unwrap_or_default())
-        .chars()
-        .take(128)
-        .collect();
+    let name = shown(argv.first().copied().unwrap_or_default());
     let mut text = format!("unknown command '{name}', with args beginning with:");
     for arg in argv.iter().skip(1).take(8) {
-        // As Redis does: at most 128 characters of each.
         text.push_str(&format!(" '{}'", shown(arg)));
     }
     Reply::err(text)
