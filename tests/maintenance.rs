@@ -627,16 +627,12 @@ fn a_tombstone_goes_once_the_segments_before_it_are_gone() {
         };
         let store = opts().open(dir.path()).unwrap();
         let long = Duration::from_secs(100 * 3600);
-        let short = Duration::from_secs(60);
         let mut i = 0u64;
         let mut fill_until = |store: &Store, n: usize| {
-            while segments(dir.path()).len() < n {
-                assert!(store
-                    .claim(format!("filler-{i:06}"), short)
-                    .unwrap()
-                    .is_new());
+            fill_segments(store, n, || {
                 i += 1;
-            }
+                format!("filler-{i:06}")
+            });
         };
         // Segment 1: the victim's claim, then filler that expires soon.
         assert!(store.claim("victim", long).unwrap().is_new());
@@ -710,11 +706,25 @@ fn compacting_the_oldest_segment_drops_its_tombstones() {
 /// Claims short-lived filler keys (`filler-<n>`, from `*next`) until `dir` holds `n`
 /// segments.
 fn fill_until(store: &Store, dir: &Path, next: &mut u64, n: usize) {
-    while segments(dir).len() < n {
+    fill_segments(store, n, || {
         let key = format!("filler-{next:06}");
-        assert!(store.claim(key, Duration::from_secs(60)).unwrap().is_new());
         *next += 1;
+        key
+    });
+    assert_eq!(segments(dir).len(), n);
+}
+
+/// Claims `key()`s for a minute until the store has `n` segments, then syncs, which
+/// makes the newest segment's name visible. Counting the files instead would race with
+/// the seal job, which renames a new segment into place while claims already go into it.
+fn fill_segments(store: &Store, n: usize, mut key: impl FnMut() -> String) {
+    while (store.stats().segments as usize) < n {
+        assert!(store
+            .claim(key(), Duration::from_secs(60))
+            .unwrap()
+            .is_new());
     }
+    store.sync().unwrap();
 }
 
 /// `begin(key, lease)`, which must acquire the key.
