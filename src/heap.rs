@@ -1,4 +1,5 @@
-//! Memory: giving freed heap back to the operating system, and cache prefetch hints.
+//! Memory: giving freed heap back to the operating system, zeroed slices the system fills
+//! in lazily, and cache prefetch hints.
 //!
 //! When most keys expire at once, maintenance sweeps them out and the index tables shrink,
 //! but the allocator keeps the freed pages for later: the process stays as large as it was
@@ -35,4 +36,48 @@ pub(crate) fn prefetch<T>(value: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = value;
+}
+
+/// Types for which all-zero bytes are a valid value, so that `zeroed_slice` may make them.
+///
+/// # Safety
+///
+/// Every byte of the type must belong to a field of an integer type (or an array or a
+/// `#[repr(C)]` struct of such fields, with no padding), so that all-zero bytes are a
+/// valid value.
+pub(crate) unsafe trait Zeroable: Copy {}
+
+/// A slice of `n` all-zero values, asked of the allocator as zeroed memory rather than
+/// written: for a large slice the allocator maps fresh pages, which the system fills with
+/// zeros only when each is first touched, so making it costs no page faults.
+pub(crate) fn zeroed_slice<T: Zeroable>(n: usize) -> Box<[T]> {
+    let Ok(layout) = std::alloc::Layout::array::<T>(n) else {
+        panic!("a slice of {n} elements is too large");
+    };
+    if layout.size() == 0 {
+        return std::iter::repeat_n(zero_value::<T>(), n).collect();
+    }
+    // SAFETY: `layout` has a non-zero size (checked above). The memory is zeroed and an
+    // all-zero `T` is a valid value (`Zeroable`'s contract), so all `n` elements are
+    // initialised; it comes from the global allocator with `Layout::array::<T>(n)`, the
+    // layout a `Box<[T]>` of `n` elements is freed with.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<T>();
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))
+    }
+}
+
+/// Writes `value` over `*place` in a way the compiler may not skip even when it can tell
+/// the memory already holds it: writing a page is what makes the system supply it.
+pub(crate) fn touch<T: Zeroable>(place: &mut T, value: T) {
+    // SAFETY: `place` is a live, aligned, exclusive reference, valid for writes.
+    unsafe { std::ptr::write_volatile(place, value) }
+}
+
+fn zero_value<T: Zeroable>() -> T {
+    // SAFETY: an all-zero `T` is a valid value (`Zeroable`'s contract).
+    unsafe { std::mem::zeroed() }
 }

@@ -49,6 +49,11 @@ pub(crate) struct Entry {
 
 const _: () = assert!(std::mem::size_of::<Entry>() == 16);
 
+// SAFETY: `Entry` is `#[repr(C)]` with integer fields only, 4 + 4 + 2 + 2 + 4 = 16 bytes
+// (asserted above), so it has no padding and all-zero bytes are a valid value (`EMPTY`).
+#[allow(unsafe_code)]
+unsafe impl crate::heap::Zeroable for Entry {}
+
 impl Entry {
     /// An empty table slot. No entry is all zeros: `meta` holds a non-zero state.
     pub(crate) const EMPTY: Entry = Entry {
@@ -868,6 +873,69 @@ mod tests {
         s.place(7, |_| false).put(e);
         assert_eq!(s.place(7, |_| true).entry(), Some(&e));
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_table_near_its_load_limit_writes_its_next_slots_before_it_grows() {
+        let index = Index::new(1);
+        let mut s = index.lock(0);
+        let hash = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let put = |s: &mut Stripe, i: u64| {
+            let h = hash(i);
+            s.place(h, |_| false)
+                .put(Entry::new(h as u32, loc(64 * i as u32), 9_000, 40));
+        };
+        // Small tables come from the allocator's heap and get no spare; grow past them.
+        let mut n = 0;
+        let mut last_spare = None;
+        let grown = loop {
+            let before = s.allocation_size();
+            let freed = s.freed_bytes();
+            let was_migrating = s.table.migrating();
+            put(&mut s, n);
+            n += 1;
+            s.table.check();
+            if let Some((at, _, _)) = s.table.spare() {
+                if last_spare.is_none() {
+                    let (_, _, pages) = s.table.spare().unwrap();
+                    assert!(
+                        s.allocation_size() >= before + (pages - 1) * 4096,
+                        "the spare is not counted in the stripe's bytes"
+                    );
+                }
+                last_spare = s.table.spare();
+                assert_eq!(last_spare.map(|(p, ..)| p), Some(at));
+            } else if !was_migrating && s.table.migrating() {
+                if let Some(spare) = last_spare {
+                    // Nothing was given back: the spare became the current slots (an
+                    // address alone could be a new array where the spare was).
+                    assert_eq!(s.freed_bytes(), freed, "the growth did not take the spare");
+                    break spare;
+                }
+            }
+            assert!(n < 20_000, "no growth with a spare");
+        };
+        let (at, written, pages) = grown;
+        assert_eq!(written, pages, "pages left unwritten when the growth began");
+        assert_eq!(
+            s.table.current_slots(),
+            at,
+            "the growth did not take the spare"
+        );
+        // The next spare goes with the stripe's slots when it is emptied.
+        while s.table.spare().is_none() {
+            put(&mut s, n);
+            n += 1;
+        }
+        for i in 0..n {
+            let h = hash(i);
+            let offset = 64 * i as u32;
+            let pos = s.table.find(h as u32, |e| e.offset == offset);
+            assert!(s.table.remove(pos, usize::MAX, |_| {}).is_some());
+        }
+        s.give_back_if_empty();
+        assert_eq!(s.allocation_size(), 0);
+        assert!(s.table.spare().is_none());
     }
 
     #[test]

@@ -21,6 +21,10 @@
 //!    new entries go to the new one, the old one's slots below `next` are empty, and (1)
 //!    and (2) hold for the rest of it with lookups starting at `max(home, next)`.
 //! 4. `len` counts occupied slots.
+//! 5. **Spare**: a table close to its load limit may hold the empty slots of its next
+//!    growth step, made before they are needed and written a few pages per insert, so that
+//!    starting the growth faults no page in under the lock (`Table::prepare_growth`). It
+//!    holds none during a growth, and any other change of size drops it.
 //!
 //! Capacities grow by a third at a load of 0.85, so a table's load stays between 0.64 and
 //! 0.85 (16 / 0.64 = 25 bytes a key at worst, before slack). Stripes start at different
@@ -40,6 +44,17 @@ const MIN_CAP: usize = 16;
 /// microsecond of work, and draining a whole old table takes `cap / 128` steps, well
 /// before the new table (a third larger) can fill up.
 pub(crate) const MIGRATE_SLOTS: usize = 128;
+
+/// A table starts preparing its next growth step's slots when it is `cap / SPARE_LEAD`
+/// entries short of its load limit, and writes `SPARE_PAGES` of their pages per insert:
+/// those slots take about `cap * 4/3 * 16 / 4096 = cap / 192` pages, all written within
+/// `cap / 768` inserts, half the lead. A shorter lead keeps fewer spares alive at a time
+/// (memory); more pages per insert make each insert's share of faults larger.
+const SPARE_LEAD: usize = 384;
+const SPARE_PAGES: usize = 4;
+
+/// Smaller arrays come from the allocator's heap, already in memory.
+const SPARE_MIN_BYTES: usize = 64 * 1024;
 
 /// Slots past the last home, so that the last runs need not wrap: a full run there is
 /// rare (a longer one makes the table grow early instead).
@@ -86,6 +101,16 @@ impl Slots {
     fn with_cap(cap: usize) -> Slots {
         Slots {
             slots: vec![Entry::EMPTY; cap + slack(cap)].into_boxed_slice(),
+            cap,
+            len: 0,
+        }
+    }
+
+    /// Empty slots for `cap` homes whose pages the system supplies only as they are first
+    /// written (`Spare`).
+    fn lazy(cap: usize) -> Slots {
+        Slots {
+            slots: crate::heap::zeroed_slice(cap + slack(cap)),
             cap,
             len: 0,
         }
@@ -194,10 +219,21 @@ struct Old {
     next: usize,
 }
 
+/// The slots of the next growth step, made shortly before the table reaches its load
+/// limit and written a few pages per insert from then on, so that the growth itself finds
+/// them in memory (`Table::prepare_growth`).
+struct Spare {
+    slots: Slots,
+    level: u32,
+    /// Pages written so far, from the front.
+    pages: usize,
+}
+
 /// One stripe's table.
 pub(crate) struct Table {
     cur: Slots,
     old: Option<Old>,
+    spare: Option<Spare>,
     /// Counts every new current table, so that a sweep pass can tell that slot numbers
     /// changed under it.
     generation: u64,
@@ -223,6 +259,7 @@ impl Table {
         Table {
             cur: Slots::none(),
             old: None,
+            spare: None,
             generation: 0,
             level: 0,
             phase,
@@ -250,7 +287,60 @@ impl Table {
 
     /// Heap bytes of the slots.
     pub(crate) fn allocation_size(&self) -> usize {
-        self.cur.bytes() + self.old.as_ref().map_or(0, |o| o.slots.bytes())
+        self.cur.bytes()
+            + self.old.as_ref().map_or(0, |o| o.slots.bytes())
+            + self.spare.as_ref().map_or(0, |s| s.slots.bytes())
+    }
+
+    /// Drops the spare slots, if any (the table is changing size some other way).
+    fn drop_spare(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            self.freed += spare.slots.bytes() as u64;
+        }
+    }
+
+    /// Near the load limit, makes the next growth step's slots and writes `SPARE_PAGES`
+    /// of their pages per call, so that none is first written (a page fault, several
+    /// microseconds each on some virtual machines) all at once under the stripe's lock
+    /// when the growth starts.
+    fn prepare_growth(&mut self) {
+        if self.old.is_some() {
+            return;
+        }
+        let (limit, lead) = (self.cur.limit(), self.cur.cap / SPARE_LEAD + 1);
+        if self.cur.len + lead < limit {
+            // Removes took the table well away from its limit: the spare may not be
+            // needed for a long time.
+            if self.cur.len + 4 * lead < limit {
+                self.drop_spare();
+            }
+            return;
+        }
+        let level = self.level + 1;
+        match &mut self.spare {
+            None => {
+                let cap = cap_at(level, self.phase);
+                if (cap + slack(cap)) * std::mem::size_of::<Entry>() < SPARE_MIN_BYTES {
+                    return;
+                }
+                self.spare = Some(Spare {
+                    slots: Slots::lazy(cap),
+                    level,
+                    pages: 0,
+                });
+            }
+            Some(spare) => {
+                const PER_PAGE: usize = 4096 / std::mem::size_of::<Entry>();
+                let slots = &mut spare.slots.slots;
+                for _ in 0..SPARE_PAGES {
+                    let Some(slot) = slots.get_mut(spare.pages * PER_PAGE) else {
+                        return;
+                    };
+                    crate::heap::touch(slot, Entry::EMPTY);
+                    spare.pages += 1;
+                }
+            }
+        }
     }
 
     /// Bytes of slot arrays this table has given back to the allocator so far.
@@ -333,6 +423,7 @@ impl Table {
     pub(crate) fn insert(&mut self, at: usize, e: Entry) {
         let full = self.old.is_none() && self.cur.len >= self.cur.limit();
         if !full && self.cur.insert_at(at, e) {
+            self.prepare_growth();
             return;
         }
         if self.cur.cap == 0 && self.old.is_none() {
@@ -358,7 +449,14 @@ impl Table {
     fn start_migration(&mut self, level: u32) {
         debug_assert!(self.old.is_none());
         self.level = level;
-        let fresh = Slots::with_cap(cap_at(level, self.phase));
+        let fresh = match self.spare.take() {
+            Some(spare) if spare.level == level => spare.slots,
+            other => {
+                self.spare = other;
+                self.drop_spare();
+                Slots::with_cap(cap_at(level, self.phase))
+            }
+        };
         let cur = std::mem::replace(&mut self.cur, fresh);
         self.old = Some(Old {
             slots: cur,
@@ -415,6 +513,7 @@ impl Table {
     }
 
     fn install(&mut self, fresh: Slots, level: u32) {
+        self.drop_spare();
         self.freed += (self.cur.bytes() + self.old.as_ref().map_or(0, |o| o.slots.bytes())) as u64;
         self.cur = fresh;
         self.old = None;
@@ -463,6 +562,7 @@ impl Table {
             return false;
         }
         self.freed += self.allocation_size() as u64;
+        self.spare = None;
         self.cur = Slots::none();
         self.old = None;
         self.level = 0;
@@ -475,6 +575,7 @@ impl Table {
     /// empty table gives its slots back at once, as a new one has none.
     pub(crate) fn shrink_if_sparse(&mut self) -> bool {
         if self.old.is_none() && self.cur.len == 0 && self.cur.cap > 0 {
+            self.drop_spare();
             self.freed += self.cur.bytes() as u64;
             self.cur = Slots::none();
             self.level = 0;
@@ -512,7 +613,23 @@ impl Table {
         }
     }
 
-    /// Checks invariants 1–4 (tests only).
+    /// The spare slots, if any: where they are, and pages written of all their pages
+    /// (tests only).
+    #[cfg(test)]
+    pub(crate) fn spare(&self) -> Option<(*const Entry, usize, usize)> {
+        self.spare.as_ref().map(|spare| {
+            let pages = (spare.slots.bytes()).div_ceil(4096);
+            (spare.slots.slots.as_ptr(), spare.pages, pages)
+        })
+    }
+
+    /// Where the current slots are (tests only).
+    #[cfg(test)]
+    pub(crate) fn current_slots(&self) -> *const Entry {
+        self.cur.slots.as_ptr()
+    }
+
+    /// Checks invariants 1–5 (tests only).
     #[cfg(test)]
     pub(crate) fn check(&self) {
         fn check_slots(s: &Slots, floor: usize) {
@@ -537,6 +654,16 @@ impl Table {
         check_slots(&self.cur, 0);
         if let Some(o) = &self.old {
             check_slots(&o.slots, o.next);
+        }
+        if let Some(spare) = &self.spare {
+            assert!(self.old.is_none(), "a spare beside a growth under way");
+            assert_eq!(spare.level, self.level + 1, "a spare for another step");
+            assert_eq!(spare.slots.cap, cap_at(spare.level, self.phase));
+            assert_eq!(spare.slots.len, 0);
+            assert!(
+                spare.slots.slots.iter().all(Entry::is_empty),
+                "a spare holds entries"
+            );
         }
     }
 }
