@@ -9,7 +9,8 @@
 //! time each, for a few seconds per workload, and prints requests/s, p99 latency and the
 //! layer's rate as a fraction of the bare handler's.
 //!
-//! Knobs: `ONCELOG_HTTP_SECS` (3 per workload), `ONCELOG_BENCH_DIR` (where the store goes;
+//! Knobs: `ONCELOG_HTTP_SECS` (3 per workload), `ONCELOG_HTTP_CONNS` (one connection count
+//! instead of all three, for profiling one workload), `ONCELOG_BENCH_DIR` (where the store goes;
 //! the default is the system's temporary directory, which may be a RAM disk). Server and
 //! load generator share the machine's cores, as they do on a developer's laptop; the
 //! figures are for comparing the two servers, not absolute capacities.
@@ -67,7 +68,14 @@ fn main() {
         "p99",
         "Buff./bare"
     );
-    for conns in [1, 64, 1024] {
+    let counts = match std::env::var("ONCELOG_HTTP_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => vec![n],
+        None => vec![1, 64, 1024],
+    };
+    for conns in counts {
         let bare = run(
             || Router::new().route("/orders", post(create)),
             conns,

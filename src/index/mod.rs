@@ -875,6 +875,13 @@ mod tests {
         assert_eq!(s.len(), 1);
     }
 
+    /// The docs of `Stats::index_bytes` and `Options::stripes`, and README, name this size:
+    /// what each stripe takes besides its table, from `open` on.
+    #[test]
+    fn a_stripe_takes_256_bytes() {
+        assert_eq!(std::mem::size_of::<Padded>(), 256);
+    }
+
     #[test]
     fn a_table_near_its_load_limit_writes_its_next_slots_before_it_grows() {
         let index = Index::new(1);
