@@ -248,6 +248,9 @@ pub enum Reply {
     Int(i64),
     /// `$len` and the bytes.
     Bulk(Vec<u8>),
+    /// Text meant to be shown as it is (`INFO`'s): a verbatim string `=len` with the
+    /// format `txt` in RESP3, a bulk string in RESP2.
+    Verbatim(String),
     /// The null reply: `$-1` in RESP2, `_` in RESP3.
     Nil,
     /// `*n` and the elements.
@@ -286,6 +289,17 @@ impl Reply {
             Reply::Bulk(b) => {
                 line(out, b'$', b.len().to_string().as_bytes());
                 out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Verbatim(text) if resp3 => {
+                line(out, b'=', (text.len() + 4).to_string().as_bytes());
+                out.extend_from_slice(b"txt:");
+                out.extend_from_slice(text.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Verbatim(text) => {
+                line(out, b'$', text.len().to_string().as_bytes());
+                out.extend_from_slice(text.as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
             Reply::Nil if resp3 => out.extend_from_slice(b"_\r\n"),
@@ -428,18 +442,21 @@ mod tests {
             Reply::Bulk(b"v".to_vec()),
             Reply::Map(vec![(Reply::text("a"), Reply::Int(1))]),
             Reply::Error("ERR bad\r\nthing".into()),
+            Reply::Verbatim("# S\r\nk:v\r\n".into()),
         ]);
         let mut two = Vec::new();
         reply.write(&mut two, false);
         assert_eq!(
             two,
-            b"*6\r\n+OK\r\n$-1\r\n:-2\r\n$1\r\nv\r\n*2\r\n$1\r\na\r\n:1\r\n-ERR bad  thing\r\n"
+            b"*7\r\n+OK\r\n$-1\r\n:-2\r\n$1\r\nv\r\n*2\r\n$1\r\na\r\n:1\r\n-ERR bad  thing\r\n\
+              $10\r\n# S\r\nk:v\r\n\r\n"
         );
         let mut three = Vec::new();
         reply.write(&mut three, true);
         assert_eq!(
             three,
-            b"*6\r\n+OK\r\n_\r\n:-2\r\n$1\r\nv\r\n%1\r\n$1\r\na\r\n:1\r\n-ERR bad  thing\r\n"
+            b"*7\r\n+OK\r\n_\r\n:-2\r\n$1\r\nv\r\n%1\r\n$1\r\na\r\n:1\r\n-ERR bad  thing\r\n\
+              =14\r\ntxt:# S\r\nk:v\r\n\r\n"
         );
     }
 }

@@ -239,10 +239,30 @@ fn every_command_answers_as_redis_does() {
     raw.write_all(b"HELLO 3\r\nGET nothing\r\nHELLO 2\r\nGET nothing\r\n")
         .unwrap();
     let text = read_until(&mut raw, b"$-1\r\n");
-    assert!(text.starts_with("%7\r\n"), "{text}");
+    assert!(text.starts_with("%8\r\n"), "{text}");
     assert!(text.contains("$5\r\nproto\r\n:3\r\n"), "{text}");
-    assert!(text.contains("\r\n_\r\n*14\r\n"), "{text}");
+    assert!(text.contains("\r\n_\r\n*16\r\n"), "{text}");
     assert!(text.contains("$5\r\nproto\r\n:2\r\n"), "{text}");
+    // `HELLO`'s version is the Redis version `INFO` names (clients choose what to send
+    // by it); oncelog's own goes in a field of its own.
+    let redis_version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .expect("INFO names a redis_version");
+    let hello_version = format!(
+        "$7\r\nversion\r\n${}\r\n{redis_version}\r\n",
+        redis_version.len()
+    );
+    assert!(text.contains(&hello_version), "{text}");
+    assert!(text.contains("$15\r\noncelog_version\r\n"), "{text}");
+
+    // In RESP3, `INFO` is a verbatim string of format `txt`, as Redis 7 sends it.
+    raw.write_all(b"HELLO 3\r\nINFO keyspace\r\n").unwrap();
+    let text = read_until(&mut raw, b"avg_ttl=0\r\n\r\n");
+    let at = text.find("\r\n=").expect("a verbatim string") + 2;
+    let (len, rest) = text[at + 1..].split_once("\r\n").unwrap();
+    assert!(rest.starts_with("txt:# Keyspace\r\n"), "{text}");
+    assert_eq!(len.parse::<usize>().unwrap(), rest.len() - 2, "{text}");
 }
 
 /// Reads from `s` until what was read ends with `end`.

@@ -594,6 +594,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The Redis version whose protocol and replies the server follows, for clients that read
+/// it (from `HELLO` or `INFO`) to choose what to send.
+const REDIS_VERSION: &str = "7.0.0";
+
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
 fn hello(shared: &Shared, client: &mut Client, args: &[&[u8]]) -> Reply {
     let mut resp3 = client.resp3;
@@ -651,15 +655,18 @@ fn hello(shared: &Shared, client: &mut Client, args: &[&[u8]]) -> Reply {
     }
     Reply::Map(vec![
         (Reply::text("server"), Reply::text("oncelog")),
-        (
-            Reply::text("version"),
-            Reply::text(env!("CARGO_PKG_VERSION")),
-        ),
+        // Clients read `version` to choose what to send: it is the Redis version the
+        // server follows, as `INFO`'s `redis_version` is.
+        (Reply::text("version"), Reply::text(REDIS_VERSION)),
         (Reply::text("proto"), Reply::Int(if resp3 { 3 } else { 2 })),
         (Reply::text("id"), Reply::Int(client.id as i64)),
         (Reply::text("mode"), Reply::text("standalone")),
         (Reply::text("role"), Reply::text("master")),
         (Reply::text("modules"), Reply::Array(Vec::new())),
+        (
+            Reply::text("oncelog_version"),
+            Reply::text(env!("CARGO_PKG_VERSION")),
+        ),
     ])
 }
 
@@ -795,9 +802,7 @@ fn info(shared: &Shared, args: &[&[u8]]) -> Reply {
             "server",
             vec![
                 ("oncelog_version", env!("CARGO_PKG_VERSION").into()),
-                // The Redis version whose protocol and replies the server follows, for
-                // clients that read it to choose what to send.
-                ("redis_version", "7.0.0".into()),
+                ("redis_version", REDIS_VERSION.into()),
                 ("redis_mode", "standalone".into()),
                 ("process_id", std::process::id().to_string()),
                 ("tcp_port", shared.port.to_string()),
@@ -900,7 +905,7 @@ fn info(shared: &Shared, args: &[&[u8]]) -> Reply {
             text.push_str(&format!("{k}:{v}\r\n"));
         }
     }
-    Reply::Bulk(text.into_bytes())
+    Reply::Verbatim(text)
 }
 
 /// `MULTI`, `EXEC`, `DISCARD`, and every command between them. oncelog has no
