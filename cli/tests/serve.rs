@@ -222,6 +222,21 @@ fn every_command_answers_as_redis_does() {
         panic!("COMMAND is an array")
     };
     assert_eq!(table.len() as i64, int(&ok(&mut c, &["COMMAND", "COUNT"])));
+    // COMMAND DOCS, which redis-cli reads for its hints: every command, in RESP2 an array
+    // of names and documentation in turn; for named commands only those the server knows.
+    let Value::Array(docs) = ok(&mut c, &["COMMAND", "DOCS"]) else {
+        panic!("COMMAND DOCS is an array in RESP2")
+    };
+    assert_eq!(docs.len(), 2 * table.len());
+    let Value::Array(set) = ok(&mut c, &["COMMAND", "DOCS", "set", "nosuch"]) else {
+        panic!("COMMAND DOCS set is an array in RESP2")
+    };
+    assert_eq!(set[0], bulk(b"set"));
+    assert_eq!(set.len(), 2);
+    let text = format!("{:?}", set[1]);
+    for field in ["summary", "arguments", "expiration", "PXAT"] {
+        assert!(text.contains(field), "{field} missing from {text}");
+    }
     let info: String = redis::cmd("INFO").query(&mut c).unwrap();
     for field in [
         "# Server",

@@ -20,7 +20,7 @@ use crate::resp::Reply;
 type Entry = (&'static str, i64, &'static [&'static str], i64, i64, i64);
 
 /// The commands.
-const TABLE: &[Entry] = &[
+pub(super) const TABLE: &[Entry] = &[
     (
         "auth",
         -2,
@@ -709,7 +709,7 @@ fn bad_name() -> Reply {
     Reply::err("Client names cannot contain spaces, newlines or special characters.")
 }
 
-/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name...`, `COMMAND DOCS` (empty: no docs).
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name...`, `COMMAND DOCS [name...]`.
 fn command_command(args: &[&[u8]]) -> Reply {
     let entry = |&(name, arity, flags, first, last, step): &Entry| {
         Reply::Array(vec![
@@ -731,7 +731,7 @@ fn command_command(args: &[&[u8]]) -> Reply {
     };
     match sub.to_ascii_uppercase().as_slice() {
         b"COUNT" => Reply::Int(TABLE.len() as i64),
-        b"DOCS" => Reply::Map(Vec::new()),
+        b"DOCS" => super::docs::command_docs(&args[1..]),
         b"INFO" => Reply::Array(
             args[1..]
                 .iter()

@@ -30,6 +30,7 @@
 //! running and write its replies, then close the store (a final sync) and return.
 
 mod commands;
+mod docs;
 
 use std::future::Future;
 use std::io::Write as _;
