@@ -49,7 +49,11 @@ pub(crate) unsafe trait Zeroable: Copy {}
 
 /// A slice of `n` all-zero values, asked of the allocator as zeroed memory rather than
 /// written: for a large slice the allocator maps fresh pages, which the system fills with
-/// zeros only when each is first touched, so making it costs no page faults.
+/// zeros only when each is first touched, so making it costs no page faults. Where the
+/// allocator serves the slice from a free block of its heap instead (glibc does for
+/// blocks under its mmap threshold, which rises to 32 MiB once the process has freed
+/// large blocks, unless the threshold is set: see README, "Performance"), it clears the
+/// block at once; the pages are then mostly in memory already.
 pub(crate) fn zeroed_slice<T: Zeroable>(n: usize) -> Box<[T]> {
     let Ok(layout) = std::alloc::Layout::array::<T>(n) else {
         panic!("a slice of {n} elements is too large");

@@ -929,16 +929,23 @@ mod tests {
             at,
             "the growth did not take the spare"
         );
-        // The next spare goes with the stripe's slots when it is emptied.
+        // The next spare goes once removes take the table well below its limit (three
+        // quarters of the entries gone is enough), before the stripe is emptied.
         while s.table.spare().is_none() {
             put(&mut s, n);
             n += 1;
         }
+        let freed = s.freed_bytes();
         for i in 0..n {
             let h = hash(i);
             let offset = 64 * i as u32;
             let pos = s.table.find(h as u32, |e| e.offset == offset);
             assert!(s.table.remove(pos, usize::MAX, |_| {}).is_some());
+            s.table.check_spare();
+            if i == n * 3 / 4 {
+                assert!(s.table.spare().is_none(), "a spare outlived most entries");
+                assert!(s.freed_bytes() > freed, "the dropped spare is not counted");
+            }
         }
         s.give_back_if_empty();
         assert_eq!(s.allocation_size(), 0);
@@ -1089,6 +1096,7 @@ mod tests {
                 for e in model.values() {
                     assert!(s.may_have_expired(u64::from(e.expiry_secs) * 1000));
                 }
+                s.table.check_spare();
                 if n % 64 == 0 {
                     s.table.check();
                 }

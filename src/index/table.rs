@@ -24,7 +24,8 @@
 //! 5. **Spare**: a table close to its load limit may hold the empty slots of its next
 //!    growth step, made before they are needed and written a few pages per insert, so that
 //!    starting the growth faults no page in under the lock (`Table::prepare_growth`). It
-//!    holds none during a growth, and any other change of size drops it.
+//!    holds none during a growth, nor once removes took it well away from the limit, and
+//!    any other change of size drops it.
 //!
 //! Capacities grow by a third at a load of 0.85, so a table's load stays between 0.64 and
 //! 0.85 (16 / 0.64 = 25 bytes a key at worst, before slack). Stripes start at different
@@ -50,11 +51,19 @@ pub(crate) const MIGRATE_SLOTS: usize = 128;
 /// those slots take about `cap * 4/3 * 16 / 4096 = cap / 192` pages, all written within
 /// `cap / 768` inserts, half the lead. A shorter lead keeps fewer spares alive at a time
 /// (memory); more pages per insert make each insert's share of faults larger.
+#[cfg(not(test))]
 const SPARE_LEAD: usize = 384;
+#[cfg(test)]
+const SPARE_LEAD: usize = 8;
 const SPARE_PAGES: usize = 4;
 
-/// Smaller arrays come from the allocator's heap, already in memory.
+/// Smaller arrays come from the allocator's heap, already in memory. (Unit tests make
+/// spares at every size, and with a longer lead, so that the model tests reach every
+/// path a spare takes.)
+#[cfg(not(test))]
 const SPARE_MIN_BYTES: usize = 64 * 1024;
+#[cfg(test)]
+const SPARE_MIN_BYTES: usize = 1;
 
 /// Slots past the last home, so that the last runs need not wrap: a full run there is
 /// rare (a longer one makes the table grow early instead).
@@ -299,21 +308,27 @@ impl Table {
         }
     }
 
+    /// How far short of its load limit a table starts making its spare.
+    fn spare_lead(&self) -> usize {
+        self.cur.cap / SPARE_LEAD + 1
+    }
+
+    /// Drops the spare once removes (a caller's or a sweep's) took the table well away
+    /// from its limit: it may not be needed for a long time, and after mass expiry its
+    /// memory goes back with the rest. Four times the lead, so that a table whose size
+    /// wavers near the limit does not make and drop spares over and over.
+    fn drop_spare_if_far(&mut self) {
+        if self.spare.is_some() && self.cur.len + 4 * self.spare_lead() < self.cur.limit() {
+            self.drop_spare();
+        }
+    }
+
     /// Near the load limit, makes the next growth step's slots and writes `SPARE_PAGES`
     /// of their pages per call, so that none is first written (a page fault, several
     /// microseconds each on some virtual machines) all at once under the stripe's lock
     /// when the growth starts.
     fn prepare_growth(&mut self) {
-        if self.old.is_some() {
-            return;
-        }
-        let (limit, lead) = (self.cur.limit(), self.cur.cap / SPARE_LEAD + 1);
-        if self.cur.len + lead < limit {
-            // Removes took the table well away from its limit: the spare may not be
-            // needed for a long time.
-            if self.cur.len + 4 * lead < limit {
-                self.drop_spare();
-            }
+        if self.old.is_some() || self.cur.len + self.spare_lead() < self.cur.limit() {
             return;
         }
         let level = self.level + 1;
@@ -541,11 +556,15 @@ impl Table {
         mut moved_back: impl FnMut(&Entry),
     ) -> Option<Entry> {
         match pos {
-            Pos::Cur(i) => Some(self.cur.remove_at(i, 0, |from, e| {
-                if from == watch {
-                    moved_back(e);
-                }
-            })),
+            Pos::Cur(i) => {
+                let e = self.cur.remove_at(i, 0, |from, e| {
+                    if from == watch {
+                        moved_back(e);
+                    }
+                });
+                self.drop_spare_if_far();
+                Some(e)
+            }
             Pos::Old(i) => {
                 let old = self.old.as_mut()?;
                 let floor = old.next;
@@ -629,6 +648,23 @@ impl Table {
         self.cur.slots.as_ptr()
     }
 
+    /// Checks invariant 5 but for the spare's contents, cheaply enough to run after every
+    /// operation (tests only).
+    #[cfg(test)]
+    pub(crate) fn check_spare(&self) {
+        let Some(spare) = &self.spare else {
+            return;
+        };
+        assert!(self.old.is_none(), "a spare beside a growth under way");
+        assert!(
+            self.cur.len + 4 * self.spare_lead() >= self.cur.limit(),
+            "a spare kept far from the load limit"
+        );
+        assert_eq!(spare.level, self.level + 1, "a spare for another step");
+        assert_eq!(spare.slots.cap, cap_at(spare.level, self.phase));
+        assert_eq!(spare.slots.len, 0);
+    }
+
     /// Checks invariants 1–5 (tests only).
     #[cfg(test)]
     pub(crate) fn check(&self) {
@@ -655,11 +691,8 @@ impl Table {
         if let Some(o) = &self.old {
             check_slots(&o.slots, o.next);
         }
+        self.check_spare();
         if let Some(spare) = &self.spare {
-            assert!(self.old.is_none(), "a spare beside a growth under way");
-            assert_eq!(spare.level, self.level + 1, "a spare for another step");
-            assert_eq!(spare.slots.cap, cap_at(spare.level, self.phase));
-            assert_eq!(spare.slots.len, 0);
             assert!(
                 spare.slots.slots.iter().all(Entry::is_empty),
                 "a spare holds entries"

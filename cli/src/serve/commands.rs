@@ -951,7 +951,8 @@ fn transaction<'a>(client: &mut Client, command: &[u8]) -> Option<Step<'a>> {
 /// The most bytes the reply to `args` (ranges into `input`, read under `limits`) can take,
 /// for bounding a batch's replies: a stored value for the commands that return one, the
 /// argument for `ECHO`/`PING`, the longest name for `CLIENT` (`GETNAME`), a few KiB for the
-/// listings and a little more for each command `COMMAND INFO` names, a little for the rest.
+/// listings and a little more for each command `COMMAND INFO` or `COMMAND DOCS` names, a
+/// little for the rest.
 pub(super) fn reply_bound(
     input: &[u8],
     args: &[std::ops::Range<usize>],
@@ -972,7 +973,9 @@ pub(super) fn reply_bound(
         // A name set by an earlier request: at most one argument long.
         limits.max_bulk + 64
     } else if is(b"INFO") || is(b"COMMAND") || is(b"HELLO") {
-        (16 << 10) + args.len() * 512
+        // `COMMAND DOCS` with no name is under 16 KiB, each command's under 1 KiB
+        // (docs.rs tests both), and a name may be given many times.
+        (16 << 10) + args.len() * 1024
     } else {
         // Errors echo at most 8 arguments of 128 characters (up to 4 bytes each).
         8 * 128 * 4 + 256
