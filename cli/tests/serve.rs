@@ -192,6 +192,27 @@ fn every_command_answers_as_redis_does() {
         assert!(e.contains("SET key value NX"), "{form:?}: {e}");
     }
     assert!(err(&mut c, &["SET", "f", "v", "NX", "EX", "0"]).contains("invalid expire time"));
+    // Expiries past the store's last (the end of year 9999) are taken, as Redis takes
+    // them, and kept until then; one that milliseconds cannot count is refused.
+    for (i, (unit, n)) in [
+        ("EXAT", "300000000000"),
+        ("PXAT", "9223372036854775807"),
+        ("EX", "1000000000000"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = format!("far{i}");
+        assert_eq!(ok(&mut c, &["SET", &key, "v", "NX", unit, n]), Value::Okay);
+        let years = int(&ok(&mut c, &["TTL", &key])) / (365 * 86_400);
+        assert!((7_900..8_000).contains(&years), "{unit} {n}: {years} years");
+        assert_eq!(ok(&mut c, &["SET", &key, "v", "NX", unit, n]), Value::Nil);
+        assert_eq!(int(&ok(&mut c, &["DEL", &key])), 1);
+    }
+    assert!(
+        err(&mut c, &["SET", "f", "v", "NX", "EX", "9223372036854775"])
+            .contains("invalid expire time")
+    );
     assert!(err(&mut c, &["SET", "f", "v", "NX", "EX", "1x"]).contains("not an integer"));
     assert!(err(&mut c, &["SET", "f", "v", "NX", "EX", "1", "PX", "5"]).contains("syntax"));
     let long = "v".repeat(oncelog::MAX_OUTCOME_LEN + 1);

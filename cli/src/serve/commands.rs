@@ -297,23 +297,33 @@ fn set<'a>(argv: &'a [&'a [u8]]) -> Step<'a> {
             let Some(n) = parse_int(value) else {
                 return Step::Now(not_an_integer());
             };
+            // Redis's rules: the expiry is positive and countable in milliseconds (an
+            // i64), also once a relative one is added to now.
+            let invalid = || Step::Now(Reply::err("invalid expire time in 'set' command"));
             if n <= 0 {
-                return Step::Now(Reply::err("invalid expire time in 'set' command"));
+                return invalid();
             }
-            let n = n as u64;
-            let at = if option.eq_ignore_ascii_case(b"EX") {
-                SystemTime::now().checked_add(Duration::from_secs(n))
-            } else if option.eq_ignore_ascii_case(b"PX") {
-                SystemTime::now().checked_add(Duration::from_millis(n))
-            } else if option.eq_ignore_ascii_case(b"EXAT") {
-                UNIX_EPOCH.checked_add(Duration::from_secs(n))
+            let seconds =
+                option.eq_ignore_ascii_case(b"EX") || option.eq_ignore_ascii_case(b"EXAT");
+            let relative = option.eq_ignore_ascii_case(b"EX") || option.eq_ignore_ascii_case(b"PX");
+            let Some(mut ms) = (if seconds {
+                n.checked_mul(1000)
             } else {
-                UNIX_EPOCH.checked_add(Duration::from_millis(n))
+                Some(n)
+            }) else {
+                return invalid();
             };
-            let Some(at) = at else {
-                return Step::Now(Reply::err("invalid expire time in 'set' command"));
-            };
-            Some(at)
+            if relative {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                let Some(at) = ms.checked_add(now) else {
+                    return invalid();
+                };
+                ms = at;
+            }
+            let at = UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs());
+            Some(at.min(UNIX_EPOCH + FOREVER))
         }
         None => None,
     };
@@ -332,6 +342,11 @@ fn set<'a>(argv: &'a [&'a [u8]]) -> Step<'a> {
         at,
     })
 }
+
+/// What a `SET` expiry later than the store can keep (the end of year 9999) becomes: a day
+/// before that, so that the store's own reading of the clock, a little later than the
+/// server's, still finds it within bounds.
+const FOREVER: Duration = Duration::from_millis(253_402_300_799_999 - 86_400_000);
 
 /// A checked `SET key value NX` with its expiry, to run alone (`set_one`) or with the
 /// `SET`s next to it in a pipeline (`set_group`).
